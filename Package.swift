@@ -1,0 +1,47 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependency direction (DESIGN.md): Tensor ← Layers ← SegmentAnything ← Distill ← samdistill,
+// with Optim (← Tensor) used by Distill. C libraries come from Debian through pkg-config.
+let optimised: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+let package = Package(
+    name: "SAMDistill",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "samdistill", targets: ["samdistill"]),
+        .library(name: "SegmentAnything", targets: ["SegmentAnything"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5",
+                       providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(name: "CImageIO", path: "Sources/CImageIO", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev", "libjpeg-dev"])]),
+
+        .target(name: "Tensor", dependencies: ["CBLAS"], swiftSettings: optimised),
+        .target(name: "Layers", dependencies: ["Tensor"], swiftSettings: optimised),
+        .target(name: "Optim", dependencies: ["Tensor", "Layers"], swiftSettings: optimised),
+        .target(name: "SegmentAnything", dependencies: ["Tensor", "Layers", "CImageIO"],
+                swiftSettings: optimised),
+        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "CHDF5"],
+                swiftSettings: optimised),
+        .executableTarget(name: "samdistill", dependencies: [
+            "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "CBLAS",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: optimised),
+
+        // Test helpers (finite differences, fixture loading, comparisons), shared by test targets.
+        .target(name: "TestSupport", dependencies: ["Tensor", "Layers"], path: "Sources/TestSupport"),
+
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "TestSupport"]),
+        .testTarget(name: "LayersTests", dependencies: ["Tensor", "Layers", "TestSupport"]),
+    ],
+    // Swift 5 mode: kernels share raw buffers across DispatchQueue.concurrentPerform workers by
+    // design (disjoint ranges), which Swift 6's strict Sendable checking cannot express.
+    swiftLanguageModes: [.v5]
+)

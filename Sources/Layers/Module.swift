@@ -1,0 +1,142 @@
+import Tensor
+
+/// A learnable tensor (or a buffer such as BatchNorm's running mean) and its gradient.
+///
+/// Layers own their parameters. `backward` accumulates into `grad` with `+=`; the trainer zeroes
+/// all gradients once per step (`Module.zeroGradients()`).
+public final class Parameter {
+    public var value: Tensor
+    /// Same shape as `value` for trainable parameters; empty for buffers.
+    public var grad: Tensor
+    /// False for buffers (running statistics): saved and loaded, never optimised.
+    public let isTrainable: Bool
+    /// Whether AdamW applies weight decay: false for biases, norm weights and bias tables.
+    public let decays: Bool
+
+    public init(_ value: Tensor, decays: Bool = true) {
+        self.value = value
+        self.grad = Tensor(zeros: value.shape)
+        self.isTrainable = true
+        self.decays = decays
+    }
+
+    public init(buffer value: Tensor) {
+        self.value = value
+        self.grad = Tensor(zeros: [0])
+        self.isTrainable = false
+        self.decays = false
+    }
+
+    public var shape: [Int] { value.shape }
+}
+
+/// How a forward pass runs.
+/// - `batchStatistics`: BatchNorm normalises with the batch's statistics and updates its running
+///   averages (PyTorch's `train()`); otherwise it uses the running averages (`eval()`).
+/// - `keepsActivations`: the layer stores what `backward` needs. Off for inference, where no
+///   backward comes and nothing may stay alive after the forward returns.
+public struct ForwardMode: Sendable, Equatable {
+    public var batchStatistics: Bool
+    public var keepsActivations: Bool
+
+    public init(batchStatistics: Bool, keepsActivations: Bool) {
+        self.batchStatistics = batchStatistics
+        self.keepsActivations = keepsActivations
+    }
+
+    /// Inference: running statistics, nothing kept.
+    public static let inference = ForwardMode(batchStatistics: false, keepsActivations: false)
+    /// Training: batch statistics, activations kept for backward.
+    public static let training = ForwardMode(batchStatistics: true, keepsActivations: true)
+    /// Gradients through a model in eval mode (frozen norms): running statistics, activations kept.
+    public static let evaluationWithGradients = ForwardMode(batchStatistics: false, keepsActivations: true)
+}
+
+/// Anything that owns parameters, directly or through sub-modules. Keys are the PyTorch
+/// state-dict keys relative to this module (`"attn.qkv.weight"`), so a whole model's keys are
+/// exactly its checkpoint's keys.
+public protocol Module: AnyObject {
+    /// Parameters and buffers in a fixed order, with their checkpoint keys.
+    func namedParameters() -> [(String, Parameter)]
+}
+
+extension Module {
+    /// The trainable parameters in order (what the optimiser steps).
+    public func trainableParameters() -> [Parameter] {
+        namedParameters().map(\.1).filter(\.isTrainable)
+    }
+
+    /// Zeroes every gradient (once per training step, before the backward passes).
+    public func zeroGradients() {
+        for (_, p) in namedParameters() where p.isTrainable { p.grad.zero() }
+    }
+
+    /// Every parameter and buffer by key.
+    public func stateDict() -> [String: Tensor] {
+        var d: [String: Tensor] = [:]
+        for (k, p) in namedParameters() { d[k] = p.value }
+        return d
+    }
+
+    /// Total number of trainable values.
+    public var parameterCount: Int { trainableParameters().reduce(0) { $0 + $1.value.count } }
+
+    /// Strict loading: every key of the module must be present with its shape, and every key of
+    /// `tensors` must belong to the module unless `ignoring` says so. All problems are reported
+    /// together in one error; nothing is changed unless everything matches.
+    public func load(_ tensors: [String: Tensor], ignoring ignore: (String) -> Bool = { _ in false }) throws {
+        let params = namedParameters()
+        var missing: [String] = []
+        var misshaped: [(key: String, expected: [Int], found: [Int])] = []
+        var known = Set<String>()
+        for (k, p) in params {
+            known.insert(k)
+            guard let t = tensors[k] else { missing.append(k); continue }
+            if t.shape != p.value.shape { misshaped.append((k, p.value.shape, t.shape)) }
+        }
+        let unexpected = tensors.keys.filter { !known.contains($0) && !ignore($0) }.sorted()
+        if !missing.isEmpty || !unexpected.isEmpty || !misshaped.isEmpty {
+            throw WeightLoadingError(missing: missing, unexpected: unexpected, misshaped: misshaped)
+        }
+        for (k, p) in params { p.value = tensors[k]! }
+    }
+}
+
+/// Missing, unexpected and mis-shaped keys, all at once.
+public struct WeightLoadingError: Error, CustomStringConvertible, Equatable {
+    public var missing: [String]
+    public var unexpected: [String]
+    public var misshaped: [(key: String, expected: [Int], found: [Int])]
+    public var source: String = ""
+
+    public init(missing: [String], unexpected: [String], misshaped: [(key: String, expected: [Int], found: [Int])]) {
+        self.missing = missing; self.unexpected = unexpected; self.misshaped = misshaped
+    }
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.missing == b.missing && a.unexpected == b.unexpected
+            && a.misshaped.map(\.key) == b.misshaped.map(\.key) && a.source == b.source
+    }
+
+    public var description: String {
+        var lines = ["weights\(source.isEmpty ? "" : " in \(source)") do not match the model:"]
+        func list(_ title: String, _ keys: [String]) {
+            guard !keys.isEmpty else { return }
+            let shown = keys.prefix(10).joined(separator: ", ")
+            lines.append("  \(title) (\(keys.count)): \(shown)\(keys.count > 10 ? ", …" : "")")
+        }
+        list("missing keys", missing)
+        list("unexpected keys", unexpected)
+        if !misshaped.isEmpty {
+            lines.append("  mis-shaped keys (\(misshaped.count)): "
+                + misshaped.prefix(10).map { "\($0.key) expects \($0.expected), file has \($0.found)" }.joined(separator: "; "))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Prefixes child keys: `prefixed("attn.", attn)`.
+@inlinable
+public func prefixed(_ prefix: String, _ m: Module) -> [(String, Parameter)] {
+    m.namedParameters().map { (prefix + $0.0, $0.1) }
+}

@@ -1,0 +1,3 @@
+// Optim: AdamW, gradient-norm clipping and learning-rate schedules.
+import Layers
+import Tensor

@@ -1,0 +1,38 @@
+import Dispatch
+import Foundation
+
+/// Worker count for the toolkit's own parallel loops: `SAMDISTILL_THREADS` or the core count.
+public enum Threads {
+    nonisolated(unsafe) public static var count: Int = {
+        if let s = ProcessInfo.processInfo.environment["SAMDISTILL_THREADS"], let n = Int(s), n > 0 { return n }
+        return ProcessInfo.processInfo.activeProcessorCount
+    }()
+}
+
+/// Runs `body(range)` over `0..<n` split into contiguous chunks, in parallel when the work
+/// (`n · costPerItem`) is large enough to pay for the threads, serially otherwise.
+@inline(__always)
+public func parallelChunks(_ n: Int, costPerItem: Int = 1, minimumWork: Int = 1 << 15,
+                           _ body: (Range<Int>) -> Void) {
+    let workers = Threads.count
+    if n <= 1 || workers <= 1 || n * costPerItem < minimumWork {
+        if n > 0 { body(0..<n) }
+        return
+    }
+    let chunks = Swift.min(n, workers)
+    withoutActuallyEscaping(body) { body in
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let lo = n * c / chunks, hi = n * (c + 1) / chunks
+            if lo < hi { body(lo..<hi) }
+        }
+    }
+}
+
+/// Runs `body(i)` for each `i` in `0..<n`, spreading items across workers.
+@inline(__always)
+public func parallelFor(_ n: Int, costPerItem: Int = 1, minimumWork: Int = 1 << 15,
+                        _ body: (Int) -> Void) {
+    parallelChunks(n, costPerItem: costPerItem, minimumWork: minimumWork) { r in
+        for i in r { body(i) }
+    }
+}

@@ -1,0 +1,61 @@
+import Foundation
+import Layers
+import Tensor
+
+/// Reference dumps written by `Scripts/refdump/*.py` (PyTorch autograd, computed in float64 from
+/// float32 inputs and stored as float32) under `Tests/Fixtures/`.
+///
+/// Keys follow one convention: `x`… inputs, `y`… outputs, `dy`… upstream gradients, `dx`… input
+/// gradients, `param.KEY` parameter values, `grad.KEY` parameter gradients, `buffer.KEY` buffers
+/// after the forward (running statistics).
+public struct Fixture {
+    public let name: String
+    public let tensors: [String: Tensor]
+    public let metadata: [String: String]
+
+    public static var directory: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Tests/Fixtures")
+    }
+
+    public init(_ name: String) throws {
+        self.name = name
+        let (t, m) = try SafeTensors.read(Fixture.directory.appendingPathComponent("\(name).safetensors"))
+        self.tensors = t.mapValues(\.tensor)
+        self.metadata = m
+    }
+
+    public subscript(_ key: String) -> Tensor {
+        guard let t = tensors[key] else { fatalError("fixture \(name) has no tensor '\(key)' (has \(tensors.keys.sorted()))") }
+        return t
+    }
+
+    /// Integer metadata written by the generator (layer configuration).
+    public func int(_ key: String) -> Int {
+        guard let s = metadata[key], let v = Int(s) else { fatalError("fixture \(name): metadata '\(key)' missing or not an integer") }
+        return v
+    }
+
+    /// The `param.` and `buffer.` entries, keyed without their prefix, ready for `Module.load`.
+    public func stateDict(prefix: String = "") -> [String: Tensor] {
+        var d: [String: Tensor] = [:]
+        for (k, v) in tensors {
+            for p in ["param.", "buffer.initial."] where k.hasPrefix(p + prefix) {
+                d[String(k.dropFirst(p.count + prefix.count))] = v
+            }
+        }
+        return d
+    }
+}
+
+/// Normalised maximum error: max |a − e| / max |e| (0 when both are zero).
+public func relativeError(_ actual: Tensor, _ expected: Tensor) -> Double {
+    precondition(actual.shape == expected.shape, "relativeError: shapes \(actual.shape) vs \(expected.shape)")
+    var num: Double = 0, den: Double = 0
+    for i in 0..<actual.count {
+        num = max(num, Double(abs(actual.data[i] - expected.data[i])))
+        den = max(den, Double(abs(expected.data[i])))
+    }
+    return den == 0 ? num : num / den
+}
