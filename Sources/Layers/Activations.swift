@@ -1,0 +1,67 @@
+import Foundation
+import Tensor
+
+/// Exact GELU, `0.5 · x · (1 + erf(x / √2))` (PyTorch's default `nn.GELU()`), and ReLU.
+/// Both as stateless kernels (for fused use inside blocks) and as small layers that keep their
+/// input for backward.
+
+@inline(__always) public func geluValue(_ x: Float) -> Float { 0.5 * x * (1 + erff(x * 0.70710678118654752)) }
+
+/// d/dx GELU(x) = Φ(x) + x · φ(x).
+@inline(__always) public func geluDerivative(_ x: Float) -> Float {
+    let cdf = 0.5 * (1 + erff(x * 0.70710678118654752))
+    let pdf = 0.39894228040143268 * expf(-0.5 * x * x)
+    return cdf + x * pdf
+}
+
+public enum Activation: String, Codable, Sendable {
+    case gelu, relu
+
+    /// y = f(x)
+    public func forward(_ x: Tensor) -> Tensor {
+        switch self {
+        case .gelu: return x.map(geluValue)
+        case .relu: return x.map { $0 > 0 ? $0 : 0 }
+        }
+    }
+
+    /// dx = dy ⊙ f'(x)
+    public func backward(_ dy: Tensor, input x: Tensor) -> Tensor {
+        precondition(dy.shape == x.shape, "\(self).backward: dy \(dy.shape) vs input \(x.shape)")
+        var dx = Tensor.empty(x.shape)
+        let n = x.count
+        dx.data.withUnsafeMutableBufferPointer { o in
+            x.data.withUnsafeBufferPointer { xp in
+                dy.data.withUnsafeBufferPointer { g in
+                    let op = o.baseAddress!, xv = xp.baseAddress!, gv = g.baseAddress!
+                    switch self {
+                    case .gelu: parallelChunks(n, costPerItem: 8) { r in for i in r { op[i] = gv[i] * geluDerivative(xv[i]) } }
+                    case .relu: parallelChunks(n) { r in for i in r { op[i] = xv[i] > 0 ? gv[i] : 0 } }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+}
+
+/// An activation as a layer (no parameters): keeps its input in training mode.
+public final class ActivationLayer: Module {
+    public let kind: Activation
+    // x: any shape, kept for backward
+    private var input: Tensor?
+
+    public init(_ kind: Activation) { self.kind = kind }
+    public func namedParameters() -> [(String, Parameter)] { [] }
+
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        input = mode.keepsActivations ? x : nil
+        return kind.forward(x)
+    }
+
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let x = input else { preconditionFailure("\(kind).backward without a training-mode forward") }
+        input = nil
+        return kind.backward(dy, input: x)
+    }
+}
