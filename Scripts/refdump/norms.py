@@ -34,3 +34,9 @@ def generate():
     run_layer("layernorm2d", m, randn(2, 6, 3, 5, scale=2.0) - 0.3, {"channels": 6})
     run_layer("gelu", torch.nn.GELU(), randn(3, 17, scale=2.0))
     run_layer("relu", torch.nn.ReLU(), randn(3, 17, scale=2.0))
+    generate_softmax()
+
+
+def generate_softmax():
+    seed(3)
+    run_layer("softmax", torch.nn.Softmax(dim=-1), randn(2, 3, 9, scale=2.0))

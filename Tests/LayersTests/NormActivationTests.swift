@@ -34,6 +34,13 @@ final class NormActivationTests: XCTestCase {
         }
     }
 
+    func testSoftmaxFiniteDifferences() {
+        var rng = SeededRandom(seed: 6)
+        let sm = Softmax()
+        assertGradientsMatchFiniteDifferences(sm, input: .randomNormal([3, 8], std: 2, rng: &rng),
+            forward: { sm.forward($0, mode: .training) }, backward: { sm.backward($0) })
+    }
+
     /// PyTorch autograd dumps (Scripts/refdump/norms.py): relative error ≤ 1e-5.
     func testMatchPyTorch() throws {
         let ln = LayerNorm(10)
@@ -42,6 +49,9 @@ final class NormActivationTests: XCTestCase {
         let ln2 = LayerNorm2d(6)
         try assertMatchesFixture(Fixture("layernorm2d"), module: ln2, tolerance: 1e-5,
             forward: { ln2.forward($0, mode: .training) }, backward: { ln2.backward($0) })
+        let sm = Softmax()
+        try assertMatchesFixture(Fixture("softmax"), module: sm, tolerance: 1e-5,
+            forward: { sm.forward($0, mode: .training) }, backward: { sm.backward($0) })
         for (name, kind) in [("gelu", Activation.gelu), ("relu", .relu)] {
             let act = ActivationLayer(kind)
             try assertMatchesFixture(Fixture(name), module: act, tolerance: 1e-5,
