@@ -1,0 +1,387 @@
+import Foundation
+import Tensor
+
+/// TinyViT's window attention: `Attention(dim, key_dim, num_heads, attn_ratio, resolution)` of
+/// mobile_sam/modeling/tiny_vit_sam.py (LeViT-style, with a learned per-head relative-offset bias).
+///
+///     x̂ = LayerNorm(x)                                   x: (B', N, C), N = res.0 · res.1
+///     t = x̂ Wqkvᵀ + b                                    t: (B', N, heads · (2·keyDim + d))
+///     per token and head h, t holds [q (keyDim), k (keyDim), v (d)] at offset h·(2·keyDim + d)
+///     S_h = q_h k_hᵀ · keyDim^-½ + attention_biases[h, idx]   (N, N)
+///     O_h = softmax_rows(S_h) v_h                         (N, d), heads concatenated: (B', N, heads·d)
+///     y = O Wprojᵀ + b                                    y: (B', N, C)
+///
+/// `d = Int(attentionRatio · keyDim)` (Python's `int()` truncation). `idx[i, j]` numbers the offsets
+/// (|Δrow|, |Δcol|) between tokens i and j in the order the reference first meets them (row-major
+/// token pairs); it is PyTorch's non-persistent buffer `attention_bias_idxs`, computed here and
+/// never loaded. The PyTorch module's eval-mode `ab` cache (bias table gathered at `.eval()` time)
+/// is not represented: this layer always gathers from the current table, as `.train()` mode does.
+///
+/// Checkpoint keys, in PyTorch's state-dict order: `attention_biases` (heads, offsets),
+/// `norm.weight`, `norm.bias` (C), `qkv.weight` (heads·(2·keyDim + d), C), `qkv.bias`,
+/// `proj.weight` (C, heads·d), `proj.bias` (C). The bias table does not decay (as in timm/TinyViT).
+public final class TinyViTAttention: Module {
+    public let dim: Int
+    public let keyDim: Int
+    public let heads: Int
+    public let attentionRatio: Double
+    /// d: per-head value width, `Int(attentionRatio · keyDim)`.
+    public let valueDim: Int
+    /// (height, width) of the token grid (the window).
+    public let resolution: (Int, Int)
+    /// keyDim^-½
+    public let scale: Float
+
+    public let norm: LayerNorm
+    public let qkv: Linear
+    public let proj: Linear
+    /// `attention_biases`: (heads, offsetCount)
+    public let attentionBiases: Parameter
+    /// Number of distinct (|Δrow|, |Δcol|) offsets: res.0 · res.1.
+    public let offsetCount: Int
+    /// `attention_bias_idxs`: (N, N) row-major, the offset index of every (query, key) pair.
+    public let biasIndices: [Int32]
+
+    // Kept for backward (training mode only):
+    // t: (B', N, heads·(2·keyDim + d)) the qkv projection
+    private var qkvOutput: Tensor?
+    // p: (B', heads, N, N) softmax probabilities
+    private var probabilities: Tensor?
+
+    /// N = resolution.0 · resolution.1 tokens per window.
+    public var tokens: Int { resolution.0 * resolution.1 }
+    /// Width of one head's [q, k, v] group in the qkv output: 2·keyDim + d.
+    public var headStride: Int { 2 * keyDim + valueDim }
+
+    public init(dim: Int, keyDim: Int, heads: Int, attentionRatio: Double = 4, resolution: (Int, Int) = (14, 14)) {
+        precondition(dim > 0 && keyDim > 0 && heads > 0 && resolution.0 > 0 && resolution.1 > 0,
+                     "TinyViTAttention: dim \(dim), keyDim \(keyDim), heads \(heads), resolution \(resolution) must be positive")
+        self.dim = dim
+        self.keyDim = keyDim
+        self.heads = heads
+        self.attentionRatio = attentionRatio
+        self.valueDim = Int(attentionRatio * Double(keyDim))
+        precondition(valueDim > 0, "TinyViTAttention: attentionRatio \(attentionRatio) · keyDim \(keyDim) gives no value dimensions")
+        self.resolution = resolution
+        self.scale = Float(1 / Double(keyDim).squareRoot())
+        norm = LayerNorm(dim)
+        qkv = Linear(dim, heads * (2 * keyDim + valueDim))
+        proj = Linear(heads * valueDim, dim)
+        let (idx, count) = TinyViTAttention.offsetIndices(resolution)
+        biasIndices = idx
+        offsetCount = count
+        attentionBiases = Parameter(Tensor(zeros: [heads, count]), decays: false)
+    }
+
+    /// The reference's `attention_bias_idxs`: for token pairs (p1, p2) over `itertools.product`
+    /// of rows and columns (row-major), offset (|Δrow|, |Δcol|) gets the next index the first time
+    /// it is met. Returns the (N, N) row-major index table and the number of offsets.
+    public static func offsetIndices(_ resolution: (Int, Int)) -> (indices: [Int32], count: Int) {
+        let (R, C) = resolution
+        let N = R * C
+        var seen = [Int](repeating: -1, count: R * C)  // keyed by |Δr|·C + |Δc|
+        var count = 0
+        var idx = [Int32](repeating: 0, count: N * N)
+        for i in 0..<N {
+            for j in 0..<N {
+                let key = abs(i / C - j / C) * C + abs(i % C - j % C)
+                if seen[key] < 0 { seen[key] = count; count += 1 }
+                idx[i * N + j] = Int32(seen[key])
+            }
+        }
+        return (idx, count)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        [("attention_biases", attentionBiases)] + prefixed("norm.", norm) + prefixed("qkv.", qkv) + prefixed("proj.", proj)
+    }
+
+    private func checkInput(_ x: Tensor) {
+        if x.rank != 3 || x.shape[1] != tokens || x.shape[2] != dim {
+            preconditionFailure("TinyViTAttention(dim \(dim), resolution \(resolution)): expected input of shape (B', \(tokens), \(dim)), got \(x.shape)")
+        }
+    }
+
+    /// The bias table gathered per head: (heads, N, N).
+    private func denseBias() -> [Float] {
+        let N = tokens, NN = N * N, O = offsetCount
+        var out = [Float](repeating: 0, count: heads * NN)
+        let table = attentionBiases.value.data
+        for h in 0..<heads {
+            for ij in 0..<NN { out[h * NN + ij] = table[h * O + Int(biasIndices[ij])] }
+        }
+        return out
+    }
+
+    /// x: (B', N, C) -> y: (B', N, C)
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        checkInput(x)
+        let Bw = x.shape[0], N = tokens, NN = N * N, H = heads, kd = keyDim, d = valueDim
+        let hs = headStride, ld = H * hs, dh = H * d, scale = scale
+        let xn = norm.forward(x, mode: mode)
+        // t: (B', N, ld)
+        let t = qkv.forward(xn, mode: mode)
+        // p: (B', H, N, N) scores, then probabilities
+        var p = Tensor.empty([Bw, H, N, N])
+        // o: (B', N, H·d) heads concatenated
+        var o = Tensor.empty([Bw, N, dh])
+        let bias = denseBias()
+        t.data.withUnsafeBufferPointer { tb in
+            p.data.withUnsafeMutableBufferPointer { pb in
+                let tp = tb.baseAddress!, pp = pb.baseAddress!
+                // S (N, N) = scale · q (N, kd) · kᵀ (kd, N), q and k read in place (row stride ld).
+                for b in 0..<Bw {
+                    for h in 0..<H {
+                        let q = tp + b * N * ld + h * hs
+                        gemm(transB: true, m: N, n: N, k: kd, alpha: scale, a: q, lda: ld,
+                             b: q + kd, ldb: ld, c: pp + (b * H + h) * NN, ldc: N)
+                    }
+                }
+                // S += bias[h] (N, N)
+                bias.withUnsafeBufferPointer { bb in
+                    let bp = bb.baseAddress!
+                    parallelFor(Bw * H, costPerItem: NN) { bh in
+                        let s = pp + bh * NN, bhp = bp + (bh % H) * NN
+                        for ij in 0..<NN { s[ij] += bhp[ij] }
+                    }
+                }
+                softmaxRows(pp, rows: Bw * H * N, n: N)
+                o.data.withUnsafeMutableBufferPointer { ob in
+                    let op = ob.baseAddress!
+                    // O_h (N, d) = P (N, N) · v (N, d), written into its head's columns (row stride dh).
+                    for b in 0..<Bw {
+                        for h in 0..<H {
+                            gemm(m: N, n: d, k: N, a: pp + (b * H + h) * NN, lda: N,
+                                 b: tp + b * N * ld + h * hs + 2 * kd, ldb: ld,
+                                 c: op + b * N * dh + h * d, ldc: dh)
+                        }
+                    }
+                }
+            }
+        }
+        let y = proj.forward(o, mode: mode)
+        if mode.keepsActivations {
+            qkvOutput = t; probabilities = p
+        } else {
+            qkvOutput = nil; probabilities = nil
+        }
+        return y
+    }
+
+    /// dy: (B', N, C) -> dx: (B', N, C); accumulates every parameter gradient. The bias table's
+    /// gradient is the scatter-add of dS over all windows and all (i, j) pairs sharing an offset.
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let t = qkvOutput, let p = probabilities else {
+            preconditionFailure("TinyViTAttention.backward without a training-mode forward")
+        }
+        let Bw = p.shape[0], N = tokens, NN = N * N, H = heads, kd = keyDim, d = valueDim
+        let hs = headStride, ld = H * hs, dh = H * d, scale = scale, O = offsetCount
+        precondition(dy.shape == [Bw, N, dim],
+                     "TinyViTAttention.backward: dy \(dy.shape) does not match the forward's output \([Bw, N, dim])")
+        // dO: (B', N, H·d)
+        let dO = proj.backward(dy)
+        // dS: (B', H, N, N) dL/dP, then dL/dS
+        var dS = Tensor.empty([Bw, H, N, N])
+        // dT: (B', N, ld) gradient of the qkv output; every entry is written below (beta 0)
+        var dT = Tensor.empty(t.shape)
+        // Bias-table gradient per head, accumulated in Double: (H, offsets)
+        var tableGrad = [Double](repeating: 0, count: H * O)
+        t.data.withUnsafeBufferPointer { tb in
+            p.data.withUnsafeBufferPointer { pb in
+                dO.data.withUnsafeBufferPointer { gb in
+                    dS.data.withUnsafeMutableBufferPointer { sb in
+                        dT.data.withUnsafeMutableBufferPointer { db in
+                            let tp = tb.baseAddress!, pp = pb.baseAddress!, gp = gb.baseAddress!
+                            let sp = sb.baseAddress!, dtp = db.baseAddress!
+                            for b in 0..<Bw {
+                                for h in 0..<H {
+                                    let gO = gp + b * N * dh + h * d
+                                    let v = tp + b * N * ld + h * hs + 2 * kd
+                                    let P = pp + (b * H + h) * NN
+                                    // dP (N, N) = dO_h (N, d) · vᵀ (d, N)
+                                    gemm(transB: true, m: N, n: N, k: d, a: gO, lda: dh, b: v, ldb: ld,
+                                         c: sp + (b * H + h) * NN, ldc: N)
+                                    // dv (N, d) = Pᵀ (N, N) · dO_h (N, d)
+                                    gemm(transA: true, m: N, n: d, k: N, a: P, lda: N, b: gO, ldb: dh,
+                                         c: dtp + b * N * ld + h * hs + 2 * kd, ldc: ld)
+                                }
+                            }
+                            softmaxRowsBackward(probabilities: pp, gradient: sp, rows: Bw * H * N, n: N)
+                            // Bias table: sum dS over windows per head (dense, Double), then scatter.
+                            let idx = biasIndices
+                            tableGrad.withUnsafeMutableBufferPointer { tgb in
+                                let tg = tgb.baseAddress!
+                                parallelFor(H, costPerItem: Bw * NN) { h in
+                                    var dense = [Double](repeating: 0, count: NN)
+                                    for b in 0..<Bw {
+                                        let s = sp + (b * H + h) * NN
+                                        for ij in 0..<NN { dense[ij] += Double(s[ij]) }
+                                    }
+                                    let row = tg + h * O
+                                    for ij in 0..<NN { row[Int(idx[ij])] += dense[ij] }
+                                }
+                            }
+                            for b in 0..<Bw {
+                                for h in 0..<H {
+                                    let q = tp + b * N * ld + h * hs
+                                    let S = sp + (b * H + h) * NN
+                                    let dq = dtp + b * N * ld + h * hs
+                                    // dq (N, kd) = scale · dS (N, N) · k (N, kd)
+                                    gemm(m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q + kd, ldb: ld,
+                                         c: dq, ldc: ld)
+                                    // dk (N, kd) = scale · dSᵀ (N, N) · q (N, kd)
+                                    gemm(transA: true, m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q, ldb: ld,
+                                         c: dq + kd, ldc: ld)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        attentionBiases.grad.data.withUnsafeMutableBufferPointer { g in
+            for i in 0..<(H * O) { g[i] += Float(tableGrad[i]) }
+        }
+        qkvOutput = nil; probabilities = nil
+        let dxn = qkv.backward(dT)
+        return norm.backward(dxn)
+    }
+
+    // MARK: - Naive reference (plain loops, Double), for tests
+
+    /// Plain-loop forward in Double from the current parameter values: x: (B', N, C) -> y: (B', N, C).
+    public func forwardReference(_ x: Tensor) -> Tensor {
+        checkInput(x)
+        let r = referencePass(x, dy: nil)
+        return Tensor(shape: x.shape, data: r.y.map(Float.init))
+    }
+
+    /// Plain-loop forward and backward in Double (recomputes the forward): returns dx and the
+    /// gradient of every trainable parameter by checkpoint key. Touches no parameter gradient.
+    public func backwardReference(_ x: Tensor, _ dy: Tensor) -> (dx: Tensor, gradients: [String: Tensor]) {
+        checkInput(x)
+        precondition(dy.shape == x.shape, "TinyViTAttention.backwardReference: dy \(dy.shape) vs x \(x.shape)")
+        let r = referencePass(x, dy: dy)
+        var grads: [String: Tensor] = [:]
+        for (k, p) in namedParameters() { grads[k] = Tensor(shape: p.shape, data: r.grads[k]!.map(Float.init)) }
+        return (Tensor(shape: x.shape, data: r.dx.map(Float.init)), grads)
+    }
+
+    private func referencePass(_ x: Tensor, dy: Tensor?) -> (y: [Double], dx: [Double], grads: [String: [Double]]) {
+        let Bw = x.shape[0], N = tokens, C = dim, H = heads, kd = keyDim, d = valueDim
+        let hs = headStride, L = H * hs, dh = H * d, R = Bw * N, O = offsetCount
+        let sc = 1 / Double(kd).squareRoot()
+        func dbl(_ p: Parameter) -> [Double] { p.value.data.map(Double.init) }
+        let lnW = dbl(norm.weight), lnB = dbl(norm.bias), eps = Double(norm.eps)
+        let wq = dbl(qkv.weight), bq = dbl(qkv.bias!), wp = dbl(proj.weight), bp = dbl(proj.bias!)
+        let table = dbl(attentionBiases)
+        let xs = x.data.map(Double.init)
+        // LayerNorm: xh (R, C), rstd (R), xn (R, C)
+        var xh = [Double](repeating: 0, count: R * C), rstd = [Double](repeating: 0, count: R)
+        var xn = [Double](repeating: 0, count: R * C)
+        for r in 0..<R {
+            var m = 0.0
+            for c in 0..<C { m += xs[r * C + c] }
+            m /= Double(C)
+            var v = 0.0
+            for c in 0..<C { v += (xs[r * C + c] - m) * (xs[r * C + c] - m) }
+            let s = 1 / (v / Double(C) + eps).squareRoot()
+            rstd[r] = s
+            for c in 0..<C { xh[r * C + c] = (xs[r * C + c] - m) * s; xn[r * C + c] = xh[r * C + c] * lnW[c] + lnB[c] }
+        }
+        // qkv: t (R, L)
+        var t = [Double](repeating: 0, count: R * L)
+        for r in 0..<R { for o in 0..<L {
+            var s = bq[o]
+            for c in 0..<C { s += xn[r * C + c] * wq[o * C + c] }
+            t[r * L + o] = s
+        } }
+        func q(_ b: Int, _ h: Int, _ i: Int, _ e: Int) -> Int { (b * N + i) * L + h * hs + e }
+        func k(_ b: Int, _ h: Int, _ i: Int, _ e: Int) -> Int { (b * N + i) * L + h * hs + kd + e }
+        func v(_ b: Int, _ h: Int, _ i: Int, _ e: Int) -> Int { (b * N + i) * L + h * hs + 2 * kd + e }
+        // probabilities P (B', H, N, N); heads output o (R, dh)
+        var P = [Double](repeating: 0, count: Bw * H * N * N)
+        var ov = [Double](repeating: 0, count: R * dh)
+        for b in 0..<Bw { for h in 0..<H { for i in 0..<N {
+            var row = [Double](repeating: 0, count: N)
+            for j in 0..<N {
+                var s = 0.0
+                for e in 0..<kd { s += t[q(b, h, i, e)] * t[k(b, h, j, e)] }
+                row[j] = s * sc + table[h * O + Int(biasIndices[i * N + j])]
+            }
+            let m = row.max()!
+            var z = 0.0
+            for j in 0..<N { row[j] = exp(row[j] - m); z += row[j] }
+            for j in 0..<N { P[((b * H + h) * N + i) * N + j] = row[j] / z }
+            for e in 0..<d {
+                var s = 0.0
+                for j in 0..<N { s += P[((b * H + h) * N + i) * N + j] * t[v(b, h, j, e)] }
+                ov[(b * N + i) * dh + h * d + e] = s
+            }
+        } } }
+        // proj: y (R, C)
+        var y = [Double](repeating: 0, count: R * C)
+        for r in 0..<R { for c in 0..<C {
+            var s = bp[c]
+            for e in 0..<dh { s += ov[r * dh + e] * wp[c * dh + e] }
+            y[r * C + c] = s
+        } }
+        guard let dy else { return (y, [], [:]) }
+        let g = dy.data.map(Double.init)
+        var gwp = [Double](repeating: 0, count: C * dh), gbp = [Double](repeating: 0, count: C)
+        var gov = [Double](repeating: 0, count: R * dh)
+        for r in 0..<R { for c in 0..<C {
+            gbp[c] += g[r * C + c]
+            for e in 0..<dh {
+                gwp[c * dh + e] += g[r * C + c] * ov[r * dh + e]
+                gov[r * dh + e] += g[r * C + c] * wp[c * dh + e]
+            }
+        } }
+        var gt = [Double](repeating: 0, count: R * L)
+        var gtable = [Double](repeating: 0, count: H * O)
+        for b in 0..<Bw { for h in 0..<H { for i in 0..<N {
+            let pr = ((b * H + h) * N + i) * N
+            // dP_ij = Σ_e dO_ie v_je; dv_je += P_ij dO_ie
+            var dP = [Double](repeating: 0, count: N)
+            for j in 0..<N { for e in 0..<d {
+                let go = gov[(b * N + i) * dh + h * d + e]
+                dP[j] += go * t[v(b, h, j, e)]
+                gt[v(b, h, j, e)] += P[pr + j] * go
+            } }
+            var dot = 0.0
+            for j in 0..<N { dot += P[pr + j] * dP[j] }
+            for j in 0..<N {
+                let dS = P[pr + j] * (dP[j] - dot)
+                gtable[h * O + Int(biasIndices[i * N + j])] += dS
+                for e in 0..<kd {
+                    gt[q(b, h, i, e)] += dS * sc * t[k(b, h, j, e)]
+                    gt[k(b, h, j, e)] += dS * sc * t[q(b, h, i, e)]
+                }
+            }
+        } } }
+        var gwq = [Double](repeating: 0, count: L * C), gbq = [Double](repeating: 0, count: L)
+        var gxn = [Double](repeating: 0, count: R * C)
+        for r in 0..<R { for o in 0..<L {
+            let go = gt[r * L + o]
+            gbq[o] += go
+            for c in 0..<C { gwq[o * C + c] += go * xn[r * C + c]; gxn[r * C + c] += go * wq[o * C + c] }
+        } }
+        var glnW = [Double](repeating: 0, count: C), glnB = [Double](repeating: 0, count: C)
+        var dx = [Double](repeating: 0, count: R * C)
+        for r in 0..<R {
+            var m1 = 0.0, m2 = 0.0
+            for c in 0..<C {
+                let gh = gxn[r * C + c] * lnW[c]
+                m1 += gh; m2 += gh * xh[r * C + c]
+                glnW[c] += gxn[r * C + c] * xh[r * C + c]; glnB[c] += gxn[r * C + c]
+            }
+            m1 /= Double(C); m2 /= Double(C)
+            for c in 0..<C { dx[r * C + c] = rstd[r] * (gxn[r * C + c] * lnW[c] - m1 - xh[r * C + c] * m2) }
+        }
+        let grads: [String: [Double]] = [
+            "attention_biases": gtable, "norm.weight": glnW, "norm.bias": glnB,
+            "qkv.weight": gwq, "qkv.bias": gbq, "proj.weight": gwp, "proj.bias": gbp,
+        ]
+        return (y, dx, grads)
+    }
+}
