@@ -1,3 +1,0 @@
-// Optim: AdamW, gradient-norm clipping and learning-rate schedules.
-import Layers
-import Tensor
