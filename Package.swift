@@ -14,6 +14,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -26,8 +27,10 @@ let package = Package(
         .target(name: "Tensor", dependencies: ["CBLAS"], swiftSettings: optimised),
         .target(name: "Layers", dependencies: ["Tensor"], swiftSettings: optimised),
         .target(name: "Optim", dependencies: ["Tensor", "Layers"], swiftSettings: optimised),
-        .target(name: "SegmentAnything", dependencies: ["Tensor", "Layers", "CImageIO"],
-                swiftSettings: optimised),
+        .target(name: "SegmentAnything", dependencies: [
+            "Tensor", "Layers", "CImageIO",
+            .product(name: "ZIPFoundation", package: "ZIPFoundation"),
+        ], swiftSettings: optimised),
         .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "CHDF5"],
                 swiftSettings: optimised),
         .executableTarget(name: "samdistill", dependencies: [
@@ -40,7 +43,11 @@ let package = Package(
 
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "TestSupport"]),
         .testTarget(name: "LayersTests", dependencies: ["Tensor", "Layers", "TestSupport"]),
+<<<<<<< HEAD
         .testTarget(name: "OptimTests", dependencies: ["Tensor", "Layers", "Optim", "TestSupport"]),
+=======
+        .testTarget(name: "SegmentAnythingTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "TestSupport"]),
+>>>>>>> ptload
     ],
     // Swift 5 mode: kernels share raw buffers across DispatchQueue.concurrentPerform workers by
     // design (disjoint ranges), which Swift 6's strict Sendable checking cannot express.
