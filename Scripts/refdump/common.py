@@ -53,7 +53,8 @@ def params(m: torch.nn.Module, prefix: str = "") -> dict:
     for k, v in m.state_dict().items():
         if k.endswith("num_batches_tracked"):
             continue
-        out[f"param.{prefix}{k}"] = v
+        # clone: state_dict() aliases the live buffers, which a train-mode forward then updates
+        out[f"param.{prefix}{k}"] = v.clone()
     return out
 
 

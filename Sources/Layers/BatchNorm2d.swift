@@ -1,0 +1,174 @@
+import Foundation
+import Tensor
+
+/// `nn.BatchNorm2d(C)` (eps 1e-5, momentum 0.1) on NCHW maps.
+/// Checkpoint keys: `weight` (C), `bias` (C), buffers `running_mean` (C), `running_var` (C);
+/// `num_batches_tracked` is not represented.
+///
+/// - `mode.batchStatistics` (PyTorch `train()`): normalises with the batch mean and biased
+///   variance over (B, H, W), and updates running_mean / running_var with momentum, the variance
+///   UNBIASED (n / (n − 1)), as PyTorch does. Needs more than one value per channel.
+/// - otherwise (`eval()`): normalises with the running statistics (a per-channel affine map).
+/// Backward follows whichever statistics the forward used: through the batch statistics in
+/// training, a per-channel scale in eval mode.
+public final class BatchNorm2d: Module {
+    public let channels: Int
+    public let eps: Float
+    public let momentum: Float
+    /// `weight`: (C)
+    public let weight: Parameter
+    /// `bias`: (C)
+    public let bias: Parameter
+    /// `running_mean`: (C), buffer
+    public let runningMean: Parameter
+    /// `running_var`: (C), buffer
+    public let runningVar: Parameter
+
+    // xhat: (B, C, H, W) normalised input; rstd: (C) 1/sqrt(var + eps) of the statistics used;
+    // usedBatchStatistics: which backward applies. Kept for backward only.
+    private var xhat: Tensor?
+    private var rstd: [Float] = []
+    private var usedBatchStatistics = false
+
+    public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1, weightInit: Float = 1) {
+        self.channels = channels
+        self.eps = eps
+        self.momentum = momentum
+        weight = Parameter(Tensor(repeating: weightInit, shape: [channels]), decays: false)
+        bias = Parameter(Tensor(zeros: [channels]), decays: false)
+        runningMean = Parameter(buffer: Tensor(zeros: [channels]))
+        runningVar = Parameter(buffer: Tensor(repeating: 1, shape: [channels]))
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        [("weight", weight), ("bias", bias), ("running_mean", runningMean), ("running_var", runningVar)]
+    }
+
+    /// x: (B, C, H, W) -> y: (B, C, H, W)
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        precondition(x.rank == 4 && x.shape[1] == channels,
+                     "BatchNorm2d(\(channels)): expected input of shape (B, \(channels), H, W), got \(x.shape)")
+        let B = x.shape[0], C = channels, HW = x.shape[2] * x.shape[3], n = B * HW
+        // mean, scale: (C) the statistics used: batch statistics or running averages
+        var mean = [Float](repeating: 0, count: C), scale = [Float](repeating: 0, count: C)
+        if mode.batchStatistics {
+            precondition(n > 1, "BatchNorm2d(\(channels)): training needs more than one value per channel, got input \(x.shape)")
+            var variance = [Float](repeating: 0, count: C)
+            x.data.withUnsafeBufferPointer { xb in
+                mean.withUnsafeMutableBufferPointer { mb in
+                    variance.withUnsafeMutableBufferPointer { vb in
+                        let xp = xb.baseAddress!, mp = mb.baseAddress!, vp = vb.baseAddress!
+                        // Two passes per channel (mean, then squared deviations), partial sums per plane
+                        // in Float (vectorised), totals in Double.
+                        parallelFor(C, costPerItem: n * 2) { c in
+                            var total: Double = 0
+                            for b in 0..<B { total += Double(ConvReductions.sum(xp + (b * C + c) * HW, HW)) }
+                            let m = Float(total / Double(n))
+                            var sq: Double = 0
+                            for b in 0..<B {
+                                sq += Double(ConvReductions.sumSquaredDeviations(xp + (b * C + c) * HW, HW, from: m))
+                            }
+                            mp[c] = m
+                            vp[c] = Float(sq / Double(n))
+                        }
+                    }
+                }
+            }
+            let mom = momentum, unbias = Float(n) / Float(n - 1)
+            for c in 0..<C {
+                scale[c] = 1 / (variance[c] + eps).squareRoot()
+                runningMean.value.data[c] = (1 - mom) * runningMean.value.data[c] + mom * mean[c]
+                runningVar.value.data[c] = (1 - mom) * runningVar.value.data[c] + mom * variance[c] * unbias
+            }
+        } else {
+            for c in 0..<C {
+                mean[c] = runningMean.value.data[c]
+                scale[c] = 1 / (runningVar.value.data[c] + eps).squareRoot()
+            }
+        }
+        let keep = mode.keepsActivations
+        var y = Tensor.empty(x.shape)
+        var xh = keep ? Tensor.empty(x.shape) : Tensor(zeros: [0])
+        x.data.withUnsafeBufferPointer { xb in
+            y.data.withUnsafeMutableBufferPointer { yb in
+                xh.data.withUnsafeMutableBufferPointer { hb in
+                    weight.value.data.withUnsafeBufferPointer { wb in
+                        bias.value.data.withUnsafeBufferPointer { bb in
+                            let xp = xb.baseAddress!, yp = yb.baseAddress!, hp = hb.baseAddress
+                            let w = wb.baseAddress!, bv = bb.baseAddress!
+                            parallelFor(B * C, costPerItem: HW * 2) { bc in
+                                let c = bc % C, o = bc * HW
+                                let m = mean[c], s = scale[c], a = s * w[c], shift = bv[c] - m * a
+                                if keep {
+                                    let h = hp! + o
+                                    for i in 0..<HW { h[i] = (xp[o + i] - m) * s; yp[o + i] = h[i] * w[c] + bv[c] }
+                                } else {
+                                    for i in 0..<HW { yp[o + i] = xp[o + i] * a + shift }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if keep {
+            xhat = xh; rstd = scale; usedBatchStatistics = mode.batchStatistics
+        } else {
+            xhat = nil; rstd = []
+        }
+        return y
+    }
+
+    /// dy: (B, C, H, W) -> dx; dW += Σ dy·x̂, dB += Σ dy.
+    /// Batch statistics: dx = w·rstd·(dy − mean(dy) − x̂·mean(dy·x̂)) per channel.
+    /// Running statistics: dx = w·rstd·dy.
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let xh = xhat else { preconditionFailure("BatchNorm2d.backward without a training-mode forward") }
+        precondition(dy.shape == xh.shape, "BatchNorm2d(\(channels)).backward: dy \(dy.shape) vs input \(xh.shape)")
+        let B = xh.shape[0], C = channels, HW = xh.shape[2] * xh.shape[3], n = B * HW
+        // sumDy, sumDyXhat: (C)
+        var sumDy = [Double](repeating: 0, count: C), sumDyXhat = [Double](repeating: 0, count: C)
+        var dx = Tensor.empty(xh.shape)
+        let batch = usedBatchStatistics, rs = rstd
+        dy.data.withUnsafeBufferPointer { gb in
+            xh.data.withUnsafeBufferPointer { hb in
+                let g = gb.baseAddress!, h = hb.baseAddress!
+                sumDy.withUnsafeMutableBufferPointer { s1b in
+                    sumDyXhat.withUnsafeMutableBufferPointer { s2b in
+                        let s1 = s1b.baseAddress!, s2 = s2b.baseAddress!
+                        parallelFor(C, costPerItem: n * 2) { c in
+                            var t1: Double = 0, t2: Double = 0
+                            for b in 0..<B {
+                                let o = (b * C + c) * HW
+                                t1 += Double(ConvReductions.sum(g + o, HW))
+                                t2 += Double(ConvReductions.dot(g + o, h + o, HW))
+                            }
+                            s1[c] = t1; s2[c] = t2
+                        }
+                    }
+                }
+                dx.data.withUnsafeMutableBufferPointer { ob in
+                    weight.value.data.withUnsafeBufferPointer { wb in
+                        let out = ob.baseAddress!, w = wb.baseAddress!
+                        let m1 = sumDy.map { Float($0 / Double(n)) }, m2 = sumDyXhat.map { Float($0 / Double(n)) }
+                        parallelFor(B * C, costPerItem: HW * 2) { bc in
+                            let c = bc % C, o = bc * HW, a = w[c] * rs[c]
+                            if batch {
+                                let mg = m1[c], mgx = m2[c]
+                                for i in 0..<HW { out[o + i] = a * (g[o + i] - mg - h[o + i] * mgx) }
+                            } else {
+                                for i in 0..<HW { out[o + i] = a * g[o + i] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for c in 0..<C {
+            weight.grad.data[c] += Float(sumDyXhat[c])
+            bias.grad.data[c] += Float(sumDy[c])
+        }
+        xhat = nil; rstd = []
+        return dx
+    }
+}

@@ -1,0 +1,478 @@
+import Foundation
+import Tensor
+
+/// `nn.Conv2d` on NCHW maps, square kernel / stride / padding, no dilation.
+/// Checkpoint keys: `weight` (O, I/groups, k, k), `bias` (O) unless built with `bias: false`.
+///
+/// Three kernels, chosen once from the configuration (`path`):
+/// - `.depthwise` (groups == inputChannels == outputChannels): direct loops, parallel over
+///   (image, channel) planes, forward and backward.
+/// - `.pointwise` (1×1, stride 1, no padding): the NCHW map of one image already is the
+///   (C, H·W) matrix, so each group is one GEMM on it, no im2col.
+/// - `.im2col` (everything else): per image, the (C·k·k, Ho·Wo) column matrix is built in
+///   parallel, then one GEMM per group (OpenBLAS threads the GEMM; our threads never wrap it).
+///   Backward: dW += dy · colsᵀ, dcols = Wᵀ · dy, col2im (parallel over input channels).
+/// `conv2dReference` / `conv2dBackwardReference` are the naive loops the kernels are tested against.
+/// Parameters start at zero (as `Linear`); model builders initialise or load them.
+/// Weight decay applies to `weight` only.
+public final class Conv2d: Module {
+    public enum Path: String, Sendable { case pointwise, depthwise, im2col }
+
+    public let inputChannels: Int
+    public let outputChannels: Int
+    public let kernelSize: Int
+    public let stride: Int
+    public let padding: Int
+    public let groups: Int
+    public let path: Path
+    /// `weight`: (O, I/groups, k, k)
+    public let weight: Parameter
+    /// `bias`: (O), absent when built with `bias: false`
+    public let bias: Parameter?
+
+    // x: (B, C, H, W), kept for backward
+    private var input: Tensor?
+
+    public init(inputChannels: Int, outputChannels: Int, kernelSize: Int, stride: Int = 1,
+                padding: Int = 0, groups: Int = 1, bias: Bool = true) {
+        precondition(kernelSize >= 1 && stride >= 1 && padding >= 0 && groups >= 1,
+                     "Conv2d: invalid kernel \(kernelSize), stride \(stride), padding \(padding), groups \(groups)")
+        precondition(inputChannels % groups == 0 && outputChannels % groups == 0,
+                     "Conv2d: channels \(inputChannels)→\(outputChannels) are not divisible by groups \(groups)")
+        self.inputChannels = inputChannels
+        self.outputChannels = outputChannels
+        self.kernelSize = kernelSize
+        self.stride = stride
+        self.padding = padding
+        self.groups = groups
+        if groups > 1 && groups == inputChannels && groups == outputChannels {
+            path = .depthwise
+        } else if kernelSize == 1 && stride == 1 && padding == 0 {
+            path = .pointwise
+        } else {
+            path = .im2col
+        }
+        weight = Parameter(Tensor(zeros: [outputChannels, inputChannels / groups, kernelSize, kernelSize]))
+        self.bias = bias ? Parameter(Tensor(zeros: [outputChannels]), decays: false) : nil
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        var p = [("weight", weight)]
+        if let bias { p.append(("bias", bias)) }
+        return p
+    }
+
+    var name: String {
+        "Conv2d(\(inputChannels)→\(outputChannels), k\(kernelSize) s\(stride) p\(padding) g\(groups))"
+    }
+
+    /// Output spatial size for an input of `height` × `width`.
+    public func outputSize(height: Int, width: Int) -> (height: Int, width: Int) {
+        precondition(height + 2 * padding >= kernelSize && width + 2 * padding >= kernelSize,
+                     "\(name): input \(height)×\(width) is smaller than the kernel")
+        return ((height + 2 * padding - kernelSize) / stride + 1, (width + 2 * padding - kernelSize) / stride + 1)
+    }
+
+    /// x: (B, C, H, W) -> y: (B, O, Ho, Wo), Ho = (H + 2p − k) / s + 1
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        precondition(x.rank == 4 && x.shape[1] == inputChannels,
+                     "\(name): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
+        let geo = ConvGeometry(x.shape, outputChannels: outputChannels, kernel: kernelSize, stride: stride,
+                               padding: padding, groups: groups, layer: name)
+        var y = Tensor.empty([geo.B, geo.O, geo.Ho, geo.Wo])
+        x.data.withUnsafeBufferPointer { xb in
+            y.data.withUnsafeMutableBufferPointer { yb in
+                weight.value.data.withUnsafeBufferPointer { wb in
+                    let xp = xb.baseAddress!, yp = yb.baseAddress!, wp = wb.baseAddress!
+                    if let bias {
+                        bias.value.data.withUnsafeBufferPointer { bb in fillChannelBias(yp, bb.baseAddress!, geo) }
+                    }
+                    switch path {
+                    case .depthwise: depthwiseForward(xp, wp, yp, geo)
+                    case .pointwise, .im2col: gemmForward(xp, wp, yp, geo, accumulate: bias != nil)
+                    }
+                }
+            }
+        }
+        input = mode.keepsActivations ? x : nil
+        return y
+    }
+
+    /// dy: (B, O, Ho, Wo) -> dx: (B, C, H, W); accumulates dW and db.
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let x = input else { preconditionFailure("\(name).backward without a training-mode forward") }
+        let geo = ConvGeometry(x.shape, outputChannels: outputChannels, kernel: kernelSize, stride: stride,
+                               padding: padding, groups: groups, layer: name)
+        precondition(dy.shape == [geo.B, geo.O, geo.Ho, geo.Wo],
+                     "\(name).backward: expected dy of shape \([geo.B, geo.O, geo.Ho, geo.Wo]), got \(dy.shape)")
+        var dx = Tensor(zeros: x.shape)
+        x.data.withUnsafeBufferPointer { xb in
+            dy.data.withUnsafeBufferPointer { gb in
+                dx.data.withUnsafeMutableBufferPointer { db in
+                    weight.value.data.withUnsafeBufferPointer { wb in
+                        weight.grad.data.withUnsafeMutableBufferPointer { gwb in
+                            let xp = xb.baseAddress!, gp = gb.baseAddress!, dxp = db.baseAddress!
+                            let wp = wb.baseAddress!, gw = gwb.baseAddress!
+                            switch path {
+                            case .depthwise: depthwiseBackward(xp, wp, gp, dxp, gw, geo)
+                            case .pointwise, .im2col: gemmBackward(xp, wp, gp, dxp, gw, geo)
+                            }
+                        }
+                    }
+                }
+                if let bias {
+                    bias.grad.data.withUnsafeMutableBufferPointer { gbb in
+                        accumulateChannelBiasGradient(gb.baseAddress!, gbb.baseAddress!, B: geo.B, C: geo.O, HW: geo.Ho * geo.Wo)
+                    }
+                }
+            }
+        }
+        input = nil
+        return dx
+    }
+
+    // MARK: GEMM paths (pointwise, im2col)
+
+    private func gemmForward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ yp: UnsafeMutablePointer<Float>,
+                             _ g: ConvGeometry, accumulate: Bool) {
+        let pointwise = path == .pointwise
+        let K = g.Cg * g.kk, L = g.L, Og = g.Og
+        // cols: (C·k·k, Ho·Wo) for one image (unused on the pointwise path)
+        var cols = [Float](repeating: 0, count: pointwise ? 0 : g.C * g.kk * L)
+        cols.withUnsafeMutableBufferPointer { cb in
+            for b in 0..<g.B {
+                let xi = xp + b * g.C * g.H * g.W, yi = yp + b * g.O * L
+                let src: UnsafePointer<Float>
+                if pointwise { src = xi } else { im2col(xi, cb.baseAddress!, g); src = UnsafePointer(cb.baseAddress!) }
+                for gr in 0..<g.groups {
+                    // y_g (Og, L) = W_g (Og, Cg·k·k) · cols_g (Cg·k·k, L) [+ bias already in y]
+                    gemm(m: Og, n: L, k: K, a: wp + gr * Og * K, lda: K, b: src + gr * K * L, ldb: L,
+                         beta: accumulate ? 1 : 0, c: yi + gr * Og * L, ldc: L)
+                }
+            }
+        }
+    }
+
+    private func gemmBackward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ gp: UnsafePointer<Float>,
+                              _ dxp: UnsafeMutablePointer<Float>, _ gw: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+        let pointwise = path == .pointwise
+        let K = g.Cg * g.kk, L = g.L, Og = g.Og
+        // cols, dcols: (C·k·k, Ho·Wo) for one image (unused on the pointwise path)
+        let n = pointwise ? 0 : g.C * g.kk * L
+        var cols = [Float](repeating: 0, count: n), dcols = [Float](repeating: 0, count: n)
+        cols.withUnsafeMutableBufferPointer { cb in
+            dcols.withUnsafeMutableBufferPointer { dcb in
+                for b in 0..<g.B {
+                    let xi = xp + b * g.C * g.H * g.W, dxi = dxp + b * g.C * g.H * g.W, gi = gp + b * g.O * L
+                    let src: UnsafePointer<Float>, dst: UnsafeMutablePointer<Float>
+                    if pointwise {
+                        src = xi; dst = dxi
+                    } else {
+                        im2col(xi, cb.baseAddress!, g)
+                        src = UnsafePointer(cb.baseAddress!); dst = dcb.baseAddress!
+                    }
+                    for gr in 0..<g.groups {
+                        let dyg = gi + gr * Og * L
+                        // dW_g (Og, Cg·k·k) += dy_g (Og, L) · cols_gᵀ (L, Cg·k·k)
+                        gemm(transB: true, m: Og, n: K, k: L, a: dyg, lda: L, b: src + gr * K * L, ldb: L,
+                             beta: 1, c: gw + gr * Og * K, ldc: K)
+                        // dcols_g (Cg·k·k, L) = W_gᵀ (Cg·k·k, Og) · dy_g (Og, L)
+                        gemm(transA: true, m: K, n: L, k: Og, a: wp + gr * Og * K, lda: K, b: dyg, ldb: L,
+                             c: dst + gr * K * L, ldc: L)
+                    }
+                    if !pointwise { col2im(UnsafePointer(dcb.baseAddress!), dxi, g) }
+                }
+            }
+        }
+    }
+
+    // MARK: Depthwise path
+
+    /// Each (b, c) plane: y[oy, ox] += Σ_{ky,kx} w[c, ky, kx] · x[oy·s − p + ky, ox·s − p + kx].
+    private func depthwiseForward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>,
+                                  _ yp: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+        let k = g.k, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C
+        let (ox0, ox1) = g.validOutputColumns()
+        parallelFor(g.B * C, costPerItem: g.L * g.kk * 2) { bc in
+            let x = xp + bc * H * W, y = yp + bc * g.L, w = wp + (bc % C) * g.kk
+            for oy in 0..<Ho {
+                let yrow = y + oy * Wo
+                for ky in 0..<k {
+                    let iy = oy * s - p + ky
+                    if iy < 0 || iy >= H { continue }
+                    let xrow = x + iy * W
+                    for kx in 0..<k {
+                        let wv = w[ky * k + kx], lo = ox0[kx], hi = ox1[kx]
+                        if lo >= hi { continue }
+                        if s == 1 {
+                            let xs = xrow + (kx - p)
+                            for ox in lo..<hi { yrow[ox] += wv * xs[ox] }
+                        } else {
+                            for ox in lo..<hi { yrow[ox] += wv * xrow[ox * s - p + kx] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// dx[iy, ix] += w · dy[oy, ox]; dW[c, ky, kx] += Σ dy[oy, ox] · x[iy, ix] (per-plane partials,
+    /// then summed over the batch).
+    private func depthwiseBackward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ gp: UnsafePointer<Float>,
+                                   _ dxp: UnsafeMutablePointer<Float>, _ gw: UnsafeMutablePointer<Float>,
+                                   _ g: ConvGeometry) {
+        let k = g.k, kk = g.kk, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C
+        let (ox0, ox1) = g.validOutputColumns()
+        // partial: (B·C, k·k) weight-gradient partial sums per plane
+        var partial = [Float](repeating: 0, count: g.B * C * kk)
+        partial.withUnsafeMutableBufferPointer { pb in
+            let pp = pb.baseAddress!
+            parallelFor(g.B * C, costPerItem: g.L * kk * 4) { bc in
+                let x = xp + bc * H * W, dx = dxp + bc * H * W, dy = gp + bc * g.L
+                let w = wp + (bc % C) * kk, dw = pp + bc * kk
+                for oy in 0..<Ho {
+                    let grow = dy + oy * Wo
+                    for ky in 0..<k {
+                        let iy = oy * s - p + ky
+                        if iy < 0 || iy >= H { continue }
+                        let xrow = x + iy * W, dxrow = dx + iy * W
+                        for kx in 0..<k {
+                            let wv = w[ky * k + kx], lo = ox0[kx], hi = ox1[kx]
+                            if lo >= hi { continue }
+                            var acc: Float = 0
+                            if s == 1 {
+                                let xs = xrow + (kx - p), dxs = dxrow + (kx - p)
+                                for ox in lo..<hi { dxs[ox] += wv * grow[ox] }
+                                acc = ConvReductions.dot(grow + lo, xs + lo, hi - lo)
+                            } else {
+                                for ox in lo..<hi {
+                                    let ix = ox * s - p + kx
+                                    dxrow[ix] += wv * grow[ox]; acc += grow[ox] * xrow[ix]
+                                }
+                            }
+                            dw[ky * k + kx] += acc
+                        }
+                    }
+                }
+            }
+            for b in 0..<g.B { for i in 0..<(C * kk) { gw[i] += pp[b * C * kk + i] } }
+        }
+    }
+}
+
+// MARK: - Shared geometry and kernels
+
+/// Shapes of one convolution call (math names for the kernels).
+struct ConvGeometry {
+    let B: Int, C: Int, H: Int, W: Int, O: Int, k: Int, s: Int, p: Int, groups: Int
+    let Ho: Int, Wo: Int
+    var kk: Int { k * k }
+    var L: Int { Ho * Wo }
+    var Cg: Int { C / groups }
+    var Og: Int { O / groups }
+
+    init(_ xShape: [Int], outputChannels: Int, kernel: Int, stride: Int, padding: Int, groups: Int, layer: String) {
+        B = xShape[0]; C = xShape[1]; H = xShape[2]; W = xShape[3]
+        O = outputChannels; k = kernel; s = stride; p = padding; self.groups = groups
+        precondition(H + 2 * p >= k && W + 2 * p >= k, "\(layer): input \(xShape) is smaller than the kernel")
+        Ho = (H + 2 * p - k) / s + 1
+        Wo = (W + 2 * p - k) / s + 1
+    }
+
+    /// For each kernel column kx, the output columns ox whose input column ox·s − p + kx lies
+    /// inside the image: ox0[kx] ..< ox1[kx].
+    func validOutputColumns() -> ([Int], [Int]) {
+        var lo = [Int](repeating: 0, count: k), hi = [Int](repeating: 0, count: k)
+        for kx in 0..<k {
+            let a = p - kx  // ox·s ≥ a
+            lo[kx] = a <= 0 ? 0 : Swift.min(Wo, (a + s - 1) / s)
+            let b = W - 1 + p - kx  // ox·s ≤ b
+            hi[kx] = b < 0 ? 0 : Swift.min(Wo, b / s + 1)
+            if hi[kx] < lo[kx] { hi[kx] = lo[kx] }
+        }
+        return (lo, hi)
+    }
+}
+
+/// x: (C, H, W) one image -> cols: (C·k·k, Ho·Wo), row (c, ky, kx) holds x[c, oy·s − p + ky,
+/// ox·s − p + kx] (zero outside the image). Parallel over rows.
+func im2col(_ x: UnsafePointer<Float>, _ cols: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+    let k = g.k, kk = g.kk, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, L = g.L
+    let (ox0, ox1) = g.validOutputColumns()
+    parallelFor(g.C * kk, costPerItem: L) { row in
+        let c = row / kk, ky = (row / k) % k, kx = row % k
+        let dst = cols + row * L, src = x + c * H * W
+        let lo = ox0[kx], hi = ox1[kx]
+        for oy in 0..<Ho {
+            let d = dst + oy * Wo
+            let iy = oy * s - p + ky
+            if iy < 0 || iy >= H { d.update(repeating: 0, count: Wo); continue }
+            if lo > 0 { d.update(repeating: 0, count: lo) }
+            if hi < Wo { (d + hi).update(repeating: 0, count: Wo - hi) }
+            let srow = src + iy * W
+            if s == 1 {
+                if hi > lo { (d + lo).update(from: srow + (lo - p + kx), count: hi - lo) }
+            } else {
+                for ox in lo..<hi { d[ox] = srow[ox * s - p + kx] }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: dx[c, iy, ix] += dcols[(c, ky, kx), (oy, ox)]. Parallel over input
+/// channels (each owns its plane of dx).
+func col2im(_ dcols: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+    let k = g.k, kk = g.kk, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, L = g.L
+    let (ox0, ox1) = g.validOutputColumns()
+    parallelFor(g.C, costPerItem: kk * L) { c in
+        let plane = dx + c * H * W
+        for ky in 0..<k { for kx in 0..<k {
+            let src = dcols + (c * kk + ky * k + kx) * L
+            let lo = ox0[kx], hi = ox1[kx]
+            if lo >= hi { continue }
+            for oy in 0..<Ho {
+                let iy = oy * s - p + ky
+                if iy < 0 || iy >= H { continue }
+                let srow = src + oy * Wo, drow = plane + iy * W
+                if s == 1 {
+                    let ds = drow + (kx - p)
+                    for ox in lo..<hi { ds[ox] += srow[ox] }
+                } else {
+                    for ox in lo..<hi { drow[ox * s - p + kx] += srow[ox] }
+                }
+            }
+        } }
+    }
+}
+
+/// y[b, o, :] = bias[o] for every plane of y: (B, O, Ho, Wo).
+func fillChannelBias(_ y: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, _ g: ConvGeometry) {
+    let L = g.L, O = g.O
+    parallelFor(g.B * O, costPerItem: L) { bo in (y + bo * L).update(repeating: bias[bo % O], count: L) }
+}
+
+/// db[c] += Σ_{b, i} dy[b, c, i] for dy: (B, C, HW). Parallel over channels.
+func accumulateChannelBiasGradient(_ dy: UnsafePointer<Float>, _ db: UnsafeMutablePointer<Float>, B: Int, C: Int, HW: Int) {
+    parallelFor(C, costPerItem: B * HW) { c in
+        var total: Double = 0
+        for b in 0..<B {
+            total += Double(ConvReductions.sum(dy + (b * C + c) * HW, HW))
+        }
+        db[c] += Float(total)
+    }
+}
+
+// MARK: - Naive references (tests compare the kernels with these)
+
+/// Naive `F.conv2d`: y[b, o, oy, ox] = bias[o] + Σ_{ci ∈ group(o), ky, kx} w[o, ci, ky, kx] ·
+/// x[b, g·Cg + ci, oy·s − p + ky, ox·s − p + kx], accumulated in Double.
+/// x: (B, C, H, W), weight: (O, C/groups, k, k), bias: (O) -> (B, O, Ho, Wo)
+public func conv2dReference(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Int,
+                            groups: Int = 1) -> Tensor {
+    let g = ConvGeometry(x.shape, outputChannels: weight.shape[0], kernel: weight.shape[2], stride: stride,
+                         padding: padding, groups: groups, layer: "conv2dReference")
+    precondition(weight.shape == [g.O, g.Cg, g.k, g.k], "conv2dReference: weight \(weight.shape) vs input \(x.shape)")
+    var y = Tensor(zeros: [g.B, g.O, g.Ho, g.Wo])
+    for b in 0..<g.B { for o in 0..<g.O {
+        let gr = o / g.Og
+        for oy in 0..<g.Ho { for ox in 0..<g.Wo {
+            var acc = Double(bias?.data[o] ?? 0)
+            for ci in 0..<g.Cg { for ky in 0..<g.k { for kx in 0..<g.k {
+                let iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx
+                if iy < 0 || iy >= g.H || ix < 0 || ix >= g.W { continue }
+                let c = gr * g.Cg + ci
+                acc += Double(weight.data[((o * g.Cg + ci) * g.k + ky) * g.k + kx])
+                    * Double(x.data[((b * g.C + c) * g.H + iy) * g.W + ix])
+            } } }
+            y.data[((b * g.O + o) * g.Ho + oy) * g.Wo + ox] = Float(acc)
+        } }
+    } }
+    return y
+}
+
+/// Naive gradients of `conv2dReference` for upstream dy: (B, O, Ho, Wo), in Double.
+/// Returns dx: (B, C, H, W), dWeight: (O, C/groups, k, k), dBias: (O).
+public func conv2dBackwardReference(_ x: Tensor, weight: Tensor, dy: Tensor, stride: Int, padding: Int,
+                                    groups: Int = 1) -> (dx: Tensor, dWeight: Tensor, dBias: Tensor) {
+    let g = ConvGeometry(x.shape, outputChannels: weight.shape[0], kernel: weight.shape[2], stride: stride,
+                         padding: padding, groups: groups, layer: "conv2dBackwardReference")
+    precondition(dy.shape == [g.B, g.O, g.Ho, g.Wo], "conv2dBackwardReference: dy \(dy.shape)")
+    var dx = [Double](repeating: 0, count: x.count)
+    var dw = [Double](repeating: 0, count: weight.count)
+    var db = [Double](repeating: 0, count: g.O)
+    for b in 0..<g.B { for o in 0..<g.O {
+        let gr = o / g.Og
+        for oy in 0..<g.Ho { for ox in 0..<g.Wo {
+            let d = Double(dy.data[((b * g.O + o) * g.Ho + oy) * g.Wo + ox])
+            db[o] += d
+            for ci in 0..<g.Cg { for ky in 0..<g.k { for kx in 0..<g.k {
+                let iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx
+                if iy < 0 || iy >= g.H || ix < 0 || ix >= g.W { continue }
+                let xi = ((b * g.C + gr * g.Cg + ci) * g.H + iy) * g.W + ix
+                let wi = ((o * g.Cg + ci) * g.k + ky) * g.k + kx
+                dw[wi] += d * Double(x.data[xi])
+                dx[xi] += d * Double(weight.data[wi])
+            } } }
+        } }
+    } }
+    return (Tensor(shape: x.shape, data: dx.map(Float.init)), Tensor(shape: weight.shape, data: dw.map(Float.init)),
+            Tensor(shape: [g.O], data: db.map(Float.init)))
+}
+
+// MARK: - Vectorised reductions
+
+/// Float reductions with 2×8 independent SIMD accumulators (a plain `s += p[i]` loop is one serial
+/// dependency chain that the compiler may not reorder). Used by the conv and BatchNorm kernels.
+enum ConvReductions {
+    /// Σ p[i]
+    @inline(__always)
+    static func sum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+        let raw = UnsafeRawPointer(p)
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
+        var i = 0
+        while i + 16 <= n {
+            a0 += raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            a1 += raw.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+            i += 16
+        }
+        var s = (a0 + a1).sum()
+        while i < n { s += p[i]; i += 1 }
+        return s
+    }
+
+    /// Σ a[i] · b[i]
+    @inline(__always)
+    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
+        var i = 0
+        while i + 16 <= n {
+            a0 += ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                * rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            a1 += ra.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+                * rb.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+            i += 16
+        }
+        var s = (a0 + a1).sum()
+        while i < n { s += a[i] * b[i]; i += 1 }
+        return s
+    }
+
+    /// Σ (p[i] − m)²
+    @inline(__always)
+    static func sumSquaredDeviations(_ p: UnsafePointer<Float>, _ n: Int, from m: Float) -> Float {
+        let raw = UnsafeRawPointer(p)
+        let mv = SIMD8<Float>(repeating: m)
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
+        var i = 0
+        while i + 16 <= n {
+            let d0 = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - mv
+            let d1 = raw.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self) - mv
+            a0 += d0 * d0; a1 += d1 * d1
+            i += 16
+        }
+        var s = (a0 + a1).sum()
+        while i < n { let d = p[i] - m; s += d * d; i += 1 }
+        return s
+    }
+}

@@ -1,0 +1,253 @@
+import Foundation
+import Tensor
+
+/// The convolutional blocks of MobileSAM's TinyViT (`mobile_sam/modeling/tiny_vit_sam.py`):
+/// `Conv2d_BN`, `PatchEmbed`, `MBConv`, `PatchMerging`, with the reference's checkpoint keys.
+/// Activations are exact GELU (`nn.GELU`, the TinyViT default). Drop path is not represented
+/// (MobileSAM's TinyViT uses drop_path_rate 0 for inference; a student that wants stochastic
+/// depth composes it around these blocks).
+
+/// `Conv2d_BN`: a bias-free `Conv2d` followed by `BatchNorm2d`.
+/// Keys: `c.weight` (O, I/groups, k, k), `bn.weight`, `bn.bias`, `bn.running_mean`, `bn.running_var` (O).
+public final class Conv2dBN: Module {
+    /// `c`
+    public let conv: Conv2d
+    /// `bn`
+    public let bn: BatchNorm2d
+
+    /// `batchNormWeightInit` is the reference's `bn_weight_init` (MBConv's last conv uses 0).
+    public init(inputChannels: Int, outputChannels: Int, kernelSize: Int = 1, stride: Int = 1, padding: Int = 0,
+                groups: Int = 1, batchNormWeightInit: Float = 1) {
+        conv = Conv2d(inputChannels: inputChannels, outputChannels: outputChannels, kernelSize: kernelSize,
+                      stride: stride, padding: padding, groups: groups, bias: false)
+        bn = BatchNorm2d(outputChannels, weightInit: batchNormWeightInit)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] { prefixed("c.", conv) + prefixed("bn.", bn) }
+
+    /// x: (B, I, H, W) -> (B, O, Ho, Wo)
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        bn.forward(conv.forward(x, mode: mode), mode: mode)
+    }
+
+    /// dy: (B, O, Ho, Wo) -> dx: (B, I, H, W)
+    public func backward(_ dy: Tensor) -> Tensor { conv.backward(bn.backward(dy)) }
+}
+
+/// TinyViT's `PatchEmbed`: `seq.0` Conv2d_BN(in, embed/2, 3, s2, p1), GELU, `seq.2`
+/// Conv2d_BN(embed/2, embed, 3, s2, p1). (B, in, H, W) -> (B, embed, H/4, W/4) for H, W divisible by 4
+/// (in general ⌈⌈H/2⌉/2⌉). Keys `seq.0.*`, `seq.2.*` (Conv2d_BN keys).
+public final class PatchEmbed: Module {
+    public let inputChannels: Int
+    public let embedDim: Int
+    /// `seq.0`
+    public let conv1: Conv2dBN
+    /// `seq.2`
+    public let conv2: Conv2dBN
+
+    // a: (B, embed/2, H/2, W/2) pre-GELU activation, kept for backward
+    private var preActivation: Tensor?
+
+    public init(inputChannels: Int, embedDim: Int) {
+        self.inputChannels = inputChannels
+        self.embedDim = embedDim
+        conv1 = Conv2dBN(inputChannels: inputChannels, outputChannels: embedDim / 2, kernelSize: 3, stride: 2, padding: 1)
+        conv2 = Conv2dBN(inputChannels: embedDim / 2, outputChannels: embedDim, kernelSize: 3, stride: 2, padding: 1)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] { prefixed("seq.0.", conv1) + prefixed("seq.2.", conv2) }
+
+    /// x: (B, in, H, W) -> (B, embed, H/4, W/4)
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        precondition(x.rank == 4 && x.shape[1] == inputChannels,
+                     "PatchEmbed(\(inputChannels)→\(embedDim)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
+        let a = conv1.forward(x, mode: mode)
+        preActivation = mode.keepsActivations ? a : nil
+        return conv2.forward(Activation.gelu.forward(a), mode: mode)
+    }
+
+    /// dy: (B, embed, H/4, W/4) -> dx: (B, in, H, W)
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let a = preActivation else { preconditionFailure("PatchEmbed.backward without a training-mode forward") }
+        preActivation = nil
+        return conv1.backward(Activation.gelu.backward(conv2.backward(dy), input: a))
+    }
+}
+
+/// TinyViT's `MBConv` (inverted residual): conv1 1×1 expand (Conv2d_BN), GELU, conv2 3×3
+/// depthwise (Conv2d_BN), GELU, conv3 1×1 project (Conv2d_BN, bn_weight_init 0), + input, GELU.
+/// Keys `conv1.*`, `conv2.*`, `conv3.*`. Hidden channels: Int(in · expandRatio).
+public final class MBConv: Module {
+    public let inputChannels: Int
+    public let outputChannels: Int
+    public let hiddenChannels: Int
+    public let conv1: Conv2dBN
+    public let conv2: Conv2dBN
+    public let conv3: Conv2dBN
+
+    // a1, a2: (B, hidden, H, W), a3: (B, C, H, W) pre-GELU activations (a3 after the residual add)
+    private var a1: Tensor?, a2: Tensor?, a3: Tensor?
+
+    /// The reference adds the input back, so `outputChannels` must equal `inputChannels`.
+    public init(inputChannels: Int, outputChannels: Int, expandRatio: Float) {
+        precondition(inputChannels == outputChannels,
+                     "MBConv: the residual needs outputChannels == inputChannels, got \(inputChannels)→\(outputChannels)")
+        self.inputChannels = inputChannels
+        self.outputChannels = outputChannels
+        hiddenChannels = Int(Float(inputChannels) * expandRatio)
+        conv1 = Conv2dBN(inputChannels: inputChannels, outputChannels: hiddenChannels, kernelSize: 1)
+        conv2 = Conv2dBN(inputChannels: hiddenChannels, outputChannels: hiddenChannels, kernelSize: 3, stride: 1,
+                         padding: 1, groups: hiddenChannels)
+        conv3 = Conv2dBN(inputChannels: hiddenChannels, outputChannels: outputChannels, kernelSize: 1,
+                         batchNormWeightInit: 0)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        prefixed("conv1.", conv1) + prefixed("conv2.", conv2) + prefixed("conv3.", conv3)
+    }
+
+    /// x: (B, C, H, W) -> (B, C, H, W)
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        precondition(x.rank == 4 && x.shape[1] == inputChannels,
+                     "MBConv(\(inputChannels), hidden \(hiddenChannels)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
+        let h1 = conv1.forward(x, mode: mode)
+        let h2 = conv2.forward(Activation.gelu.forward(h1), mode: mode)
+        var h3 = conv3.forward(Activation.gelu.forward(h2), mode: mode)
+        h3.add(x)
+        if mode.keepsActivations { a1 = h1; a2 = h2; a3 = h3 } else { a1 = nil; a2 = nil; a3 = nil }
+        return Activation.gelu.forward(h3)
+    }
+
+    /// dy: (B, C, H, W) -> dx: (B, C, H, W)
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let h1 = a1, let h2 = a2, let h3 = a3 else { preconditionFailure("MBConv.backward without a training-mode forward") }
+        a1 = nil; a2 = nil; a3 = nil
+        let d3 = Activation.gelu.backward(dy, input: h3)  // gradient at the residual sum
+        let d2 = Activation.gelu.backward(conv3.backward(d3), input: h2)
+        let d1 = Activation.gelu.backward(conv2.backward(d2), input: h1)
+        var dx = conv1.backward(d1)
+        dx.add(d3)
+        return dx
+    }
+}
+
+/// TinyViT's `PatchMerging`: conv1 1×1 (dim → out), GELU, conv2 3×3 depthwise with stride 2
+/// (stride 1 when out is 320, 448 or 576, as the reference decides), GELU, conv3 1×1; the output
+/// is flattened to tokens. Keys `conv1.*`, `conv2.*`, `conv3.*`.
+///
+/// Input: tokens (B, H·W, dim) at `inputResolution` (viewed as (B, H, W, dim), permuted to NCHW),
+/// or an NCHW map (B, dim, H, W) of any size, as in the reference. Output: (B, Ho·Wo, out).
+public final class PatchMerging: Module {
+    public let inputResolution: (height: Int, width: Int)
+    public let dim: Int
+    public let outputDim: Int
+    /// 2, or 1 when `outputDim` is 320, 448 or 576 (the reference's rule).
+    public let stride: Int
+    public let conv1: Conv2dBN
+    public let conv2: Conv2dBN
+    public let conv3: Conv2dBN
+
+    // a1, a2: (B, out, ·, ·) pre-GELU activations; inputShape: the layout of x for dx
+    private var a1: Tensor?, a2: Tensor?
+    private var inputShape: [Int] = []
+
+    public init(inputResolution: (height: Int, width: Int), dim: Int, outputDim: Int) {
+        self.inputResolution = inputResolution
+        self.dim = dim
+        self.outputDim = outputDim
+        stride = [320, 448, 576].contains(outputDim) ? 1 : 2
+        conv1 = Conv2dBN(inputChannels: dim, outputChannels: outputDim, kernelSize: 1)
+        conv2 = Conv2dBN(inputChannels: outputDim, outputChannels: outputDim, kernelSize: 3, stride: stride,
+                         padding: 1, groups: outputDim)
+        conv3 = Conv2dBN(inputChannels: outputDim, outputChannels: outputDim, kernelSize: 1)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        prefixed("conv1.", conv1) + prefixed("conv2.", conv2) + prefixed("conv3.", conv3)
+    }
+
+    /// The output map size for a tokens input at `inputResolution`.
+    public var outputResolution: (height: Int, width: Int) {
+        conv2.conv.outputSize(height: inputResolution.height, width: inputResolution.width)
+    }
+
+    var name: String { "PatchMerging(\(dim)→\(outputDim), \(inputResolution.height)×\(inputResolution.width), stride \(stride))" }
+
+    /// x: (B, H·W, dim) or (B, dim, H, W) -> (B, Ho·Wo, out)
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        let map: Tensor
+        if x.rank == 3 {
+            let (H, W) = inputResolution
+            precondition(x.shape[1] == H * W && x.shape[2] == dim,
+                         "\(name): expected input of shape (B, \(H * W), \(dim)) or (B, \(dim), H, W), got \(x.shape)")
+            map = ConvLayout.tokensToMap(x, height: H, width: W)
+        } else {
+            precondition(x.rank == 4 && x.shape[1] == dim,
+                         "\(name): expected input of shape (B, \(inputResolution.height * inputResolution.width), \(dim)) or (B, \(dim), H, W), got \(x.shape)")
+            map = x
+        }
+        let h1 = conv1.forward(map, mode: mode)
+        let h2 = conv2.forward(Activation.gelu.forward(h1), mode: mode)
+        let y = conv3.forward(Activation.gelu.forward(h2), mode: mode)
+        if mode.keepsActivations { a1 = h1; a2 = h2; inputShape = x.shape } else { a1 = nil; a2 = nil; inputShape = [] }
+        return ConvLayout.mapToTokens(y)
+    }
+
+    /// dy: (B, Ho·Wo, out) -> dx in the input's layout ((B, H·W, dim) or (B, dim, H, W))
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let h1 = a1, let h2 = a2 else { preconditionFailure("\(name).backward without a training-mode forward") }
+        let Ho = h2.shape[2], Wo = h2.shape[3]
+        precondition(dy.shape == [h2.shape[0], Ho * Wo, outputDim],
+                     "\(name).backward: expected dy of shape \([h2.shape[0], Ho * Wo, outputDim]), got \(dy.shape)")
+        a1 = nil; a2 = nil
+        let tokensInput = inputShape.count == 3
+        inputShape = []
+        let d3 = conv3.backward(ConvLayout.tokensToMap(dy, height: Ho, width: Wo))
+        let d2 = conv2.backward(Activation.gelu.backward(d3, input: h2))
+        let dmap = conv1.backward(Activation.gelu.backward(d2, input: h1))
+        return tokensInput ? ConvLayout.mapToTokens(dmap) : dmap
+    }
+}
+
+/// Conversions between token sequences (B, H·W, C) and NCHW maps (B, C, H, W): a per-image
+/// transpose, tiled and parallel over (image, tile). Each is the other's adjoint (and inverse),
+/// so each one's backward is the other.
+public enum ConvLayout {
+    /// x: (B, H·W, C) -> (B, C, H, W)  (PyTorch: x.view(B, H, W, C).permute(0, 3, 1, 2))
+    public static func tokensToMap(_ x: Tensor, height H: Int, width W: Int) -> Tensor {
+        precondition(x.rank == 3 && x.shape[1] == H * W,
+                     "ConvLayout.tokensToMap: expected (B, \(H * W), C) for \(H)×\(W), got \(x.shape)")
+        let B = x.shape[0], C = x.shape[2]
+        var y = Tensor.empty([B, C, H, W])
+        transposeBatched(x, into: &y, batch: B, rows: H * W, cols: C)
+        return y
+    }
+
+    /// x: (B, C, H, W) -> (B, H·W, C)  (PyTorch: x.flatten(2).transpose(1, 2))
+    public static func mapToTokens(_ x: Tensor) -> Tensor {
+        precondition(x.rank == 4, "ConvLayout.mapToTokens: expected (B, C, H, W), got \(x.shape)")
+        let B = x.shape[0], C = x.shape[1], HW = x.shape[2] * x.shape[3]
+        var y = Tensor.empty([B, HW, C])
+        transposeBatched(x, into: &y, batch: B, rows: C, cols: HW)
+        return y
+    }
+
+    /// For each of `batch` (rows, cols) matrices of x: y_b = x_bᵀ (cols, rows), in 32×32 tiles.
+    private static func transposeBatched(_ x: Tensor, into y: inout Tensor, batch: Int, rows: Int, cols: Int) {
+        let t = 32
+        let rowTiles = (rows + t - 1) / t, colTiles = (cols + t - 1) / t
+        x.data.withUnsafeBufferPointer { xb in
+            y.data.withUnsafeMutableBufferPointer { yb in
+                let xp = xb.baseAddress!, yp = yb.baseAddress!
+                parallelFor(batch * rowTiles, costPerItem: t * cols) { job in
+                    let b = job / rowTiles, r0 = (job % rowTiles) * t, r1 = Swift.min(rows, r0 + t)
+                    let xi = xp + b * rows * cols, yi = yp + b * rows * cols
+                    for ct in 0..<colTiles {
+                        let c0 = ct * t, c1 = Swift.min(cols, c0 + t)
+                        for r in r0..<r1 { for c in c0..<c1 { yi[c * rows + r] = xi[r * cols + c] } }
+                    }
+                }
+            }
+        }
+    }
+}
