@@ -27,7 +27,7 @@ public struct Fixture {
     }
 
     public subscript(_ key: String) -> Tensor {
-        guard let t = tensors[key] else { fatalError("fixture \(name) has no tensor '\(key)' (has \(tensors.keys.sorted()))") }
+        guard let t = tensors[key] else { fatalError("fixture \(name) has no tensor '\(key)' (it has \(tensors.count) tensors)") }
         return t
     }
 
