@@ -2,6 +2,7 @@ import Layers
 import SegmentAnything
 import Tensor
 import TestSupport
+import Foundation
 import XCTest
 
 /// Whole encoders against PyTorch (Scripts/refdump/models.py): a small TinyViT on MobileSAM's
@@ -75,6 +76,38 @@ final class EncoderTests: XCTestCase {
         config.globalAttentionIndexes = Self.ints(f.metadata["global_attention_indexes"]!)
         let model = ImageEncoderViT(config)
         try checkEncoder(f, model, forward: { model.forward($0, mode: $1) }, backward: { model.backward($0) })
+    }
+
+    /// The real MobileSAM encoder (weights/mobile_sam.pt, strict loading) on a deterministic
+    /// 1024×1024 input, inference mode, vs PyTorch in float64 (Scripts/refdump/mobilesam_encoder.py):
+    /// relative error ≤ 1e-4 on a subsample of the embedding and on every channel's mean and std.
+    func testMobileSAMEncoderMatchesPyTorch() throws {
+        let weights = try WeightsFile(contentsOf: Fixture.mobileSAMCheckpoint())
+        var encoderWeights: [String: Tensor] = [:]
+        for (k, v) in weights.tensors where k.hasPrefix("image_encoder.") { encoderWeights[String(k.dropFirst(14))] = v }
+        let model = TinyViT(.mobileSAM)
+        try model.load(encoderWeights, ignoring: TinyViT.ignoredKeys)
+        var x = Tensor(zeros: [1, 3, 1024, 1024])
+        for c in 0..<3 { for h in 0..<1024 { for w in 0..<1024 {
+            x.data[(c * 1024 + h) * 1024 + w] = Float(2 * sin(0.0123 * Double(h + 1) * Double(c + 1)) * cos(0.0071 * Double(w + 1)))
+        } } }
+        let y = model.forward(x, mode: .inference)
+        XCTAssertEqual(y.shape, [1, 256, 64, 64])
+        let f = try Fixture("mobilesam_encoder")
+        var sub = Tensor(zeros: [64, 16, 16]), mean = Tensor(zeros: [256]), std = Tensor(zeros: [256])
+        for c in 0..<256 {
+            var s = 0.0, s2 = 0.0
+            for i in 0..<4096 { let v = Double(y.data[c * 4096 + i]); s += v; s2 += v * v }
+            mean.data[c] = Float(s / 4096); std.data[c] = Float((s2 / 4096 - (s / 4096) * (s / 4096)).squareRoot())
+        }
+        for c in 0..<64 { for h in 0..<16 { for w in 0..<16 {
+            sub.data[(c * 16 + h) * 16 + w] = y.data[((c * 4) * 64 + h * 4) * 64 + w * 4]
+        } } }
+        let e = (relativeError(sub, f["y_subsample"]), relativeError(mean, f["y_channel_mean"]), relativeError(std, f["y_channel_std"]))
+        print("MobileSAM encoder vs PyTorch: subsample \(e.0), channel means \(e.1), channel stds \(e.2)")
+        XCTAssertLessThanOrEqual(e.0, 1e-4)
+        XCTAssertLessThanOrEqual(e.1, 1e-4)
+        XCTAssertLessThanOrEqual(e.2, 1e-4)
     }
 
     /// MobileSAM's configuration holds exactly the checkpoint's encoder values: DESIGN.md's
