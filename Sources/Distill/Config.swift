@@ -383,6 +383,7 @@ extension StudentConfig {
             c.neckChannels = r.int("neck_channels", min: 1) ?? c.neckChannels
             let problems = c.problems()
             for p in problems { r.problemText(p) }
+            if problems.isEmpty { c.mergeStrides = c.resolvedMergeStrides }  // explicit in the resolved config
             if problems.isEmpty { checkOutput(channels: c.neckChannels, side: c.stageResolutions.last!, imageSize: c.imageSize,
                                                     channelKey: "neck_channels", gridKey: "merge_strides", r) }
             return .tinyViT(c, preset: preset)
