@@ -323,7 +323,11 @@ extension RunConfig {
 
     static func readSchedule(_ node: Node, path: String, steps: Int?, sink: ProblemSink) -> LearningRateSchedule? {
         guard var mapping = node.mapping else { sink.add(path, "expected a mapping"); return nil }
-        if let type = mapping["type"]?.string, type != "constant", mapping["total_steps"] == nil, let steps {
+        if let type = mapping["type"]?.string, type != "constant", mapping["total_steps"] == nil {
+            guard let steps else {
+                sink.add(path + ".total_steps", "required when the run length is given in epochs")
+                return nil
+            }
             mapping["total_steps"] = Node(String(steps))
         }
         do {

@@ -84,6 +84,7 @@ public final class Trainer {
     private var lossesSinceCheckpoint: [Double] = []
     private var smoothedLoss: Double? = nil
     private let startedAt = Date()
+    private var stepsThisProcess = 0
 
     public var checkpointDirectory: URL { runDirectory.appendingPathComponent("checkpoints") }
     public var metricsURL: URL { runDirectory.appendingPathComponent("metrics.jsonl") }
@@ -364,9 +365,9 @@ public final class Trainer {
 
     func progress(_ r: StepRecord) {
         let tty = isatty(2) != 0
+        stepsThisProcess += 1
         guard tty || r.step % config.logEvery == 0 || r.step == totalSteps else { return }
-        let done = history.filter { $0.step > (history.first?.step ?? 1) - 1 }.count
-        let rate = Double(done) / max(Date().timeIntervalSince(startedAt), 1e-9)  // steps/s in this process
+        let rate = Double(stepsThisProcess) / max(Date().timeIntervalSince(startedAt), 1e-9)  // steps/s in this process
         let eta = rate > 0 ? Double(totalSteps - r.step) / rate : 0
         let line = String(format: "step %d/%d  loss %.5g  lr %.3g  %.1f img/s  ETA %@",
                           r.step, totalSteps, smoothedLoss ?? r.loss, Double(r.lr), r.imagesPerSecond,

@@ -2,6 +2,7 @@ import Distill
 import Layers
 import Optim
 import SegmentAnything
+import TestSupport
 import XCTest
 
 /// Config decoding: every error names its full key path.
@@ -123,5 +124,19 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(problems(base, ["batch_size=big"]), ["batch_size: expected an integer, found 'big'"])
         XCTAssertEqual(problems(base, ["batch_size"]), ["--set batch_size: expected key.path=value"])
         XCTAssertEqual(problems(base, ["steps.x=1"]), ["--set steps.x: steps is not a mapping"])
+    }
+
+    /// Every config under Configs/ is valid; the quickstart's student is TinyViT-5M pruned to
+    /// depths [1, 1, 2, 1] (FLOPs printed for the record).
+    func testShippedConfigsAreValid() throws {
+        let dir = Fixture.repositoryRoot.appendingPathComponent("Configs")
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
+        XCTAssertFalse(names.isEmpty)
+        for n in names { XCTAssertNoThrow(try RunConfig.load(dir.appendingPathComponent(n)), n) }
+        let q = try RunConfig.load(dir.appendingPathComponent("quickstart.yaml"))
+        let pruned = Student(q.student), full = Student(.tinyViT(.mobileSAM, preset: "tinyvit_5m"))
+        print("FLOPs per 1024² image: TinyViT-5M \(full.forwardFLOPs), quickstart student \(pruned.forwardFLOPs); parameters \(full.parameterCount) / \(pruned.parameterCount)")
+        XCTAssertLessThan(pruned.forwardFLOPs, full.forwardFLOPs)
+        XCTAssertLessThan(pruned.parameterCount, full.parameterCount)
     }
 }

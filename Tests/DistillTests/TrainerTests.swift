@@ -102,12 +102,14 @@ final class TrainerTests: XCTestCase {
         XCTAssertLessThan(last, 0.6 * records[0].loss)
     }
 
-    /// 6 steps straight vs 3 steps, a fresh process-like restart (new student, new trainer) and
-    /// `resume`: identical losses (relative 1e-6; in practice bit-identical) and identical weights.
+    /// 6 steps straight vs a run stopped after step 3 (checkpoints every 2 steps, so step 3 is
+    /// lost), a restart (new student from other weights, new trainer) and `resume` from step 2:
+    /// identical losses (relative 1e-6; in practice bit-identical), identical final weights, and
+    /// metrics.jsonl holding each step once.
     func testResumeReproducesTheUninterruptedRun() throws {
         var straight = Self.recipe(steps: 6, dir: try temporaryDirectory())
         straight.schedule = .warmupCosine(WarmupCosineSchedule(peakLR: 2e-3, warmupSteps: 2, totalSteps: 6))
-        straight.checkpointEvery = 3
+        straight.checkpointEvery = 2
         let a = try makeTrainer(straight)
         let full = try a.run()
 
@@ -125,17 +127,87 @@ final class TrainerTests: XCTestCase {
         c.showsProgress = false
         XCTAssertThrowsError(try c.run(resume: false)) { XCTAssertTrue("\($0)".contains("--resume"), "\($0)") }
         let rest = try c.run(resume: true)
-        XCTAssertEqual(rest.map(\.step), [4, 5, 6])
-        let resumed = Array(b.history.prefix(3)) + rest
+        XCTAssertEqual(rest.map(\.step), [3, 4, 5, 6])
+        XCTAssertEqual(rest[0].loss, b.history[2].loss, accuracy: 1e-6 * abs(b.history[2].loss), "step 3 again")
+        let resumed = Array(b.history.prefix(2)) + rest
+        XCTAssertEqual(full.count, resumed.count)
         for (x, y) in zip(full, resumed) {
+            XCTAssertEqual(x.step, y.step)
             XCTAssertEqual(x.loss, y.loss, accuracy: 1e-6 * abs(x.loss), "step \(x.step)")
         }
         let wa = a.student.stateDict(), wc = c.student.stateDict()
         for (k, v) in wa { XCTAssertEqual(v.data, wc[k]!.data, k) }
-        // metrics.jsonl holds each step once, in order
         let lines = try String(contentsOf: c.metricsURL, encoding: .utf8).split(separator: "\n")
         let steps = lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["step"] as? Int }
         XCTAssertEqual(steps, [1, 2, 3, 4, 5, 6])
+    }
+
+    // MARK: SIGKILL
+
+    static let childDirectoryVariable = "SAMDISTILL_TRAINER_TEST_CHILD_DIR"
+
+    static func killRecipe(_ dir: String) -> RunConfig {
+        var c = recipe(steps: 24, dir: URL(fileURLWithPath: dir))
+        c.schedule = .warmupCosine(WarmupCosineSchedule(peakLR: 2e-3, warmupSteps: 3, totalSteps: 24))
+        c.checkpointEvery = 5
+        return c
+    }
+
+    /// The child process of `testResumeAfterSIGKILL` (skipped when run normally): trains the
+    /// kill recipe in the directory the parent names, until the parent kills it.
+    func testZChildProcessForSIGKILL() throws {
+        guard let dir = ProcessInfo.processInfo.environment[Self.childDirectoryVariable] else {
+            throw XCTSkip("runs only as the child process of testResumeAfterSIGKILL")
+        }
+        try makeTrainer(Self.killRecipe(dir)).run()
+    }
+
+    /// Runs the training in a child process (this test binary, `testZChildProcessForSIGKILL`),
+    /// kills it with SIGKILL after step 8 (last checkpoint: step 5), resumes in this process and
+    /// compares the whole loss sequence in metrics.jsonl (the child's steps 1–5 and the resumed
+    /// 6–24) with an uninterrupted run: relative 1e-6.
+    func testResumeAfterSIGKILL() throws {
+        let exe = CommandLine.arguments[0]
+        guard exe.hasSuffix(".xctest") else { throw XCTSkip("needs the XCTest binary (\(exe)) to start a child run") }
+        let dir = try temporaryDirectory()
+        let cfg = Self.killRecipe(dir.path)
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: exe)
+        child.arguments = ["DistillTests.TrainerTests/testZChildProcessForSIGKILL"]
+        var env = ProcessInfo.processInfo.environment
+        env[Self.childDirectoryVariable] = dir.path
+        child.environment = env
+        child.standardOutput = FileHandle.nullDevice
+        child.standardError = FileHandle.nullDevice
+        try child.run()
+        let metrics = dir.appendingPathComponent("metrics.jsonl")
+        let deadline = Date().addingTimeInterval(300)
+        func stepsLogged() -> Int {
+            ((try? String(contentsOf: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count
+        }
+        while stepsLogged() < 8 && child.isRunning && Date() < deadline { usleep(5_000) }
+        XCTAssertTrue(child.isRunning, "the child ended before it was killed")
+        kill(child.processIdentifier, SIGKILL)
+        child.waitUntilExit()
+        XCTAssertEqual(child.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(child.terminationStatus, SIGKILL)
+        let killedAt = stepsLogged()
+        XCTAssertGreaterThanOrEqual(killedAt, 8)
+        XCTAssertLessThan(killedAt, 24, "killed too late to test anything")
+
+        let resumed = try makeTrainer(cfg)
+        let rest = try resumed.run(resume: true)
+        XCTAssertEqual(rest.first.map { ($0.step - 1) % 5 }, 0, "resumed from a checkpoint step")
+        var straightConfig = cfg
+        straightConfig.outputDir = try temporaryDirectory().path
+        let straight = try makeTrainer(straightConfig).run()
+        let lines = try String(contentsOf: metrics, encoding: .utf8).split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let logged = lines.compactMap { l in (l["step"] as? Int).flatMap { s in (l["loss"] as? Double).map { (s, $0) } } }
+        XCTAssertEqual(logged.map(\.0), Array(1...24))
+        for ((s, l), r) in zip(logged, straight) {
+            XCTAssertEqual(l, r.loss, accuracy: 1e-6 * abs(r.loss), "step \(s)")
+        }
     }
 
     /// A NaN loss stops the run with an error naming the step; the last good checkpoint stays and
@@ -188,7 +260,10 @@ final class TrainerTests: XCTestCase {
         let student = try Student.make(c)
         let t = try Trainer(config: c, student: student, train: train, validation: train)
         t.showsProgress = false
+        var hookSteps: [Int] = []
+        t.evaluationHook = { _, step in hookSteps.append(step); return ["miou": Double(step) / 100] }
         let records = try t.run()
+        XCTAssertEqual(hookSteps, [6, 12])
         let first: Double = records.prefix(3).map(\.loss).reduce(0, +) / 3
         let last: Double = records.suffix(3).map(\.loss).reduce(0, +) / 3
         XCTAssertLessThan(last, 0.8 * first)
@@ -206,6 +281,7 @@ final class TrainerTests: XCTestCase {
         let evals = lines.compactMap { $0["eval"] as? [String: Double] }
         XCTAssertEqual(evals.count, 2)
         XCTAssertNotNil(evals.last?["val_cosine"])
+        XCTAssertEqual(evals.map { $0["miou"] }, [0.06, 0.12])
         XCTAssertLessThan(evals.last!["val_mse"]!, evals.first!["val_mse"]! * 1.0001)
         for key in ["step", "loss", "lr", "grad_norm", "images_per_s"] { XCTAssertNotNil(lines[0][key], key) }
         // the checkpoint initialises a student through `init: checkpoint`
