@@ -218,7 +218,12 @@ public final class Trainer {
 
     func checkBatch(_ b: TrainingBatch) throws {
         let S = student.imageSize, (C, g) = student.outputShape
-        guard b.images.shape == [config.batchSize, 3, S, S] || b.images.shape == [config.batchSize, b.images.shape[1], S, S] else {
+        let inputChannels: Int
+        switch config.student {
+        case .tinyViT(let c, _): inputChannels = c.inputChannels
+        case .conv(let c): inputChannels = c.inputChannels
+        }
+        guard b.images.shape == [config.batchSize, inputChannels, S, S] else {
             throw TrainerError.dataMismatch("images \(b.images.shape) for a batch of \(config.batchSize) at \(S)×\(S)")
         }
         guard b.targets.shape == [config.batchSize, C, g, g] else {
