@@ -15,6 +15,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -31,7 +32,8 @@ let package = Package(
             "Tensor", "Layers", "CImageIO",
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: optimised),
-        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "CHDF5"],
+        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "CHDF5",
+                                                .product(name: "Yams", package: "Yams")],
                 swiftSettings: optimised),
         .executableTarget(name: "samdistill", dependencies: [
             "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "CBLAS",
@@ -45,6 +47,7 @@ let package = Package(
         .testTarget(name: "LayersTests", dependencies: ["Tensor", "Layers", "TestSupport"]),
         .testTarget(name: "OptimTests", dependencies: ["Tensor", "Layers", "Optim", "TestSupport"]),
         .testTarget(name: "SegmentAnythingTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "TestSupport"]),
+        .testTarget(name: "DistillTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "Distill", "TestSupport"]),
     ],
     // Swift 5 mode: kernels share raw buffers across DispatchQueue.concurrentPerform workers by
     // design (disjoint ranges), which Swift 6's strict Sendable checking cannot express.

@@ -1,0 +1,746 @@
+import Foundation
+import Layers
+import Optim
+import SegmentAnything
+import Yams
+
+// The run configuration of `samdistill train` (DESIGN.md, "Config"): one YAML file, decoded
+// strictly. Every key has a fixed type; unknown keys, wrong types and impossible shapes are
+// errors naming the full key path (`optimizer.weight_decayy: unknown key`). `--set a.b=v`
+// overrides any key before decoding (v is read as a YAML scalar or flow value).
+//
+//     data:        {train: [cache.h5, …], train_split: train, val_split: val, val_fraction: 0.0, val_list: FILE}
+//     teacher:     {checkpoint: weights/mobile_sam.pt}
+//     student:     {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], …}   (TinyViTConfig keys)
+//                  {type: conv, image_size: 1024, stem_channels: 32, channels: [...], blocks: [...], strides: [...], …}
+//     init:        {type: random} | {type: teacher_blocks, block_map: [[0], [1], [0, 5], [1]]} | {type: checkpoint, path: FILE}
+//     loss:        {type: mse} | {type: masked_mse, normalization: valid_elements|per_sample} | {type: huber, delta: 1.0} | {type: l1}
+//     optimizer:   {type: adamw, lr: …, beta1, beta2, eps, weight_decay, max_grad_norm}
+//     schedule:    LearningRateSchedule ({type: warmup_cosine, peak_lr, …}; total_steps defaults to the run's steps)
+//     batch_size, grad_accumulation, steps | epochs, seed, checkpoint_every, keep_last, eval_every, log_every
+//     eval:        {prompts: {types: [point, box], count: 8}, max_images: N}
+//     output_dir:  runs/NAME
+
+/// One or more problems with a configuration, each naming its key path.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var problems: [String]
+    public init(_ problems: [String]) { self.problems = problems }
+    public var description: String {
+        problems.count == 1 ? "config: \(problems[0])" : "config has \(problems.count) problems:\n  " + problems.joined(separator: "\n  ")
+    }
+}
+
+// MARK: - Sections
+
+/// `data`: where the cached teacher embeddings come from and how the held-out split is chosen.
+public struct DataConfig: Codable, Equatable, Sendable {
+    /// Feature cache files (HDF5), read together.
+    public var train: [String] = []
+    /// Split names inside the caches.
+    public var trainSplit: String = "train"
+    public var valSplit: String? = "val"
+    /// Fraction of the training rows held out when the cache has no validation split (0: none).
+    public var valFraction: Double = 0
+    /// A text file of image ids (one per line) forming the validation set.
+    public var valList: String? = nil
+
+    enum CodingKeys: String, CodingKey {
+        case train, trainSplit = "train_split", valSplit = "val_split", valFraction = "val_fraction", valList = "val_list"
+    }
+    public init() {}
+}
+
+/// `teacher`: the checkpoint of the model whose embeddings are distilled (and the source of
+/// `init: teacher_blocks`).
+public struct TeacherConfig: Codable, Equatable, Sendable {
+    public var checkpoint: String? = nil
+    public init() {}
+}
+
+/// A conv-only NanoSAM-style student (`ConvStudent`). Keys: `image_size`, `input_channels`,
+/// `stem_channels`, `stem_stride`, `channels`, `blocks`, `strides`, `upsample_channels`,
+/// `out_channels`.
+public struct ConvStudentConfig: Codable, Equatable, Sendable {
+    public var imageSize: Int = 1024
+    public var inputChannels: Int = 3
+    public var stemChannels: Int = 32
+    public var stemStride: Int = 2
+    /// Output channels of each stage of basic blocks.
+    public var channels: [Int] = [32, 64, 128, 256]
+    /// Basic blocks per stage.
+    public var blocks: [Int] = [2, 2, 2, 2]
+    /// Stride of the first block of each stage (1 or 2).
+    public var strides: [Int] = [1, 2, 2, 2]
+    /// Channels of each 2×2 stride-2 transposed convolution that brings the map back to S/16.
+    public var upsampleChannels: Int = 256
+    /// Embedding channels (SAM: 256).
+    public var outChannels: Int = 256
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case imageSize = "image_size", inputChannels = "input_channels", stemChannels = "stem_channels"
+        case stemStride = "stem_stride", channels, blocks, strides, upsampleChannels = "upsample_channels"
+        case outChannels = "out_channels"
+    }
+    public init() {}
+
+    /// Total downsampling of the trunk: stem stride × Π stage strides.
+    public var trunkStride: Int { strides.reduce(stemStride, *) }
+    /// Number of ×2 upsampling steps to reach S/16 (valid when `problems()` is empty).
+    public var upsampleSteps: Int {
+        var s = trunkStride, n = 0
+        while s > 16 { s /= 2; n += 1 }
+        return n
+    }
+    /// Output grid side: S / 16.
+    public var outputResolution: Int { imageSize / 16 }
+
+    /// Problems, each naming its key (relative to the student section).
+    public func problems() -> [String] {
+        var p: [String] = []
+        let n = channels.count
+        if n < 1 { p.append("channels: needs at least one stage") }
+        if blocks.count != n { p.append("blocks: \(blocks.count) entries for \(n) stages") }
+        if strides.count != n { p.append("strides: \(strides.count) entries for \(n) stages") }
+        if strides.contains(where: { $0 != 1 && $0 != 2 }) { p.append("strides: each must be 1 or 2") }
+        if ![1, 2, 4].contains(stemStride) { p.append("stem_stride: must be 1, 2 or 4, got \(stemStride)") }
+        if blocks.contains(where: { $0 < 1 }) { p.append("blocks: each stage needs at least one block") }
+        if channels.contains(where: { $0 < 1 }) || stemChannels < 1 || upsampleChannels < 1 {
+            p.append("channels: must be positive")
+        }
+        if imageSize < 16 || imageSize % 16 != 0 { p.append("image_size: \(imageSize) is not a positive multiple of 16") }
+        let s = trunkStride
+        if s < 16 || (s & (s - 1)) != 0 {
+            p.append("strides: total stride stem_stride × Π strides = \(s) must be 16 · 2^k (the embedding grid is image_size / 16)")
+        } else if imageSize % s != 0 {
+            p.append("image_size: \(imageSize) is not divisible by the trunk stride \(s)")
+        }
+        return p
+    }
+}
+
+/// `student`: which architecture is trained.
+public enum StudentConfig: Equatable, Sendable {
+    case tinyViT(TinyViTConfig, preset: String?)
+    case conv(ConvStudentConfig)
+
+    public var typeName: String {
+        switch self { case .tinyViT: "tinyvit"; case .conv: "conv" }
+    }
+    public var imageSize: Int {
+        switch self { case .tinyViT(let c, _): c.imageSize; case .conv(let c): c.imageSize }
+    }
+    /// (channels, grid side) of the student's output embedding.
+    public var outputShape: (channels: Int, side: Int) {
+        switch self {
+        case .tinyViT(let c, _): (c.neckChannels, c.stageResolutions.last!)
+        case .conv(let c): (c.outChannels, c.outputResolution)
+        }
+    }
+
+    /// Named TinyViT presets.
+    public static let tinyViTPresets: [String: TinyViTConfig] = ["tinyvit_5m": .mobileSAM]
+}
+
+/// `init`: where the student's first weights come from.
+public enum InitConfig: Equatable, Sendable {
+    /// PyTorch's initialisation of the same modules, from the run seed.
+    case random
+    /// Depth pruning from the teacher: `blockMap[stage][i]` = the teacher block that student
+    /// block i copies (nil: evenly spaced, see `DepthPruning.evenlySpaced`).
+    case teacherBlocks(blockMap: [[Int]]?)
+    /// A checkpoint of the same student (a run checkpoint or an exported .safetensors/.pt).
+    case checkpoint(path: String)
+
+    public var typeName: String {
+        switch self { case .random: "random"; case .teacherBlocks: "teacher_blocks"; case .checkpoint: "checkpoint" }
+    }
+}
+
+/// `loss`: what the student's embedding is compared with the teacher's by.
+public enum LossConfig: Equatable, Sendable {
+    case mse
+    case maskedMSE(MaskedMSENormalization)
+    case huber(delta: Double)
+    case l1
+
+    public var typeName: String {
+        switch self { case .mse: "mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1" }
+    }
+}
+
+/// `optimizer`: AdamW's hyperparameters and gradient clipping (`max_grad_norm`, absent: none).
+/// The learning rate comes from `schedule`.
+public struct OptimizerConfig: Equatable, Sendable {
+    public var adamW = AdamW.Configuration()
+    public var maxGradNorm: Double? = nil
+    public init() {}
+}
+
+/// `eval`: the periodic evaluation. `prompts` is the placeholder the mask evaluator will use
+/// (stored and validated only); the trainer's evaluation is embedding MSE and cosine.
+public struct EvalConfig: Codable, Equatable, Sendable {
+    public struct Prompts: Codable, Equatable, Sendable {
+        public var types: [String] = ["point", "box"]
+        public var count: Int = 8
+        public static let knownTypes = ["point", "box", "multi_point", "everything"]
+    }
+    public var prompts = Prompts()
+    /// At most this many validation images per evaluation (nil: all).
+    public var maxImages: Int? = nil
+
+    enum CodingKeys: String, CodingKey { case prompts, maxImages = "max_images" }
+    public init() {}
+}
+
+/// The whole run configuration.
+public struct RunConfig: Equatable, Sendable {
+    public var data = DataConfig()
+    public var teacher = TeacherConfig()
+    public var student: StudentConfig = .tinyViT(.mobileSAM, preset: "tinyvit_5m")
+    public var initialisation: InitConfig = .random
+    public var loss: LossConfig = .mse
+    public var optimizer = OptimizerConfig()
+    public var schedule: LearningRateSchedule = .constant(ConstantSchedule(lr: 1e-3))
+    public var batchSize = 8
+    public var gradAccumulation = 1
+    /// Exactly one of `steps` and `epochs` is set.
+    public var steps: Int? = 1000
+    public var epochs: Double? = nil
+    public var seed: UInt64 = 0
+    public var checkpointEvery = 500
+    public var keepLast = 3
+    /// 0: no periodic evaluation.
+    public var evalEvery = 0
+    /// Progress line / plain log cadence (steps).
+    public var logEvery = 10
+    public var eval = EvalConfig()
+    public var outputDir = "runs/run"
+
+    public init() {}
+
+    /// Images per optimiser step.
+    public var imagesPerStep: Int { batchSize * gradAccumulation }
+
+    /// Optimiser steps of the run for a training set of `trainCount` images.
+    public func totalSteps(trainCount: Int) -> Int {
+        if let steps { return steps }
+        return Int((epochs! * Double(trainCount) / Double(imagesPerStep)).rounded(.up))
+    }
+}
+
+// MARK: - Loading
+
+extension RunConfig {
+    /// Reads `url`, applies the `--set` overrides (`key.path=value`) and decodes strictly.
+    public static func load(_ url: URL, overrides: [String] = []) throws -> RunConfig {
+        let text: String
+        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
+            throw ConfigError(["\(url.path): cannot read (\(error.localizedDescription))"])
+        }
+        return try parse(text, overrides: overrides)
+    }
+
+    /// Parses YAML text, applies overrides, decodes strictly and validates.
+    public static func parse(_ yaml: String, overrides: [String] = []) throws -> RunConfig {
+        var root: Node
+        do {
+            root = try Yams.compose(yaml: yaml) ?? Node.mapping(Node.Mapping([]))
+        } catch {
+            throw ConfigError(["not valid YAML: \(error)"])
+        }
+        for o in overrides { root = try applyOverride(o, to: root) }
+        let r = NodeReader(root, path: "")
+        let config = RunConfig(reading: r)
+        if !r.sink.problems.isEmpty { throw ConfigError(r.sink.problems) }
+        return config
+    }
+
+    /// `key.path=value`: sets (or adds) the key, creating intermediate mappings.
+    static func applyOverride(_ override: String, to root: Node) throws -> Node {
+        guard let eq = override.firstIndex(of: "=") else {
+            throw ConfigError(["--set \(override): expected key.path=value"])
+        }
+        let keyPath = override[..<eq].split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard !keyPath.isEmpty, !keyPath.contains(where: \.isEmpty) else {
+            throw ConfigError(["--set \(override): empty key in '\(override[..<eq])'"])
+        }
+        let valueText = String(override[override.index(after: eq)...])
+        let value: Node
+        do { value = try Yams.compose(yaml: valueText) ?? Node("", Tag(.null)) } catch {
+            throw ConfigError(["--set \(keyPath.joined(separator: ".")): value '\(valueText)' is not valid YAML"])
+        }
+        func set(_ node: Node, _ keys: ArraySlice<String>, _ done: [String]) throws -> Node {
+            guard let key = keys.first else { return value }
+            var mapping: Node.Mapping
+            if let m = node.mapping { mapping = m } else if node.scalar?.string.isEmpty ?? false || node.null != nil {
+                mapping = Node.Mapping([])
+            } else {
+                throw ConfigError(["--set \((done + [key]).joined(separator: ".")): \(done.isEmpty ? "the config" : done.joined(separator: ".")) is not a mapping"])
+            }
+            let child = mapping[key] ?? Node.mapping(Node.Mapping([]))
+            mapping[key] = try set(child, keys.dropFirst(), done + [key])
+            return Node.mapping(mapping)
+        }
+        return try set(root, keyPath[...], [])
+    }
+
+    init(reading r: NodeReader) {
+        let d = RunConfig()
+        self.init()
+        if let s = r.object("data") { data = DataConfig(reading: s); s.finish() }
+        if let s = r.object("teacher") {
+            teacher.checkpoint = s.string("checkpoint")
+            s.finish()
+        }
+        if let s = r.object("student") { student = StudentConfig.read(s); s.finish() }
+        if let s = r.object("init") { initialisation = InitConfig.read(s, student: student); s.finish() }
+        if let s = r.object("loss") { loss = LossConfig.read(s); s.finish() }
+        if let s = r.object("optimizer") { optimizer = OptimizerConfig(reading: s); s.finish() }
+        batchSize = r.int("batch_size", min: 1) ?? d.batchSize
+        gradAccumulation = r.int("grad_accumulation", min: 1) ?? d.gradAccumulation
+        let steps = r.int("steps", min: 1), epochs = r.double("epochs")
+        switch (steps, epochs) {
+        case (nil, nil): self.steps = d.steps; self.epochs = nil
+        case (let s?, nil): self.steps = s; self.epochs = nil
+        case (nil, let e?):
+            self.steps = nil; self.epochs = e
+            if !(e > 0) { r.problem("epochs", "must be positive, got \(e)") }
+        case (_?, _?): r.problem("steps", "give either steps or epochs, not both")
+        }
+        if let s = r.int("seed", min: 0) { seed = UInt64(s) }
+        checkpointEvery = r.int("checkpoint_every", min: 1) ?? d.checkpointEvery
+        keepLast = r.int("keep_last", min: 1) ?? d.keepLast
+        evalEvery = r.int("eval_every", min: 0) ?? d.evalEvery
+        logEvery = r.int("log_every", min: 1) ?? d.logEvery
+        if let s = r.object("eval") { eval = EvalConfig(reading: s); s.finish() }
+        outputDir = r.string("output_dir") ?? d.outputDir
+        // The schedule last: its total_steps defaults to the run's steps.
+        if let node = r.take("schedule") {
+            schedule = Self.readSchedule(node, path: r.keyPath("schedule"), steps: self.steps, sink: r.sink) ?? schedule
+        }
+        r.finish()
+    }
+
+    static func readSchedule(_ node: Node, path: String, steps: Int?, sink: ProblemSink) -> LearningRateSchedule? {
+        guard var mapping = node.mapping else { sink.add(path, "expected a mapping"); return nil }
+        if let type = mapping["type"]?.string, type != "constant", mapping["total_steps"] == nil {
+            guard let steps else {
+                sink.add(path + ".total_steps", "required when the run length is given in epochs")
+                return nil
+            }
+            mapping["total_steps"] = Node(String(steps))
+        }
+        do {
+            return try YAMLDecoder().decode(LearningRateSchedule.self, from: Node.mapping(mapping))
+        } catch let e as DecodingError {
+            sink.add(decodingError: e, under: path)
+            return nil
+        } catch {
+            sink.add(path, "\(error)")
+            return nil
+        }
+    }
+}
+
+extension DataConfig {
+    init(reading r: NodeReader) {
+        self.init()
+        if let v = r.stringList("train") { train = v }
+        trainSplit = r.string("train_split") ?? trainSplit
+        if let v = r.take("val_split") {
+            if v.null != nil { valSplit = nil } else if let s = v.string, v.scalar != nil { valSplit = s } else {
+                r.problem("val_split", "expected a string")
+            }
+        }
+        if let f = r.double("val_fraction") {
+            valFraction = f
+            if !(0..<1).contains(f) { r.problem("val_fraction", "must be in [0, 1), got \(f)") }
+        }
+        valList = r.string("val_list")
+    }
+}
+
+extension StudentConfig {
+    static func read(_ r: NodeReader) -> StudentConfig {
+        let type = r.string("type") ?? "tinyvit"
+        switch type {
+        case "tinyvit":
+            var c = TinyViTConfig.mobileSAM
+            let preset = r.string("preset")
+            if let preset {
+                if let p = tinyViTPresets[preset] { c = p } else {
+                    r.problem("preset", "unknown preset '\(preset)' (known: \(tinyViTPresets.keys.sorted().joined(separator: ", ")))")
+                }
+            }
+            c.imageSize = r.int("image_size", min: 1) ?? c.imageSize
+            c.inputChannels = r.int("input_channels", min: 1) ?? c.inputChannels
+            c.embedDims = r.intList("embed_dims") ?? c.embedDims
+            c.depths = r.intList("depths") ?? c.depths
+            c.numHeads = r.intList("num_heads") ?? c.numHeads
+            c.windowSizes = r.intList("window_sizes") ?? c.windowSizes
+            if let m = r.take("merge_strides") {
+                if m.null != nil { c.mergeStrides = nil } else { c.mergeStrides = r.intList(m, key: "merge_strides") }
+            }
+            if let v = r.double("mlp_ratio") { c.mlpRatio = Float(v) }
+            if let v = r.double("mbconv_expand_ratio") { c.mbconvExpandRatio = Float(v) }
+            c.localConvSize = r.int("local_conv_size", min: 1) ?? c.localConvSize
+            c.neckChannels = r.int("neck_channels", min: 1) ?? c.neckChannels
+            let problems = c.problems()
+            for p in problems { r.problemText(p) }
+            if problems.isEmpty { c.mergeStrides = c.resolvedMergeStrides }  // explicit in the resolved config
+            if problems.isEmpty { checkOutput(channels: c.neckChannels, side: c.stageResolutions.last!, imageSize: c.imageSize,
+                                                    channelKey: "neck_channels", gridKey: "merge_strides", r) }
+            return .tinyViT(c, preset: preset)
+        case "conv":
+            var c = ConvStudentConfig()
+            c.imageSize = r.int("image_size", min: 1) ?? c.imageSize
+            c.inputChannels = r.int("input_channels", min: 1) ?? c.inputChannels
+            c.stemChannels = r.int("stem_channels", min: 1) ?? c.stemChannels
+            c.stemStride = r.int("stem_stride", min: 1) ?? c.stemStride
+            c.channels = r.intList("channels") ?? c.channels
+            c.blocks = r.intList("blocks") ?? c.blocks
+            c.strides = r.intList("strides") ?? c.strides
+            c.upsampleChannels = r.int("upsample_channels", min: 1) ?? c.upsampleChannels
+            c.outChannels = r.int("out_channels", min: 1) ?? c.outChannels
+            let problems = c.problems()
+            for p in problems { r.problemText(p) }
+            if problems.isEmpty { checkOutput(channels: c.outChannels, side: c.outputResolution, imageSize: c.imageSize,
+                                                    channelKey: "out_channels", gridKey: "strides", r) }
+            return .conv(c)
+        default:
+            r.problem("type", "unknown student type '\(type)' (expected tinyvit or conv)")
+            r.ignoreRest()
+            return .tinyViT(.mobileSAM, preset: nil)
+        }
+    }
+
+    /// The student must produce SAM's embedding: 256 channels on an (image_size / 16)² grid
+    /// (256×64×64 for a 1024 input), whatever the image size.
+    static func checkOutput(channels: Int, side: Int, imageSize: Int, channelKey: String, gridKey: String,
+                            _ r: NodeReader) {
+        if channels != 256 {
+            r.problem(channelKey, "the student's embedding has \(channels) channels; SAM's mask decoder needs 256")
+        }
+        if side * 16 != imageSize {
+            r.problem(gridKey, "the student's output grid is \(side)×\(side) for a \(imageSize) input; it must be \(imageSize / 16)×\(imageSize / 16) (image_size / 16; 64×64 for 1024)")
+        }
+    }
+}
+
+extension InitConfig {
+    static func read(_ r: NodeReader, student: StudentConfig) -> InitConfig {
+        let type = r.string("type") ?? "random"
+        switch type {
+        case "random": return .random
+        case "teacher_blocks":
+            var map: [[Int]]? = nil
+            if let node = r.take("block_map") {
+                if let seq = node.sequence {
+                    var m: [[Int]] = []
+                    for (i, n) in seq.enumerated() {
+                        if let l = r.intList(n, key: "block_map[\(i)]") { m.append(l) }
+                    }
+                    map = m
+                } else { r.problem("block_map", "expected a list of lists of teacher block indices") }
+            }
+            if case .conv = student { r.problem("type", "teacher_blocks needs a tinyvit student (the teacher is a TinyViT)") }
+            if case .tinyViT(let c, _) = student, let map {
+                if map.count != c.depths.count {
+                    r.problem("block_map", "\(map.count) stages for a student with \(c.depths.count)")
+                } else {
+                    for (s, l) in map.enumerated() where l.count != c.depths[s] {
+                        r.problem("block_map", "stage \(s) lists \(l.count) teacher blocks for \(c.depths[s]) student blocks")
+                    }
+                }
+            }
+            return .teacherBlocks(blockMap: map)
+        case "checkpoint":
+            guard let p = r.string("path") else { r.problem("path", "required for init type checkpoint"); return .random }
+            return .checkpoint(path: p)
+        default:
+            r.problem("type", "unknown init type '\(type)' (expected random, teacher_blocks or checkpoint)")
+            r.ignoreRest()
+            return .random
+        }
+    }
+}
+
+extension LossConfig {
+    static func read(_ r: NodeReader) -> LossConfig {
+        let type = r.string("type") ?? "mse"
+        switch type {
+        case "mse": return .mse
+        case "l1": return .l1
+        case "huber":
+            let delta = r.double("delta") ?? 1
+            if !(delta > 0) { r.problem("delta", "must be positive, got \(delta)") }
+            return .huber(delta: delta)
+        case "masked_mse":
+            let n = r.string("normalization") ?? "valid_elements"
+            switch n {
+            case "valid_elements": return .maskedMSE(.validElements)
+            case "per_sample": return .maskedMSE(.perSample)
+            default:
+                r.problem("normalization", "unknown normalization '\(n)' (expected valid_elements or per_sample)")
+                return .maskedMSE(.validElements)
+            }
+        default:
+            r.problem("type", "unknown loss '\(type)' (expected mse, masked_mse, huber or l1)")
+            r.ignoreRest()
+            return .mse
+        }
+    }
+}
+
+extension OptimizerConfig {
+    init(reading r: NodeReader) {
+        self.init()
+        let type = r.string("type") ?? "adamw"
+        if type != "adamw" { r.problem("type", "unknown optimizer '\(type)' (expected adamw)") }
+        var a = AdamW.Configuration()
+        if let v = r.double("beta1") { a.beta1 = v; if !(0..<1).contains(v) { r.problem("beta1", "must be in [0, 1)") } }
+        if let v = r.double("beta2") { a.beta2 = v; if !(0..<1).contains(v) { r.problem("beta2", "must be in [0, 1)") } }
+        if let v = r.double("eps") { a.eps = v; if !(v >= 0) { r.problem("eps", "must be ≥ 0") } }
+        if let v = r.double("weight_decay") { a.weightDecay = v; if !(v >= 0) { r.problem("weight_decay", "must be ≥ 0") } }
+        adamW = a
+        if let n = r.take("max_grad_norm"), n.null == nil {
+            if let v = r.double(n, key: "max_grad_norm") {
+                maxGradNorm = v
+                if !(v > 0) { r.problem("max_grad_norm", "must be positive, got \(v)") }
+            }
+        }
+    }
+}
+
+extension EvalConfig {
+    init(reading r: NodeReader) {
+        self.init()
+        if let p = r.object("prompts") {
+            if let t = p.stringList("types") {
+                prompts.types = t
+                for x in t where !Prompts.knownTypes.contains(x) {
+                    p.problem("types", "unknown prompt type '\(x)' (known: \(Prompts.knownTypes.joined(separator: ", ")))")
+                }
+                if t.isEmpty { p.problem("types", "needs at least one prompt type") }
+            }
+            prompts.count = p.int("count", min: 1) ?? prompts.count
+            p.finish()
+        }
+        maxImages = r.int("max_images", min: 1)
+    }
+}
+
+// MARK: - Writing the resolved config
+
+extension RunConfig {
+    /// The resolved configuration as YAML (every key explicit; `steps` resolved by the caller
+    /// when the run was given in epochs).
+    public func yaml() throws -> String {
+        func n(_ s: String) -> Node { Node(s) }
+        func n(_ i: Int) -> Node { Node(String(i), Tag(.int)) }
+        func n(_ d: Double) -> Node { Node(String(d), Tag(.float)) }
+        func n(_ f: Float) -> Node { Node(String(Double(f)), Tag(.float)) }
+        func list(_ a: [Int]) -> Node { Node.sequence(Node.Sequence(a.map { n($0) }, Tag(.seq), .flow)) }
+        func strings(_ a: [String]) -> Node { Node.sequence(Node.Sequence(a.map { n($0) }, Tag(.seq), .flow)) }
+        func map(_ pairs: [(String, Node?)]) -> Node {
+            Node.mapping(Node.Mapping(pairs.compactMap { k, v in v.map { (Node(k), $0) } }))
+        }
+        let null = Node("null", Tag(.null))
+
+        var student: Node
+        switch self.student {
+        case .tinyViT(let c, let preset):
+            student = map([("type", n("tinyvit")), ("preset", preset.map { n($0) }),
+                           ("image_size", n(c.imageSize)), ("input_channels", n(c.inputChannels)),
+                           ("embed_dims", list(c.embedDims)), ("depths", list(c.depths)),
+                           ("num_heads", list(c.numHeads)), ("window_sizes", list(c.windowSizes)),
+                           ("merge_strides", list(c.resolvedMergeStrides)), ("mlp_ratio", n(c.mlpRatio)),
+                           ("mbconv_expand_ratio", n(c.mbconvExpandRatio)), ("local_conv_size", n(c.localConvSize)),
+                           ("neck_channels", n(c.neckChannels))])
+        case .conv(let c):
+            student = map([("type", n("conv")), ("image_size", n(c.imageSize)), ("input_channels", n(c.inputChannels)),
+                           ("stem_channels", n(c.stemChannels)), ("stem_stride", n(c.stemStride)),
+                           ("channels", list(c.channels)), ("blocks", list(c.blocks)), ("strides", list(c.strides)),
+                           ("upsample_channels", n(c.upsampleChannels)), ("out_channels", n(c.outChannels))])
+        }
+        let initNode: Node
+        switch initialisation {
+        case .random: initNode = map([("type", n("random"))])
+        case .teacherBlocks(let m):
+            initNode = map([("type", n("teacher_blocks")),
+                            ("block_map", m.map { Node.sequence(Node.Sequence($0.map(list))) })])
+        case .checkpoint(let p): initNode = map([("type", n("checkpoint")), ("path", n(p))])
+        }
+        let lossNode: Node
+        switch loss {
+        case .mse: lossNode = map([("type", n("mse"))])
+        case .l1: lossNode = map([("type", n("l1"))])
+        case .huber(let d): lossNode = map([("type", n("huber")), ("delta", n(d))])
+        case .maskedMSE(let norm):
+            lossNode = map([("type", n("masked_mse")),
+                            ("normalization", n(norm == .perSample ? "per_sample" : "valid_elements"))])
+        }
+        let a = optimizer.adamW
+        let scheduleNode = try Yams.compose(yaml: YAMLEncoder().encode(schedule))!
+        let root = map([
+            ("data", map([("train", strings(data.train)), ("train_split", n(data.trainSplit)),
+                          ("val_split", data.valSplit.map { n($0) } ?? null), ("val_fraction", n(data.valFraction)),
+                          ("val_list", data.valList.map { n($0) })])),
+            ("teacher", map([("checkpoint", teacher.checkpoint.map { n($0) })])),
+            ("student", student),
+            ("init", initNode),
+            ("loss", lossNode),
+            ("optimizer", map([("type", n("adamw")), ("beta1", n(a.beta1)), ("beta2", n(a.beta2)), ("eps", n(a.eps)),
+                               ("weight_decay", n(a.weightDecay)), ("max_grad_norm", optimizer.maxGradNorm.map { n($0) })])),
+            ("schedule", scheduleNode),
+            ("batch_size", n(batchSize)), ("grad_accumulation", n(gradAccumulation)),
+            ("steps", steps.map { n($0) }), ("epochs", epochs.map { n($0) }),
+            ("seed", n(Int(seed))), ("checkpoint_every", n(checkpointEvery)), ("keep_last", n(keepLast)),
+            ("eval_every", n(evalEvery)), ("log_every", n(logEvery)),
+            ("eval", map([("prompts", map([("types", strings(eval.prompts.types)), ("count", n(eval.prompts.count))])),
+                          ("max_images", eval.maxImages.map { n($0) })])),
+            ("output_dir", n(outputDir)),
+        ])
+        return try Yams.serialize(node: root, sortKeys: false)
+    }
+}
+
+// MARK: - Strict reader over YAML nodes
+
+/// Collects problems, each "key.path: message".
+final class ProblemSink {
+    var problems: [String] = []
+    func add(_ path: String, _ message: String) { problems.append("\(path): \(message)") }
+
+    /// A DecodingError from a nested Codable type, re-rooted under `path`.
+    func add(decodingError e: DecodingError, under path: String) {
+        func join(_ keys: [CodingKey]) -> String {
+            ([path] + keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue })
+                .joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
+        }
+        switch e {
+        case .keyNotFound(let key, let ctx): add(join(ctx.codingPath + [key]), "required key is missing")
+        case .typeMismatch(let type, let ctx): add(join(ctx.codingPath), "expected \(Self.describe(type))")
+        case .valueNotFound(let type, let ctx): add(join(ctx.codingPath), "expected \(Self.describe(type)), found null")
+        case .dataCorrupted(let ctx):
+            var msg = ctx.debugDescription
+            if msg.hasPrefix("unknown key") { msg = "unknown key" + (msg.range(of: " (allowed").map { String(msg[$0.lowerBound...]) } ?? "") }
+            add(join(ctx.codingPath), msg)
+        @unknown default: add(path, "\(e)")
+        }
+    }
+
+    static func describe(_ t: Any.Type) -> String {
+        switch t {
+        case is Int.Type: "an integer"
+        case is Double.Type, is Float.Type: "a number"
+        case is String.Type: "a string"
+        case is Bool.Type: "a boolean"
+        default: "\(t)"
+        }
+    }
+}
+
+/// A mapping node being read: typed getters record wrong types, `finish()` reports every key
+/// that was not read as unknown.
+final class NodeReader {
+    let path: String
+    let mapping: Node.Mapping?
+    let sink: ProblemSink
+    private var used = Set<String>()
+
+    init(_ node: Node, path: String, sink: ProblemSink = ProblemSink()) {
+        self.path = path
+        self.sink = sink
+        if let m = node.mapping { mapping = m } else {
+            mapping = nil
+            if node.null == nil { sink.add(path.isEmpty ? "(top level)" : path, "expected a mapping") }
+        }
+    }
+
+    func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+    func problem(_ key: String, _ message: String) { sink.add(keyPath(key), message) }
+    /// A problem text that starts with its relative key ("num_heads[1]: …").
+    func problemText(_ text: String) { sink.problems.append(path.isEmpty ? text : "\(path).\(text)") }
+
+    func has(_ key: String) -> Bool { mapping?[key] != nil }
+
+    /// The node under `key` (marked as read); nil when absent.
+    func take(_ key: String) -> Node? {
+        used.insert(key)
+        return mapping?[key]
+    }
+
+    func ignoreRest() {
+        for (k, _) in mapping ?? Node.Mapping([]) { if let s = k.string { used.insert(s) } }
+    }
+
+    func finish() {
+        for (k, _) in mapping ?? Node.Mapping([]) {
+            let name = k.string ?? "\(k)"
+            if !used.contains(name) { sink.add(keyPath(name), "unknown key") }
+        }
+    }
+
+    func object(_ key: String) -> NodeReader? {
+        guard let n = take(key) else { return nil }
+        if n.null != nil { return nil }
+        return NodeReader(n, path: keyPath(key), sink: sink)
+    }
+
+    private func scalarText(_ n: Node) -> String {
+        if let s = n.scalar { return "'\(s.string)'" }
+        return n.mapping != nil ? "a mapping" : "a list"
+    }
+
+    func int(_ n: Node, key: String, min: Int? = nil) -> Int? {
+        guard n.scalar != nil, let v = n.int, n.scalar?.style == .plain || n.scalar?.style == .any else {
+            sink.add(keyPath(key), "expected an integer, found \(scalarText(n))"); return nil
+        }
+        if let min, v < min { sink.add(keyPath(key), "must be ≥ \(min), got \(v)") }
+        return v
+    }
+
+    func int(_ key: String, min: Int? = nil) -> Int? { take(key).flatMap { int($0, key: key, min: min) } }
+
+    func double(_ n: Node, key: String) -> Double? {
+        guard n.scalar != nil, let v = n.float, n.scalar?.style == .plain || n.scalar?.style == .any else {
+            sink.add(keyPath(key), "expected a number, found \(scalarText(n))"); return nil
+        }
+        return v
+    }
+
+    func double(_ key: String) -> Double? { take(key).flatMap { double($0, key: key) } }
+
+    func string(_ key: String) -> String? {
+        guard let n = take(key) else { return nil }
+        guard let s = n.scalar, n.null == nil || s.style != .plain else {
+            sink.add(keyPath(key), "expected a string, found \(n.null != nil ? "null" : scalarText(n))"); return nil
+        }
+        return s.string
+    }
+
+    func intList(_ n: Node, key: String) -> [Int]? {
+        guard let seq = n.sequence else { sink.add(keyPath(key), "expected a list of integers, found \(scalarText(n))"); return nil }
+        var out: [Int] = []
+        for (i, e) in seq.enumerated() {
+            guard let v = int(e, key: "\(key)[\(i)]") else { return nil }
+            out.append(v)
+        }
+        return out
+    }
+
+    func intList(_ key: String) -> [Int]? { take(key).flatMap { intList($0, key: key) } }
+
+    func stringList(_ key: String) -> [String]? {
+        guard let n = take(key) else { return nil }
+        if let s = n.scalar, n.null == nil { return [s.string] }  // a single path is a one-element list
+        guard let seq = n.sequence else { sink.add(keyPath(key), "expected a list of strings, found \(scalarText(n))"); return nil }
+        var out: [String] = []
+        for (i, e) in seq.enumerated() {
+            guard let s = e.scalar else { sink.add(keyPath("\(key)[\(i)]"), "expected a string, found \(scalarText(e))"); return nil }
+            out.append(s.string)
+        }
+        return out
+    }
+}

@@ -1,0 +1,481 @@
+import Foundation
+import Layers
+import Optim
+import SegmentAnything
+import Tensor
+
+/// Errors that stop a run.
+public enum TrainerError: Error, CustomStringConvertible, Equatable {
+    /// The loss (or the gradient norm) of optimiser step `step` (1-based) is NaN or ±Inf. The
+    /// step was not applied; the last checkpoint on disk is the last good state.
+    case nonFinite(step: Int, what: String, value: Double)
+    case badCheckpoint(String)
+    case runDirectoryInUse(String)
+    case dataMismatch(String)
+
+    public var description: String {
+        switch self {
+        case .nonFinite(let step, let what, let value):
+            "step \(step): the \(what) is \(value); stopping (the last checkpoint is the last good state)"
+        case .badCheckpoint(let s): "checkpoint: \(s)"
+        case .runDirectoryInUse(let s): s
+        case .dataMismatch(let s): "data: \(s)"
+        }
+    }
+}
+
+/// One optimiser step as logged to `metrics.jsonl`.
+public struct StepRecord: Equatable, Sendable {
+    public var step: Int
+    public var loss: Double
+    public var lr: Float
+    public var gradNorm: Double
+    public var imagesPerSecond: Double
+}
+
+/// The distillation loop (MobileSAM's decoupled distillation: the student's embedding learns the
+/// teacher's; prompt encoder and mask decoder are not involved).
+///
+/// Each optimiser step: zero the gradients; for each of `grad_accumulation` micro-batches of
+/// `batch_size` rows (from `BatchOrder`), forward in training mode (BatchNorm batch statistics),
+/// loss against the teacher embedding, backward of the loss gradient divided by the number of
+/// micro-batches; then gradient norm (clipped to `max_grad_norm` when set), AdamW at the
+/// schedule's rate. The logged loss is the mean of the micro-batch losses. A non-finite loss or
+/// gradient norm stops the run before the update (`TrainerError.nonFinite`).
+///
+/// Run directory (`output_dir`): `config.yaml` (resolved), `metrics.jsonl`, `loss.svg`,
+/// `checkpoints/step-NNNNNNNN.safetensors` (last `keep_last` kept) and `checkpoints/best.safetensors`.
+/// Checkpoints are written atomically (temp file + rename) and hold the weights and buffers
+/// (`model.KEY`), AdamW's moments (`optimizer.KEY.exp_avg[_sq]`) and in their metadata the step,
+/// the data cursor, the seed, AdamW's step count, the best metric and the resolved config.
+/// Randomness is counter-based: the batch order of epoch e comes from (seed, e) and each
+/// micro-batch's augmentation seed from (seed, micro-batch index), so (seed, cursor) is the
+/// whole RNG state and `resume` reproduces the uninterrupted run's losses exactly (same thread
+/// count).
+public final class Trainer {
+    public let config: RunConfig
+    public let student: Student
+    public let optimizer: AdamW
+    public let train: TrainingData
+    public let validation: TrainingData?
+    public let runDirectory: URL
+    public let totalSteps: Int
+
+    /// Steps completed (optimiser updates applied).
+    public private(set) var step = 0
+    /// Samples consumed so far (position in the `BatchOrder` stream).
+    public private(set) var cursor = 0
+    /// Lower is better: validation MSE when evaluating, else the mean training loss between checkpoints.
+    public private(set) var bestMetric: Double? = nil
+    /// Every step's record of this process (and, after a resume, those read back from metrics.jsonl).
+    public private(set) var history: [StepRecord] = []
+    public private(set) var evalHistory: [(step: Int, metrics: [String: Double])] = []
+
+    /// Print the progress line (stderr; rewritten in place on a terminal, plain lines otherwise).
+    public var showsProgress = true
+    /// Extra evaluation run at each `eval_every` step (e.g. mask mIoU from the evaluator); its
+    /// metrics are logged beside the embedding MSE / cosine.
+    public var evaluationHook: ((Student, Int) throws -> [String: Double])? = nil
+    /// Called after every step (tests use it to stop a run part-way).
+    public var afterStep: ((StepRecord) throws -> Void)? = nil
+
+    private var order: BatchOrder
+    private let parameterNames: [String]
+    private var lossesSinceCheckpoint: [Double] = []
+    private var smoothedLoss: Double? = nil
+    private let startedAt = Date()
+    private var stepsThisProcess = 0
+
+    public var checkpointDirectory: URL { runDirectory.appendingPathComponent("checkpoints") }
+    public var metricsURL: URL { runDirectory.appendingPathComponent("metrics.jsonl") }
+    public var plotURL: URL { runDirectory.appendingPathComponent("loss.svg") }
+
+    public init(config: RunConfig, student: Student, train: TrainingData, validation: TrainingData? = nil,
+                runDirectory: URL? = nil) throws {
+        self.config = config
+        self.student = student
+        self.train = train
+        self.validation = validation
+        self.runDirectory = runDirectory ?? URL(fileURLWithPath: config.outputDir)
+        guard train.count > 0 else { throw TrainerError.dataMismatch("the training set is empty") }
+        totalSteps = config.totalSteps(trainCount: train.count)
+        let named = student.namedParameters().filter { $0.1.isTrainable }
+        parameterNames = named.map(\.0)
+        optimizer = AdamW(parameters: named.map(\.1), configuration: config.optimizer.adamW)
+        order = BatchOrder(seed: config.seed, count: train.count)
+    }
+
+    /// The resolved configuration (steps resolved from epochs, schedule total_steps filled).
+    public var resolvedConfig: RunConfig {
+        var c = config
+        c.steps = totalSteps
+        c.epochs = nil
+        return c
+    }
+
+    // MARK: Loss
+
+    func loss(_ prediction: Tensor, _ batch: TrainingBatch) -> LossResult {
+        switch config.loss {
+        case .mse: mseLoss(prediction, batch.targets)
+        case .l1: l1Loss(prediction, batch.targets)
+        case .huber(let delta): huberLoss(prediction, batch.targets, delta: delta)
+        case .maskedMSE(let n): maskedMSELoss(prediction, batch.targets, regions: batch.validRegions, normalization: n)
+        }
+    }
+
+    /// Augmentation seed of micro-batch `index` (counted over the whole run).
+    func microBatchSeed(_ index: Int) -> UInt64 {
+        var r = SeededRandom(seed: config.seed &+ 0xA5A5_0000_0000_0000 &+ UInt64(index))
+        return r.next()
+    }
+
+    // MARK: Run
+
+    /// Trains until `totalSteps`. With `resume`, first restores the latest checkpoint of the run
+    /// directory (and truncates metrics.jsonl to it); without, refuses a run directory that
+    /// already holds checkpoints. Returns the records of the steps this call ran.
+    @discardableResult
+    public func run(resume: Bool = false) throws -> [StepRecord] {
+        let fm = FileManager.default
+        try fm.createDirectory(at: checkpointDirectory, withIntermediateDirectories: true)
+        if resume {
+            if let last = Self.checkpoints(in: checkpointDirectory).last {
+                try restore(from: last)
+                try truncateMetrics(after: step)
+            } else {
+                try? fm.removeItem(at: metricsURL)
+            }
+        } else {
+            if !Self.checkpoints(in: checkpointDirectory).isEmpty {
+                throw TrainerError.runDirectoryInUse("\(runDirectory.path) already holds checkpoints: pass --resume to continue that run, or choose another output_dir")
+            }
+            try? fm.removeItem(at: metricsURL)
+        }
+        try AtomicFile.write(Data(resolvedConfig.yaml().utf8), to: runDirectory.appendingPathComponent("config.yaml"))
+
+        let prefetch = Prefetcher(train)
+        defer { prefetch.drain() }
+        let B = config.batchSize, A = config.gradAccumulation
+        var ran: [StepRecord] = []
+        var microIndex = cursor / B
+        prefetch.request(order.rows(cursor: cursor, n: B), seed: microBatchSeed(microIndex))
+        while step < totalSteps {
+            let t0 = Date()
+            student.zeroGradients()
+            var lossSum = 0.0
+            for _ in 0..<A {
+                let rows = order.rows(cursor: cursor, n: B)
+                let batch = try prefetch.take(rows, seed: microBatchSeed(microIndex))
+                // Start loading the next micro-batch while this one trains.
+                prefetch.request(order.rows(cursor: cursor + B, n: B), seed: microBatchSeed(microIndex + 1))
+                try checkBatch(batch)
+                let prediction = student.forward(batch.images, mode: .training)
+                var l = loss(prediction, batch)
+                guard l.value.isFinite else {
+                    throw TrainerError.nonFinite(step: step + 1, what: "loss", value: l.value)
+                }
+                lossSum += l.value
+                if A > 1 { l.gradient.scale(by: 1 / Float(A)) }
+                student.backward(l.gradient)
+                cursor += B
+                microIndex += 1
+            }
+            let params = optimizer.parameters
+            let gradNorm = config.optimizer.maxGradNorm.map { clipGradientNorm(params, maxNorm: $0) } ?? gradientNorm(params)
+            guard gradNorm.isFinite else {
+                throw TrainerError.nonFinite(step: step + 1, what: "gradient norm", value: gradNorm)
+            }
+            let lr = config.schedule.lr(at: step)
+            optimizer.step(learningRate: lr)
+            step += 1
+            let elapsed = Date().timeIntervalSince(t0)
+            let record = StepRecord(step: step, loss: lossSum / Double(A), lr: lr, gradNorm: gradNorm,
+                                    imagesPerSecond: Double(B * A) / max(elapsed, 1e-9))
+            history.append(record)
+            ran.append(record)
+            lossesSinceCheckpoint.append(record.loss)
+            try appendMetrics(stepLine(record))
+            smoothedLoss = smoothedLoss.map { 0.9 * $0 + 0.1 * record.loss } ?? record.loss
+
+            var evaluated: [String: Double]? = nil
+            if config.evalEvery > 0 && (step % config.evalEvery == 0 || step == totalSteps) {
+                evaluated = try evaluate()
+            }
+            if step % config.checkpointEvery == 0 || step == totalSteps {
+                try saveCheckpoint(evaluated: evaluated)
+            } else if let m = evaluated?["val_mse"], bestMetric.map({ m < $0 }) ?? true {
+                bestMetric = m
+                try writeCheckpoint(to: checkpointDirectory.appendingPathComponent("best.safetensors"))
+            }
+            if showsProgress { progress(record) }
+            if step % config.logEvery == 0 || step == totalSteps || evaluated != nil { try writePlot() }
+            try afterStep?(record)
+        }
+        if showsProgress && isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
+        return ran
+    }
+
+    func checkBatch(_ b: TrainingBatch) throws {
+        let S = student.imageSize, (C, g) = student.outputShape
+        let inputChannels: Int
+        switch config.student {
+        case .tinyViT(let c, _): inputChannels = c.inputChannels
+        case .conv(let c): inputChannels = c.inputChannels
+        }
+        guard b.images.shape == [config.batchSize, inputChannels, S, S] else {
+            throw TrainerError.dataMismatch("images \(b.images.shape) for a batch of \(config.batchSize) at \(S)×\(S)")
+        }
+        guard b.targets.shape == [config.batchSize, C, g, g] else {
+            throw TrainerError.dataMismatch("teacher embeddings \(b.targets.shape), the student produces \([config.batchSize, C, g, g])")
+        }
+    }
+
+    // MARK: Evaluation
+
+    /// Embedding MSE and cosine on the validation set (inference mode), plus the hook's metrics.
+    public func evaluate() throws -> [String: Double] {
+        var metrics: [String: Double] = [:]
+        if let validation {
+            let n = min(validation.count, config.eval.maxImages ?? validation.count)
+            let r = try EmbeddingEvaluation.evaluate(student, on: validation, rows: Array(0..<n), batchSize: config.batchSize)
+            metrics["val_mse"] = r.mse
+            metrics["val_cosine"] = r.cosine
+        }
+        if let hook = evaluationHook {
+            for (k, v) in try hook(student, step) { metrics[k] = v }
+        }
+        if !metrics.isEmpty {
+            evalHistory.append((step, metrics))
+            var line: [String: Any] = ["step": step]
+            line["eval"] = metrics
+            try appendMetrics(line)
+        }
+        return metrics
+    }
+
+    // MARK: Checkpoints
+
+    static func checkpointName(_ step: Int) -> String { String(format: "step-%08d.safetensors", step) }
+
+    /// Checkpoint files `step-*.safetensors` in step order.
+    public static func checkpoints(in directory: URL) -> [URL] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        return names.filter { $0.hasPrefix("step-") && $0.hasSuffix(".safetensors") }.sorted()
+            .map { directory.appendingPathComponent($0) }
+    }
+
+    func saveCheckpoint(evaluated: [String: Double]?) throws {
+        // The checkpoint's quality: validation MSE if evaluated now, else the mean training loss
+        // since the previous checkpoint (when no validation is configured).
+        let metric: Double? = evaluated?["val_mse"]
+            ?? (config.evalEvery == 0 && !lossesSinceCheckpoint.isEmpty
+                ? lossesSinceCheckpoint.reduce(0, +) / Double(lossesSinceCheckpoint.count) : nil)
+        let isBest = metric.map { m in bestMetric.map { m < $0 } ?? true } ?? false
+        if isBest { bestMetric = metric }
+        lossesSinceCheckpoint = []
+        let url = checkpointDirectory.appendingPathComponent(Self.checkpointName(step))
+        try writeCheckpoint(to: url)
+        if isBest { try writeCheckpoint(to: checkpointDirectory.appendingPathComponent("best.safetensors")) }
+        let all = Self.checkpoints(in: checkpointDirectory)
+        for old in all.dropLast(config.keepLast) { try? FileManager.default.removeItem(at: old) }
+    }
+
+    /// Writes the full training state atomically.
+    public func writeCheckpoint(to url: URL) throws {
+        var tensors: [String: Tensor] = [:]
+        for (k, p) in student.namedParameters() { tensors["model." + k] = p.value }
+        for (k, v) in optimizer.stateDict(names: parameterNames) { tensors["optimizer." + k] = v }
+        var meta: [String: String] = [
+            "format": "samdistill-checkpoint-1", "step": String(step), "cursor": String(cursor),
+            "seed": String(config.seed), "adamw_step": String(optimizer.stepCount),
+            "student_type": config.student.typeName, "config": (try? resolvedConfig.yaml()) ?? "",
+        ]
+        if let bestMetric { meta["best_metric"] = String(bestMetric) }
+        try SafeTensors.write(tensors, metadata: meta, to: url)
+    }
+
+    /// Restores weights, buffers, AdamW state, step, cursor and best metric.
+    public func restore(from url: URL) throws {
+        let (entries, meta) = try SafeTensors.read(url)
+        guard meta["format"] == "samdistill-checkpoint-1", let s = meta["step"].flatMap(Int.init),
+              let c = meta["cursor"].flatMap(Int.init), let a = meta["adamw_step"].flatMap(Int.init) else {
+            throw TrainerError.badCheckpoint("\(url.path) is not a samdistill training checkpoint")
+        }
+        if meta["seed"] != String(config.seed) {
+            throw TrainerError.badCheckpoint("\(url.path) was written with seed \(meta["seed"] ?? "?"), the config says \(config.seed)")
+        }
+        var model: [String: Tensor] = [:], optim: [String: Tensor] = [:]
+        for (k, e) in entries {
+            if k.hasPrefix("model.") { model[String(k.dropFirst(6))] = e.tensor }
+            else if k.hasPrefix("optimizer.") { optim[String(k.dropFirst(10))] = e.tensor }
+        }
+        do {
+            try student.load(model)
+            try optimizer.load(optim, names: parameterNames, stepCount: a)
+        } catch {
+            throw TrainerError.badCheckpoint("\(url.path): \(error)")
+        }
+        step = s
+        cursor = c
+        bestMetric = meta["best_metric"].flatMap(Double.init)
+        lossesSinceCheckpoint = []
+    }
+
+    // MARK: Metrics, plot, progress
+
+    func stepLine(_ r: StepRecord) -> [String: Any] {
+        ["step": r.step, "loss": r.loss, "lr": Double(r.lr), "grad_norm": r.gradNorm, "images_per_s": r.imagesPerSecond]
+    }
+
+    func appendMetrics(_ line: [String: Any]) throws {
+        var data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys])
+        data.append(0x0A)
+        if let h = try? FileHandle(forWritingTo: metricsURL) {
+            defer { try? h.close() }
+            try h.seekToEnd()
+            try h.write(contentsOf: data)
+        } else {
+            try data.write(to: metricsURL)
+        }
+    }
+
+    /// Keeps the metrics lines of steps ≤ `step` (after a resume) and reads them back into the
+    /// history for the plot.
+    func truncateMetrics(after step: Int) throws {
+        guard let text = try? String(contentsOf: metricsURL, encoding: .utf8) else { return }
+        var kept: [String] = []
+        history = []; evalHistory = []
+        for line in text.split(separator: "\n") {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let s = obj["step"] as? Int, s <= step else { continue }
+            kept.append(String(line))
+            if let e = obj["eval"] as? [String: Double] {
+                evalHistory.append((s, e))
+            } else if let l = obj["loss"] as? Double {
+                history.append(StepRecord(step: s, loss: l, lr: Float(obj["lr"] as? Double ?? 0),
+                                          gradNorm: obj["grad_norm"] as? Double ?? 0,
+                                          imagesPerSecond: obj["images_per_s"] as? Double ?? 0))
+            }
+        }
+        try AtomicFile.write(Data((kept.map { $0 + "\n" }.joined()).utf8), to: metricsURL)
+    }
+
+    func writePlot() throws {
+        let svg = LossPlot.svg(train: history.map { ($0.step, $0.loss) },
+                               eval: evalHistory.compactMap { e in e.metrics["val_mse"].map { (e.step, $0) } },
+                               totalSteps: totalSteps)
+        try AtomicFile.write(Data(svg.utf8), to: plotURL)
+    }
+
+    func progress(_ r: StepRecord) {
+        let tty = isatty(2) != 0
+        stepsThisProcess += 1
+        guard tty || r.step % config.logEvery == 0 || r.step == totalSteps else { return }
+        let rate = Double(stepsThisProcess) / max(Date().timeIntervalSince(startedAt), 1e-9)  // steps/s in this process
+        let eta = rate > 0 ? Double(totalSteps - r.step) / rate : 0
+        let line = String(format: "step %d/%d  loss %.5g  lr %.3g  %.1f img/s  ETA %@",
+                          r.step, totalSteps, smoothedLoss ?? r.loss, Double(r.lr), r.imagesPerSecond,
+                          Self.duration(eta))
+        FileHandle.standardError.write(Data((tty ? "\r\u{1B}[K" + line : line + "\n").utf8))
+    }
+
+    static func duration(_ s: Double) -> String {
+        let t = Int(s.rounded())
+        if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
+        if t >= 60 { return String(format: "%dm%02ds", t / 60, t % 60) }
+        return "\(t)s"
+    }
+}
+
+// MARK: - Embedding evaluation
+
+public enum EmbeddingEvaluation {
+    public struct Result: Equatable, Sendable {
+        /// Mean squared error over the valid region's elements.
+        public var mse: Double
+        /// Mean over valid grid cells of the cosine similarity of the C-dimensional embedding vectors.
+        public var cosine: Double
+    }
+
+    /// Student vs teacher embeddings on `rows` of `data`, inference mode, restricted to each
+    /// sample's valid region.
+    public static func evaluate(_ student: Student, on data: TrainingData, rows: [Int], batchSize: Int) throws -> Result {
+        var se = 0.0, elements = 0, cosSum = 0.0, cells = 0
+        var start = 0
+        while start < rows.count {
+            let chunk = Array(rows[start..<min(rows.count, start + batchSize)])
+            start += chunk.count
+            let b = try data.batch(chunk, seed: 0)
+            let p = student.forward(b.images, mode: .inference)
+            precondition(p.shape == b.targets.shape, "EmbeddingEvaluation: student gives \(p.shape), teacher \(b.targets.shape)")
+            let C = p.shape[1], H = p.shape[2], W = p.shape[3]
+            for (i, r) in b.validRegions.enumerated() {
+                for y in 0..<r.height {
+                    for x in 0..<r.width {
+                        var dot = 0.0, pp = 0.0, tt = 0.0
+                        for c in 0..<C {
+                            let o = ((i * C + c) * H + y) * W + x
+                            let a = Double(p.data[o]), t = Double(b.targets.data[o])
+                            se += (a - t) * (a - t); dot += a * t; pp += a * a; tt += t * t
+                        }
+                        elements += C
+                        cosSum += dot / max((pp * tt).squareRoot(), 1e-12)
+                        cells += 1
+                    }
+                }
+            }
+        }
+        return Result(mse: elements > 0 ? se / Double(elements) : 0, cosine: cells > 0 ? cosSum / Double(cells) : 0)
+    }
+}
+
+// MARK: - SVG plot
+
+/// A hand-written SVG of the training loss (and validation MSE points) against the step; the
+/// y axis is logarithmic when the values span more than a factor of 20.
+public enum LossPlot {
+    public static func svg(train: [(Int, Double)], eval: [(Int, Double)], totalSteps: Int) -> String {
+        let width = 720.0, height = 400.0, left = 70.0, right = 20.0, top = 30.0, bottom = 40.0
+        let values = (train.map(\.1) + eval.map(\.1)).filter { $0.isFinite && $0 > 0 }
+        var lo = values.min() ?? 1e-3, hi = values.max() ?? 1
+        if hi <= lo { hi = lo * 2 }
+        let logScale = hi / lo > 20
+        func fy(_ v: Double) -> Double {
+            let f = logScale ? (log10(v) - log10(lo)) / (log10(hi) - log10(lo)) : (v - lo) / (hi - lo)
+            return top + (1 - f) * (height - top - bottom)
+        }
+        let maxStep = Double(max(totalSteps, train.last?.0 ?? 1, 1))
+        func fx(_ s: Int) -> Double { left + Double(s) / maxStep * (width - left - right) }
+        if !logScale { lo = min(lo, 0) }
+        var out = """
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" font-family="sans-serif" font-size="11">
+        <rect width="100%" height="100%" fill="white"/>
+        <text x="\(left)" y="18" font-size="13">training loss\(eval.isEmpty ? "" : " (blue) and validation MSE (orange)")\(logScale ? ", log scale" : "")</text>
+        <line x1="\(left)" y1="\(height - bottom)" x2="\(width - right)" y2="\(height - bottom)" stroke="black"/>
+        <line x1="\(left)" y1="\(top)" x2="\(left)" y2="\(height - bottom)" stroke="black"/>
+
+        """
+        for i in 0...4 {
+            let v = logScale ? pow(10, log10(lo) + Double(i) / 4 * (log10(hi) - log10(lo))) : lo + Double(i) / 4 * (hi - lo)
+            let y = fy(max(v, 1e-30))
+            out += "<text x=\"\(left - 6)\" y=\"\(fmt(y + 4))\" text-anchor=\"end\">\(String(format: "%.3g", v))</text>\n"
+            out += "<line x1=\"\(left)\" y1=\"\(fmt(y))\" x2=\"\(width - right)\" y2=\"\(fmt(y))\" stroke=\"#ddd\"/>\n"
+        }
+        for i in 0...4 {
+            let s = Int(Double(i) / 4 * maxStep)
+            out += "<text x=\"\(fmt(fx(s)))\" y=\"\(height - bottom + 16)\" text-anchor=\"middle\">\(s)</text>\n"
+        }
+        let pts = train.filter { $0.1.isFinite && $0.1 > 0 }.map { "\(fmt(fx($0.0))),\(fmt(fy($0.1)))" }
+        if !pts.isEmpty {
+            out += "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.2\" points=\"\(pts.joined(separator: " "))\"/>\n"
+        }
+        for (s, v) in eval where v.isFinite && v > 0 {
+            out += "<circle cx=\"\(fmt(fx(s)))\" cy=\"\(fmt(fy(v)))\" r=\"3\" fill=\"#ff7f0e\"/>\n"
+        }
+        out += "<text x=\"\(width / 2)\" y=\"\(height - 6)\" text-anchor=\"middle\">step</text>\n</svg>\n"
+        return out
+    }
+
+    static func fmt(_ v: Double) -> String { String(format: "%.1f", v) }
+}

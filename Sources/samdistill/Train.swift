@@ -1,0 +1,59 @@
+import ArgumentParser
+import Distill
+import Foundation
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Distil the teacher's image embeddings into a student, as a YAML config says.",
+        discussion: """
+            The config names the data (feature caches), the student and its initialisation, the \
+            loss, AdamW and its schedule, batch size, steps or epochs, checkpoint and evaluation \
+            cadence and the output directory (see Sources/Distill/Config.swift and Configs/). \
+            --set key.path=value overrides one key (value read as YAML). The run directory gets \
+            config.yaml (resolved), metrics.jsonl, loss.svg and checkpoints/.
+            """)
+
+    @Argument(help: "The run config (YAML).")
+    var config: String
+
+    @Option(name: .customLong("set"), help: "Override one key: key.path=value (repeatable).")
+    var overrides: [String] = []
+
+    @Flag(help: "Continue from the last checkpoint in the run directory.")
+    var resume = false
+
+    @Flag(help: "No progress line.")
+    var quiet = false
+
+    func validate() throws {
+        do {
+            _ = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
+        } catch let e as ConfigError {
+            throw ValidationError(e.description)
+        }
+    }
+
+    func run() throws {
+        let cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
+        let (train, validation) = try openTrainingData(cfg.data)
+        let student = try Student.make(cfg)
+        let trainer = try Trainer(config: cfg, student: student, train: train, validation: validation)
+        trainer.showsProgress = !quiet
+        try trainer.run(resume: resume)
+        print("done: \(trainer.step) steps; run directory \(trainer.runDirectory.path)")
+    }
+}
+
+/// Opens the feature caches named by `data`. The HDF5 cache reader (issue 4) is not part of this
+/// build yet: until it is wired here, training data can only come from code (`TrainingData`
+/// implementations such as `InMemoryTrainingData`), and the command says so instead of faking data.
+func openTrainingData(_ data: DataConfig) throws -> (TrainingData, TrainingData?) {
+    struct Unavailable: Error, CustomStringConvertible {
+        let caches: [String]
+        var description: String {
+            "samdistill train: the feature-cache reader is not available in this build, so data.train "
+                + "(\(caches.isEmpty ? "no caches given" : caches.joined(separator: ", "))) cannot be read"
+        }
+    }
+    throw Unavailable(caches: data.train)
+}

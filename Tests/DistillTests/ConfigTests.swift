@@ -1,0 +1,142 @@
+import Distill
+import Layers
+import Optim
+import SegmentAnything
+import TestSupport
+import XCTest
+
+/// Config decoding: every error names its full key path.
+final class ConfigTests: XCTestCase {
+    let base = """
+        data: {train: [a.h5, b.h5], val_fraction: 0.1}
+        teacher: {checkpoint: weights/mobile_sam.pt}
+        student: {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1]}
+        init: {type: teacher_blocks}
+        loss: {type: masked_mse, normalization: per_sample}
+        optimizer: {weight_decay: 0.05, max_grad_norm: 1.0}
+        schedule: {type: warmup_cosine, peak_lr: 1.0e-3, warmup_steps: 10}
+        batch_size: 4
+        grad_accumulation: 2
+        steps: 100
+        seed: 3
+        checkpoint_every: 20
+        keep_last: 2
+        eval_every: 50
+        eval: {prompts: {types: [point, box], count: 4}}
+        output_dir: runs/test
+        """
+
+    private func problems(_ yaml: String, _ overrides: [String] = [], file: StaticString = #filePath, line: UInt = #line) -> [String] {
+        do {
+            _ = try RunConfig.parse(yaml, overrides: overrides)
+            XCTFail("expected a config error", file: file, line: line)
+            return []
+        } catch let e as ConfigError {
+            return e.problems
+        } catch {
+            XCTFail("unexpected error \(error)", file: file, line: line)
+            return []
+        }
+    }
+
+    func testValidConfigDecodes() throws {
+        let c = try RunConfig.parse(base)
+        XCTAssertEqual(c.data.train, ["a.h5", "b.h5"])
+        XCTAssertEqual(c.data.valFraction, 0.1)
+        guard case .tinyViT(let s, let preset) = c.student else { return XCTFail("student type") }
+        XCTAssertEqual(preset, "tinyvit_5m")
+        XCTAssertEqual(s.depths, [1, 1, 2, 1])
+        XCTAssertEqual(s.embedDims, [64, 128, 160, 320])
+        XCTAssertEqual(c.initialisation, .teacherBlocks(blockMap: nil))
+        XCTAssertEqual(c.loss, .maskedMSE(.perSample))
+        XCTAssertEqual(c.optimizer.adamW.weightDecay, 0.05)
+        XCTAssertEqual(c.optimizer.maxGradNorm, 1.0)
+        // total_steps defaults to the run's steps
+        XCTAssertEqual(c.schedule, .warmupCosine(WarmupCosineSchedule(peakLR: 1e-3, warmupSteps: 10, totalSteps: 100)))
+        XCTAssertEqual(c.batchSize, 4); XCTAssertEqual(c.gradAccumulation, 2); XCTAssertEqual(c.steps, 100)
+        XCTAssertEqual(c.seed, 3); XCTAssertEqual(c.keepLast, 2); XCTAssertEqual(c.evalEvery, 50)
+        XCTAssertEqual(c.eval.prompts.count, 4)
+        XCTAssertEqual(c.outputDir, "runs/test")
+    }
+
+    func testResolvedYAMLRoundTrips() throws {
+        let c = try RunConfig.parse(base)
+        let again = try RunConfig.parse(c.yaml())
+        XCTAssertEqual(again, c)
+        let conv = try RunConfig.parse("student: {type: conv, channels: [16, 32], blocks: [1, 1], strides: [2, 2], stem_stride: 4}\nloss: {type: huber, delta: 0.5}")
+        XCTAssertEqual(try RunConfig.parse(conv.yaml()), conv)
+    }
+
+    func testUnknownKeysAreNamed() {
+        XCTAssertEqual(problems(base + "\noptimizer_x: 1"), ["optimizer_x: unknown key"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "weight_decay:", with: "weight_decayy:")),
+                       ["optimizer.weight_decayy: unknown key"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "count: 4", with: "count: 4, colour: red")),
+                       ["eval.prompts.colour: unknown key"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "warmup_steps: 10", with: "warmup_stepz: 10")).first?
+                        .hasPrefix("schedule.warmup_stepz: unknown key"), true)
+    }
+
+    func testWrongTypesAreNamed() {
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "batch_size: 4", with: "batch_size: four")),
+                       ["batch_size: expected an integer, found 'four'"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "batch_size: 4", with: "batch_size: '4'")),
+                       ["batch_size: expected an integer, found '4'"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "depths: [1, 1, 2, 1]", with: "depths: [1, x, 2, 1]")),
+                       ["student.depths[1]: expected an integer, found 'x'"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "peak_lr: 1.0e-3", with: "peak_lr: fast")),
+                       ["schedule.peak_lr: expected a number"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "data: {train: [a.h5, b.h5], val_fraction: 0.1}", with: "data: 5")),
+                       ["data: expected a mapping"])
+        XCTAssertEqual(problems(base + "\nepochs: 2"), ["steps: give either steps or epochs, not both"])
+    }
+
+    func testImpossibleShapesAreNamed() {
+        let heads = problems(base.replacingOccurrences(of: "depths: [1, 1, 2, 1]", with: "num_heads: [2, 3, 5, 10]"))
+        XCTAssertEqual(heads, ["student.num_heads[1]: embed_dims[1] = 128 is not divisible by 3 heads"])
+        let neck = problems(base.replacingOccurrences(of: "depths: [1, 1, 2, 1]", with: "neck_channels: 128"))
+        XCTAssertEqual(neck.count, 1)
+        XCTAssertTrue(neck[0].hasPrefix("student.neck_channels: "), neck[0])
+        let grid = problems(base.replacingOccurrences(of: "depths: [1, 1, 2, 1]", with: "merge_strides: [2, 2, 2]"))
+        XCTAssertEqual(grid.count, 1)
+        XCTAssertTrue(grid[0].hasPrefix("student.merge_strides: the student's output grid is 32×32 for a 1024 input"), grid[0])
+        let conv = problems("student: {type: conv, channels: [8, 16], blocks: [1, 1], strides: [2, 2]}")
+        XCTAssertEqual(conv.count, 1)
+        XCTAssertTrue(conv[0].hasPrefix("student.strides: total stride"), conv[0])
+        let lists = problems(base.replacingOccurrences(of: "depths: [1, 1, 2, 1]", with: "depths: [1, 1, 2]"))
+        XCTAssertEqual(lists, ["student.depths: 3 entries for 4 stages"])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "init: {type: teacher_blocks}",
+                                                          with: "init: {type: teacher_blocks, block_map: [[0], [0], [0], [1]]}")),
+                       ["init.block_map: stage 2 lists 1 teacher blocks for 2 student blocks"])
+    }
+
+    func testSetOverrides() throws {
+        let c = try RunConfig.parse(base, overrides: ["optimizer.weight_decay=0.2", "student.depths=[2, 2, 6, 2]",
+                                                      "loss.normalization=valid_elements", "output_dir=runs/other",
+                                                      "schedule.total_steps=50"])
+        XCTAssertEqual(c.optimizer.adamW.weightDecay, 0.2)
+        guard case .tinyViT(let s, _) = c.student else { return XCTFail("student type") }
+        XCTAssertEqual(s.depths, [2, 2, 6, 2])
+        XCTAssertEqual(c.outputDir, "runs/other")
+        XCTAssertEqual(c.loss, .maskedMSE(.validElements))
+        XCTAssertEqual(c.schedule.lr(at: 50), 0)
+        XCTAssertEqual(problems(base, ["optimizer.bogus=1"]), ["optimizer.bogus: unknown key"])
+        XCTAssertEqual(problems(base, ["batch_size=big"]), ["batch_size: expected an integer, found 'big'"])
+        XCTAssertEqual(problems(base, ["batch_size"]), ["--set batch_size: expected key.path=value"])
+        XCTAssertEqual(problems(base, ["steps.x=1"]), ["--set steps.x: steps is not a mapping"])
+    }
+
+    /// Every config under Configs/ is valid; the quickstart's student is TinyViT-5M pruned to
+    /// depths [1, 1, 2, 1] (FLOPs printed for the record).
+    func testShippedConfigsAreValid() throws {
+        let dir = Fixture.repositoryRoot.appendingPathComponent("Configs")
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
+        XCTAssertFalse(names.isEmpty)
+        for n in names { XCTAssertNoThrow(try RunConfig.load(dir.appendingPathComponent(n)), n) }
+        let q = try RunConfig.load(dir.appendingPathComponent("quickstart.yaml"))
+        let pruned = Student(q.student), full = Student(.tinyViT(.mobileSAM, preset: "tinyvit_5m"))
+        print("FLOPs per 1024² image: TinyViT-5M \(full.forwardFLOPs), quickstart student \(pruned.forwardFLOPs); parameters \(full.parameterCount) / \(pruned.parameterCount)")
+        XCTAssertLessThan(pruned.forwardFLOPs, full.forwardFLOPs)
+        XCTAssertLessThan(pruned.parameterCount, full.parameterCount)
+    }
+}
