@@ -45,6 +45,7 @@ let package = Package(
         .testTarget(name: "LayersTests", dependencies: ["Tensor", "Layers", "TestSupport"]),
         .testTarget(name: "OptimTests", dependencies: ["Tensor", "Layers", "Optim", "TestSupport"]),
         .testTarget(name: "SegmentAnythingTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "TestSupport"]),
+        .testTarget(name: "DistillTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "Distill", "TestSupport"]),
     ],
     // Swift 5 mode: kernels share raw buffers across DispatchQueue.concurrentPerform workers by
     // design (disjoint ranges), which Swift 6's strict Sendable checking cannot express.
