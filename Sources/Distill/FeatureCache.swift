@@ -595,8 +595,10 @@ public final class FeatureCacheBuilder {
                     let elapsed = Date().timeIntervalSince(started)
                     let rate = Double(finished) / max(elapsed, 1e-9)
                     let eta = rate > 0 ? Double(todo - finished) / rate : 0
-                    let line = String(format: "cache: %d/%d rows (%.0f%%), %.2f rows/s, ETA %@", finished, todo,
-                                      100 * Double(finished) / Double(max(todo, 1)), rate, Self.clock(eta))
+                    // With one view per image a row is an image: the rate reads as images/s.
+                    let unit = options.views == 1 ? "images" : "rows"
+                    let line = String(format: "cache: %d/%d %@ (%.0f%%), %.2f %@/s, ETA %@", finished, todo, unit,
+                                      100 * Double(finished) / Double(max(todo, 1)), rate, unit, Self.clock(eta))
                     let fraction = 20 * finished / max(todo, 1)
                     if progressInPlace {
                         FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
