@@ -1,5 +1,6 @@
-// Distill: the HDF5 feature cache, data loading, students, trainer, evaluator, exporter and the
-// YAML config. Contents arrive with issues 4–6.
+// Distill: the HDF5 feature cache (HDF5.swift, FeatureCache.swift, CacheReader.swift,
+// Augment.swift, CacheTeacher.swift); students, trainer, evaluator, exporter and the YAML config
+// arrive with issues 5–6.
 import Layers
 import SegmentAnything
 import Tensor

@@ -1,15 +1,18 @@
 import ArgumentParser
+import Distill
 import Foundation
 import SegmentAnything
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List the tensors of a weights file (.pt/.pth checkpoint or .safetensors).",
+        abstract: "List the tensors of a weights file (.pt/.pth/.safetensors) or the contents of an HDF5 file (.h5).",
         discussion: """
             Prints each tensor's name, stored dtype, shape and value count in file order, then \
             totals: tensors, values, and values per top-level prefix (image_encoder, \
             prompt_encoder, mask_decoder…). Nested checkpoints are flattened with '.' \
-            ("model.image_encoder.…").
+            ("model.image_encoder.…"). For an HDF5 file (a feature cache, by its HDF5 signature), \
+            lists every group and dataset (shape, element type, chunk shape) with its attributes, \
+            and for a feature cache the number of complete rows per split.
             """)
 
     @Argument(help: "The weights file (.pt, .pth or .safetensors).")
@@ -20,6 +23,7 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         let url = URL(fileURLWithPath: file)
+        if Self.isHDF5(url) { return try inspectHDF5(url) }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let weights = try WeightsFile(contentsOf: url)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
@@ -71,5 +75,60 @@ struct Inspect: ParsableCommand {
             out.append(c)
         }
         return out
+    }
+
+    /// True when the file starts with the HDF5 signature (at offset 0; user blocks are not used here).
+    static func isHDF5(_ url: URL) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: url.path) else { return false }
+        defer { try? h.close() }
+        let sig: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+        return (try? h.read(upToCount: 8)).map { [UInt8]($0) == sig } ?? false
+    }
+
+    private func inspectHDF5(_ url: URL) throws {
+        do {
+            let f = try HDF5File(url, mode: .readOnly)
+            let entries = try f.walk()
+            var out: [[String: Any]] = []
+            for e in entries {
+                var attrs: [String: String] = [:]
+                for (k, v) in e.attributes { attrs[k] = v.map { "\($0)" } ?? "(unreadable)" }
+                out.append(["path": e.path, "kind": e.kind.rawValue, "shape": e.shape, "type": e.typeDescription,
+                            "chunk": e.chunk ?? [], "attributes": attrs])
+            }
+            f.close()
+            var cacheLine: String? = nil
+            var perSplit: [String: Int] = [:]
+            if let reader = try? CacheReader(url) {
+                for s in CacheSplit.allCases { perSplit[CacheSchema.splitNames[s.rawValue]] = reader.rows(split: s).count }
+                cacheLine = "feature cache: \(reader.count) rows, \(reader.rows().count) complete "
+                    + "(train \(perSplit["train"]!), val \(perSplit["val"]!)), teacher \(reader.teacher), "
+                    + "image \(reader.imageSize)×\(reader.imageSize), embedding \(reader.embeddingShape) \(reader.embeddingDType)"
+            }
+            if json {
+                var o: [String: Any] = ["file": file, "format": "hdf5", "entries": out]
+                if cacheLine != nil { o["complete_rows"] = perSplit }
+                printJSON(o)
+                return
+            }
+            for (e, o) in zip(entries, out) {
+                switch e.kind {
+                case .group: print("group   \(e.path)")
+                case .dataset:
+                    let shape = "(" + e.shape.map(String.init).joined(separator: ", ") + ")"
+                    let chunk = e.chunk.map { " chunks (" + $0.map(String.init).joined(separator: ", ") + ")" } ?? " contiguous"
+                    print("dataset \(e.path)  \(shape) \(e.typeDescription)\(chunk)")
+                case .other: print("other   \(e.path)")
+                }
+                for (k, v) in (o["attributes"] as! [String: String]).sorted(by: { $0.key < $1.key }) {
+                    let shown = v.count > 160 ? String(v.prefix(157)) + "..." : v
+                    print("    @\(k) = \(shown)")
+                }
+            }
+            if let cacheLine { print(cacheLine) }
+        } catch let e as HDF5Error {
+            FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
+            throw ExitCode.failure
+        }
     }
 }

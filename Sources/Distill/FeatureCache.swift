@@ -1,0 +1,742 @@
+import Foundation
+import SegmentAnything
+import Tensor
+
+/// The feature cache's HDF5 schema (format `samdistill-feature-cache`, version 1).
+///
+/// Root attributes: `format`, `format_version`, `teacher`, `teacher_architecture`,
+/// `teacher_config` (JSON), `teacher_sha256`, `image_size`, `pixel_mean`, `pixel_std` (float64
+/// [3]), `embedding_dtype` ("float16" | "float32"), `embedding_shape` ([C, G, G]), `views`,
+/// `seed`, `augmentation` (JSON), `split` (how train/val was chosen), `command`, `created`.
+///
+/// Datasets, one row per view, every one chunked one row per chunk and extendable along rows:
+/// - `image`          uint8 (N, S, S, 3): resized longest side → S, zero-padded bottom/right, BEFORE normalisation
+/// - `embedding`      float16 | float32 (N, C, G, G): the teacher's output
+/// - `original_size`  int32 (N, 2): decoded image (height, width)
+/// - `resized_size`   int32 (N, 2): valid region of `image` (height, width)
+/// - `source`         fixed-length UTF-8 string (N,): path relative to the image folder
+/// - `view`           int32 (N,): view index (0 = plain SAM preprocessing)
+/// - `view_params`    float32 (N, 5): crop x, y, width, height (original pixels), flipped (0/1)
+/// - `split`          uint8 (N,): 0 train, 1 val
+/// - `complete`       uint8 (N,): 1 once every other field of the row is written (written last)
+///
+/// `source`, `view` and `split` (the plan) are written when the file is created; a row whose
+/// `complete` is 0 holds no valid data (not yet computed, or its file could not be decoded).
+///
+/// Sharded caches (`--shard-size`): the file named by the user is an index holding the same root
+/// attributes plus `shards` (file names relative to the index) and `shard_rows`; each shard is a
+/// full cache file of this schema. `CacheReader` opens either as one row space.
+public enum CacheSchema {
+    public static let format = "samdistill-feature-cache"
+    public static let version = 1
+    public static let datasets = ["image", "embedding", "original_size", "resized_size", "source", "view",
+                                  "view_params", "split", "complete"]
+    public static let splitNames = ["train", "val"]
+}
+
+/// Where the train/val split comes from.
+public enum SplitRule: Equatable, Sendable {
+    case none
+    /// Each image is in val when `stableHash(relative path) / 2⁶⁴ < fraction` (independent of seed).
+    case fraction(Double)
+    /// Images whose relative path (or file name) is listed are val.
+    case list([String], sha256: String)
+
+    public var attribute: String {
+        switch self {
+        case .none: "none"
+        case .fraction(let f): "val_fraction=\(f)"
+        case .list(_, let sha): "val_list_sha256=\(sha)"
+        }
+    }
+
+    public static func list(file url: URL) throws -> SplitRule {
+        let data = try Data(contentsOf: url)
+        let lines = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        return .list(lines, sha256: SHA256.hex(Data(lines.sorted().joined(separator: "\n").utf8)))
+    }
+
+    public func isValidation(_ source: String) -> Bool {
+        switch self {
+        case .none: return false
+        case .fraction(let f): return Double(Augmentation.stableHash(source) >> 11) / Double(UInt64(1) << 53) < f
+        case .list(let names, _):
+            let base = (source as NSString).lastPathComponent
+            return names.contains(source) || names.contains(base)
+        }
+    }
+}
+
+/// Everything that decides a cache's content; a resumed run must match it exactly.
+public struct CacheSettings: Equatable, Sendable {
+    public var teacher: String
+    public var teacherArchitecture: String
+    public var teacherConfig: String
+    public var teacherSHA256: String
+    public var imageSize: Int
+    public var pixelMean: [Double] = SAMPreprocessing.pixelMean.map(Double.init)
+    public var pixelStd: [Double] = SAMPreprocessing.pixelStd.map(Double.init)
+    public var embeddingDType: String
+    public var embeddingShape: [Int]
+    public var views: Int
+    public var seed: Int
+    public var augmentation: String
+    public var split: String
+
+    public init(teacher: CacheTeacher, embeddingDType: String, views: Int, seed: Int,
+                augmentation: Augmentation, split: SplitRule) {
+        self.teacher = teacher.id
+        teacherArchitecture = teacher.architecture
+        teacherConfig = teacher.configJSON
+        teacherSHA256 = teacher.checkpointSHA256
+        imageSize = teacher.imageSize
+        self.embeddingDType = embeddingDType
+        embeddingShape = teacher.embeddingShape
+        self.views = views
+        self.seed = seed
+        self.augmentation = augmentation.json
+        self.split = split.attribute
+    }
+
+    func write(to o: HDF5Object) throws {
+        try o.setAttribute("format", CacheSchema.format)
+        try o.setAttribute("format_version", CacheSchema.version)
+        try o.setAttribute("teacher", teacher)
+        try o.setAttribute("teacher_architecture", teacherArchitecture)
+        try o.setAttribute("teacher_config", teacherConfig)
+        try o.setAttribute("teacher_sha256", teacherSHA256)
+        try o.setAttribute("image_size", imageSize)
+        try o.setAttribute("pixel_mean", doubles: pixelMean)
+        try o.setAttribute("pixel_std", doubles: pixelStd)
+        try o.setAttribute("embedding_dtype", embeddingDType)
+        try o.setAttribute("embedding_shape", ints: embeddingShape)
+        try o.setAttribute("views", views)
+        try o.setAttribute("seed", seed)
+        try o.setAttribute("augmentation", augmentation)
+        try o.setAttribute("split", split)
+    }
+
+    /// Differences between these settings and a file's attributes, one line each, naming the
+    /// attribute (empty when they match).
+    func differences(from o: HDF5Object) throws -> [String] {
+        var d: [String] = []
+        func s(_ key: String, _ mine: String) throws {
+            let theirs = try o.attribute(key)?.stringValue
+            if theirs != mine { d.append("\(key): cache has \(theirs.map { "\"\($0)\"" } ?? "nothing"), this run \"\(mine)\"") }
+        }
+        func n(_ key: String, _ mine: [Double]) throws {
+            let theirs = try o.attribute(key)?.doublesValue
+            if theirs != mine { d.append("\(key): cache has \(theirs.map { "\($0)" } ?? "nothing"), this run \(mine)") }
+        }
+        try s("teacher", teacher)
+        try s("teacher_architecture", teacherArchitecture)
+        try s("teacher_config", teacherConfig)
+        try s("teacher_sha256", teacherSHA256)
+        try n("image_size", [Double(imageSize)])
+        try n("pixel_mean", pixelMean)
+        try n("pixel_std", pixelStd)
+        try s("embedding_dtype", embeddingDType)
+        try n("embedding_shape", embeddingShape.map(Double.init))
+        try n("views", [Double(views)])
+        try n("seed", [Double(seed)])
+        try s("augmentation", augmentation)
+        try s("split", split)
+        return d
+    }
+}
+
+/// One planned row: which file, which view, which split.
+public struct PlannedRow: Equatable, Sendable {
+    public var source: String
+    public var view: Int
+    public var split: Int
+}
+
+/// The cache command's options (see `samdistill cache --help`).
+public struct CacheOptions: Sendable {
+    public var images: URL
+    public var output: URL
+    public var views = 1
+    public var seed = 0
+    /// "float16" or "float32".
+    public var embeddingDType = "float16"
+    public var limit: Int? = nil
+    public var split: SplitRule = .none
+    public var shardSize: Int? = nil
+    public var overwrite = false
+    public var command = ""
+    /// Progress lines on stderr.
+    public var progress = true
+    public var augmentation = Augmentation()
+
+    public init(images: URL, output: URL) {
+        self.images = images
+        self.output = output
+    }
+}
+
+/// A problem that stops the cache command, with a message for the user.
+public struct CacheError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// What a run did.
+public struct CacheSummary: Sendable {
+    public var rowsPlanned = 0
+    public var rowsAlreadyComplete = 0
+    public var rowsWritten = 0
+    public var imagesDecoded = 0
+    /// (relative path, reason) of files that could not be cached.
+    public var skipped: [(file: String, reason: String)] = []
+    public var files: [URL] = []
+    public var apparentBytes = 0
+    public var allocatedBytes = 0
+    public var wallSeconds = 0.0
+    /// Seconds in the teacher's forward (the critical path).
+    public var teacherSeconds = 0.0
+    /// Seconds decoding, augmenting, resizing, padding and normalising (producer thread).
+    public var decodeSeconds = 0.0
+    /// Seconds converting and writing rows to HDF5 (writer thread).
+    public var writeSeconds = 0.0
+    /// Seconds the teacher thread waited for the producer (decode not hidden by overlap).
+    public var waitDecodeSeconds = 0.0
+    /// Seconds the teacher thread waited for the writer (HDF5 not hidden by overlap).
+    public var waitWriteSeconds = 0.0
+
+    public var report: String {
+        var lines: [String] = []
+        lines.append("rows: \(rowsWritten) written, \(rowsAlreadyComplete) already complete, \(rowsPlanned) planned "
+                     + "(\(rowsAlreadyComplete + rowsWritten) complete)")
+        lines.append("skipped files: \(skipped.count)")
+        for s in skipped { lines.append("  \(s.file): \(s.reason)") }
+        lines.append(String(format: "on disk: %.1f MiB allocated (%.1f MiB apparent) in %d file(s)",
+                            Double(allocatedBytes) / 1048576, Double(apparentBytes) / 1048576, files.count))
+        let rate = wallSeconds > 0 ? Double(rowsWritten) / wallSeconds : 0
+        lines.append(String(format: "time: %.2f s wall, %.2f rows/s; teacher %.2f s; decode+preprocess %.2f s, HDF5 write %.2f s "
+                            + "(overlapped: teacher waited %.2f s for decode, %.2f s for writes = %.1f%% of teacher time)",
+                            wallSeconds, rate, teacherSeconds, decodeSeconds, writeSeconds, waitDecodeSeconds, waitWriteSeconds,
+                            teacherSeconds > 0 ? 100 * (waitDecodeSeconds + waitWriteSeconds) / teacherSeconds : 0))
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// The datasets of one cache file (a whole cache, or one shard) open for writing.
+final class CacheFileWriter {
+    let file: HDF5File
+    let firstRow: Int
+    let rows: Int
+    let image, embedding, originalSize, resizedSize, viewParams, complete: HDF5Dataset
+    let source, view, split: HDF5Dataset
+
+    init(file: HDF5File, firstRow: Int) throws {
+        self.file = file
+        self.firstRow = firstRow
+        image = try file.dataset("image")
+        embedding = try file.dataset("embedding")
+        originalSize = try file.dataset("original_size")
+        resizedSize = try file.dataset("resized_size")
+        viewParams = try file.dataset("view_params")
+        complete = try file.dataset("complete")
+        source = try file.dataset("source")
+        view = try file.dataset("view")
+        split = try file.dataset("split")
+        rows = complete.rows
+        for d in [image, embedding, originalSize, resizedSize, viewParams, source, view, split] where d.rows != rows {
+            throw CacheError("\(file.filePath): dataset '\(d.name)' has \(d.rows) rows, 'complete' has \(rows): not a consistent cache file")
+        }
+    }
+
+    /// Creates a cache file with every row planned and space reserved (so writing rows later
+    /// never changes HDF5 metadata), at a temporary name renamed into place once complete.
+    static func create(_ url: URL, settings: CacheSettings, plan: ArraySlice<PlannedRow>, command: String,
+                       extra: (HDF5File) throws -> Void = { _ in }) throws {
+        let tmp = url.deletingLastPathComponent().appendingPathComponent(url.lastPathComponent + ".creating")
+        try? FileManager.default.removeItem(at: tmp)
+        do {
+            let f = try HDF5File(tmp, mode: .create)
+            try settings.write(to: f)
+            try f.setAttribute("command", command)
+            try f.setAttribute("created", ISO8601DateFormatter().string(from: Date()))
+            try extra(f)
+            let n = plan.count, S = settings.imageSize
+            let embType: HDF5ElementType = settings.embeddingDType == "float32" ? .float32 : .float16
+            _ = try f.createDataset("image", type: .uint8, rowShape: [S, S, 3], rows: n, allocateEarly: true)
+            _ = try f.createDataset("embedding", type: embType, rowShape: settings.embeddingShape, rows: n, allocateEarly: true)
+            _ = try f.createDataset("original_size", type: .int32, rowShape: [2], rows: n, allocateEarly: true)
+            _ = try f.createDataset("resized_size", type: .int32, rowShape: [2], rows: n, allocateEarly: true)
+            _ = try f.createDataset("view_params", type: .float32, rowShape: [5], rows: n, allocateEarly: true)
+            let width = max(64, ((plan.map { $0.source.utf8.count }.max() ?? 0) + 63) / 64 * 64)
+            let src = try f.createDataset("source", type: .string(width), rowShape: [], rows: n, allocateEarly: true)
+            try src.writeStrings(rows: 0, plan.map(\.source))
+            let v = try f.createDataset("view", type: .int32, rowShape: [], rows: n, allocateEarly: true)
+            try v.write(rows: 0, plan.map { Int32($0.view) })
+            let sp = try f.createDataset("split", type: .uint8, rowShape: [], rows: n, allocateEarly: true)
+            try sp.write(rows: 0, plan.map { UInt8($0.split) })
+            let c = try f.createDataset("complete", type: .uint8, rowShape: [], rows: n, allocateEarly: true)
+            try c.write(rows: 0, [UInt8](repeating: 0, count: n))
+            // Zero sizes and parameters so incomplete rows read as zeros, never garbage.
+            for name in ["original_size", "resized_size"] {
+                try f.dataset(name).write(rows: 0, [Int32](repeating: 0, count: 2 * n))
+            }
+            try f.dataset("view_params").write(rows: 0, [Float](repeating: 0, count: 5 * n))
+            try f.flush()
+            f.close()
+            try FileManager.default.moveItem(atPath: tmp.path, toPath: url.path)
+        } catch {
+            try? FileManager.default.removeItem(at: tmp)
+            throw error
+        }
+    }
+
+    func readPlan() throws -> [PlannedRow] {
+        let s = try source.readStrings(rows: 0, count: rows)
+        let v = try view.readInts(rows: 0, count: rows)
+        let sp = try split.readInts(rows: 0, count: rows)
+        return (0..<rows).map { PlannedRow(source: s[$0], view: v[$0], split: sp[$0]) }
+    }
+}
+
+/// Builds (or resumes) a feature cache: lists the images, plans the rows, creates the file(s),
+/// then runs three stages in parallel — decode + preprocess (a producer thread), the teacher
+/// (the calling thread), and HDF5 writes (a writer thread) — so decoding and writing hide
+/// behind the teacher.
+///
+/// Crash safety: each file is created complete with every row planned and its space reserved
+/// (at a temporary name, renamed into place), so writing a row changes no HDF5 metadata. A row's
+/// data is written and flushed, then its `complete` flag is set and flushed. A process killed at
+/// any moment leaves a file that opens, in which every row marked complete is whole.
+public final class FeatureCacheBuilder {
+    public let options: CacheOptions
+    public let teacher: CacheTeacher
+    /// Called with progress and report lines (stderr in the command line).
+    public var log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+    /// Progress line updates in place (`\r`) when true; otherwise one line per ~5% or 30 s.
+    public var progressInPlace = isatty(2) != 0
+
+    public init(options: CacheOptions, teacher: CacheTeacher) {
+        self.options = options
+        self.teacher = teacher
+    }
+
+    /// Every JPEG/PNG (by extension, case-insensitive) under `directory`, recursively, as paths
+    /// relative to it, sorted by their UTF-8 bytes (stable across file systems).
+    public static func listImages(_ directory: URL) throws -> [String] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDir), isDir.boolValue else {
+            throw CacheError("\(directory.path): no such folder")
+        }
+        let base = directory.standardizedFileURL.resolvingSymlinksInPath().path
+        guard let e = FileManager.default.enumerator(atPath: base) else { throw CacheError("\(base): cannot list") }
+        var out: [String] = []
+        while let rel = e.nextObject() as? String {
+            let ext = (rel as NSString).pathExtension.lowercased()
+            guard ["jpg", "jpeg", "png"].contains(ext) else { continue }
+            var d: ObjCBool = false
+            if FileManager.default.fileExists(atPath: base + "/" + rel, isDirectory: &d), !d.boolValue { out.append(rel) }
+        }
+        return out.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+    }
+
+    /// The rows for `sources`: train images get `views` rows (view 0 plain, 1… augmented), val
+    /// images one plain row.
+    public static func plan(sources: [String], views: Int, split: SplitRule) -> [PlannedRow] {
+        var rows: [PlannedRow] = []
+        for s in sources {
+            let val = split.isValidation(s)
+            for v in 0..<(val ? 1 : views) { rows.append(PlannedRow(source: s, view: v, split: val ? 1 : 0)) }
+        }
+        return rows
+    }
+
+    /// Shard file names for an index at `output`: `NAME-shard-00000.h5`, …
+    public static func shardURL(_ output: URL, _ i: Int) -> URL {
+        let stem = output.deletingPathExtension().lastPathComponent
+        return output.deletingLastPathComponent().appendingPathComponent(String(format: "%@-shard-%05d.h5", stem, i))
+    }
+
+    private func openOrCreate(settings: CacheSettings, plan: [PlannedRow]) throws -> (writers: [CacheFileWriter], files: [URL]) {
+        let out = options.output
+        let fm = FileManager.default
+        if options.overwrite, fm.fileExists(atPath: out.path) {
+            if let f = try? HDF5File(out, mode: .readOnly), let shards = try? f.attribute("shards"), case .strings(let names) = shards {
+                for n in names { try? fm.removeItem(at: out.deletingLastPathComponent().appendingPathComponent(n)) }
+            }
+            try fm.removeItem(at: out)
+        }
+        if !fm.fileExists(atPath: out.path) {
+            if let shardSize = options.shardSize {
+                var names: [String] = [], counts: [Int] = []
+                var i = 0
+                for start in stride(from: 0, to: plan.count, by: shardSize) {
+                    let u = Self.shardURL(out, i)
+                    try CacheFileWriter.create(u, settings: settings, plan: plan[start..<min(plan.count, start + shardSize)],
+                                               command: options.command) { f in
+                        try f.setAttribute("shard_index", i)
+                        try f.setAttribute("shard_first_row", start)
+                    }
+                    names.append(u.lastPathComponent)
+                    counts.append(min(plan.count, start + shardSize) - start)
+                    i += 1
+                }
+                // The index last: until it exists, a rerun starts over.
+                let tmp = out.deletingLastPathComponent().appendingPathComponent(out.lastPathComponent + ".creating")
+                try? fm.removeItem(at: tmp)
+                let f = try HDF5File(tmp, mode: .create)
+                try settings.write(to: f)
+                try f.setAttribute("command", options.command)
+                try f.setAttribute("created", ISO8601DateFormatter().string(from: Date()))
+                try f.setAttribute("shards", strings: names)
+                try f.setAttribute("shard_rows", ints: counts)
+                try f.flush()
+                f.close()
+                try fm.moveItem(atPath: tmp.path, toPath: out.path)
+            } else {
+                try CacheFileWriter.create(out, settings: settings, plan: plan[...], command: options.command)
+            }
+        }
+        // Open (fresh or existing) and check that it is this run's cache.
+        let index = try HDF5File(out, mode: .readWrite)
+        guard try index.attribute("format")?.stringValue == CacheSchema.format else {
+            throw CacheError("\(out.path): not a samdistill feature cache (no format attribute '\(CacheSchema.format)'); "
+                             + "use another --out or --overwrite")
+        }
+        let diffs = try settings.differences(from: index)
+        if !diffs.isEmpty {
+            throw CacheError("\(out.path) was made with other settings; refusing to mix them (rerun with --overwrite to start over, or choose another --out):\n  "
+                             + diffs.joined(separator: "\n  "))
+        }
+        var writers: [CacheFileWriter] = []
+        var files = [out]
+        if case .strings(let names)? = try index.attribute("shards") {
+            index.close()
+            var first = 0
+            for n in names {
+                let u = out.deletingLastPathComponent().appendingPathComponent(n)
+                let w = try CacheFileWriter(file: try HDF5File(u, mode: .readWrite), firstRow: first)
+                let d = try settings.differences(from: w.file)
+                if !d.isEmpty { throw CacheError("\(u.path): shard settings differ from its index:\n  " + d.joined(separator: "\n  ")) }
+                writers.append(w)
+                files.append(u)
+                first += w.rows
+            }
+        } else {
+            writers.append(try CacheFileWriter(file: index, firstRow: 0))
+        }
+        let existing = try writers.flatMap { try $0.readPlan() }
+        if existing != plan {
+            let mine = Set(plan.map { "\($0.source)#\($0.view)" }), theirs = Set(existing.map { "\($0.source)#\($0.view)" })
+            let added = mine.subtracting(theirs).count, removed = theirs.subtracting(mine).count
+            throw CacheError("\(out.path) was planned for another set of rows (the image folder, --limit or the split changed: "
+                             + "\(added) rows new, \(removed) rows gone, \(existing.count) in the cache vs \(plan.count) now); "
+                             + "rerun with --overwrite to start over, or choose another --out")
+        }
+        return (writers, files)
+    }
+
+    /// Runs the whole command. Throws for unusable inputs (no images, mismatched cache, HDF5
+    /// failures); undecodable files are reported in the summary, not thrown.
+    public func run() throws -> CacheSummary {
+        let t0 = Date()
+        var summary = CacheSummary()
+        var sources = try Self.listImages(options.images)
+        if let limit = options.limit { sources = Array(sources.prefix(limit)) }
+        guard !sources.isEmpty else { throw CacheError("\(options.images.path): no JPEG or PNG files found") }
+        guard ["float16", "float32"].contains(options.embeddingDType) else {
+            throw CacheError("--dtype must be f16 or f32, got \(options.embeddingDType)")
+        }
+        guard options.views >= 1 else { throw CacheError("--views must be at least 1") }
+        if let s = options.shardSize, s < 1 { throw CacheError("--shard-size must be at least 1 row") }
+        let settings = CacheSettings(teacher: teacher, embeddingDType: options.embeddingDType, views: options.views,
+                                     seed: options.seed, augmentation: options.augmentation, split: options.split)
+        let plan = Self.plan(sources: sources, views: options.views, split: options.split)
+        summary.rowsPlanned = plan.count
+        let (writers, files) = try openOrCreate(settings: settings, plan: plan)
+        summary.files = files
+        var complete = [Bool](repeating: false, count: plan.count)
+        for w in writers {
+            let c = try w.complete.readInts(rows: 0, count: w.rows)
+            for i in 0..<w.rows { complete[w.firstRow + i] = c[i] == 1 }
+        }
+        summary.rowsAlreadyComplete = complete.filter { $0 }.count
+        // Work: groups of consecutive rows of one source with at least one row to do.
+        var groups: [(source: String, rows: [Int])] = []
+        for (r, p) in plan.enumerated() where !complete[r] {
+            if let last = groups.last, last.source == p.source {
+                groups[groups.count - 1].rows.append(r)
+            } else {
+                groups.append((p.source, [r]))
+            }
+        }
+        let todo = groups.reduce(0) { $0 + $1.rows.count }
+        if options.progress {
+            log("cache: \(sources.count) images, \(plan.count) rows planned, \(summary.rowsAlreadyComplete) already complete, \(todo) to compute "
+                + "(teacher \(teacher.id), \(options.embeddingDType)) → \(options.output.path)")
+        }
+        try pipeline(groups: groups, plan: plan, writers: writers, todo: todo, summary: &summary)
+
+        for w in writers { w.file.close() }
+        summary.wallSeconds = Date().timeIntervalSince(t0)
+        for u in files {
+            var st = stat()
+            if stat(u.path, &st) == 0 {
+                summary.apparentBytes += Int(st.st_size)
+                summary.allocatedBytes += Int(st.st_blocks) * 512
+            }
+        }
+        if summary.rowsAlreadyComplete + summary.rowsWritten == 0 {
+            throw CacheError("\(options.images.path): no readable image among \(sources.count) file(s):\n  "
+                             + summary.skipped.map { "\($0.file): \($0.reason)" }.joined(separator: "\n  "))
+        }
+        return summary
+    }
+
+    // MARK: the three-stage pipeline
+
+    private struct Prepared {
+        var row: Int
+        var image: PaddedImage
+        var input: Tensor
+        var originalSize: ImageSize
+        var params: ViewParameters
+    }
+
+    private enum Work {
+        case row(Prepared)
+        case skip(file: String, reason: String, rows: Int)
+    }
+
+    private struct Encoded {
+        var prepared: Prepared
+        var embedding: Tensor
+    }
+
+    private enum Written {
+        case row(Encoded)
+        case skip(file: String, reason: String, rows: Int)
+    }
+
+    private func pipeline(groups: [(source: String, rows: [Int])], plan: [PlannedRow], writers: [CacheFileWriter],
+                          todo: Int, summary: inout CacheSummary) throws {
+        let produced = BoundedQueue<Work>(capacity: 2)
+        let encoded = BoundedQueue<Written>(capacity: 2)
+        let S = teacher.imageSize
+        let aug = options.augmentation, seed = UInt64(bitPattern: Int64(options.seed))
+        let base = options.images.standardizedFileURL.resolvingSymlinksInPath()
+        // Each field is written by one thread and read by the caller after that thread is done.
+        final class Stats {
+            var decodeSeconds = 0.0, decoded = 0
+            var writeError: Error? = nil
+            var writeSeconds = 0.0, written = 0
+            var skipped: [(file: String, reason: String)] = []
+        }
+        let stats = Stats()
+
+        let producer = Thread {
+            for g in groups {
+                let t = Date()
+                let url = base.appendingPathComponent(g.source)
+                var work: [Work] = []
+                do {
+                    let img = try ImageIO.read(url)
+                    let target = ResizeLongestSide(targetLength: S).targetSize(for: img.size)
+                    guard target.width >= 1, target.height >= 1 else {
+                        throw CacheError("aspect ratio \(img.width)×\(img.height) resizes to an empty image")
+                    }
+                    stats.decoded += 1
+                    for r in g.rows {
+                        let p = aug.parameters(for: img.size, seed: seed, source: g.source, view: plan[r].view)
+                        var padded = PaddedImage(resizing: Augmentation.apply(p, to: img), to: S)
+                        if padded.validSize.width < 1 || padded.validSize.height < 1 {
+                            padded = PaddedImage(resizing: img, to: S)
+                        }
+                        work.append(.row(Prepared(row: r, image: padded, input: padded.normalised(),
+                                                  originalSize: img.size, params: p)))
+                    }
+                } catch let e as ImageIOError {
+                    work = [.skip(file: g.source, reason: e.reason, rows: g.rows.count)]
+                } catch {
+                    work = [.skip(file: g.source, reason: "\(error)", rows: g.rows.count)]
+                }
+                stats.decodeSeconds += Date().timeIntervalSince(t)
+                for w in work { if !produced.push(w) { return } }
+            }
+            produced.close()
+        }
+
+        let done = DispatchSemaphore(value: 0)
+        let started = Date()
+        let writer = Thread { [self] in
+            defer { done.signal() }
+            var finished = 0
+            var lastLog = Date.distantPast, lastFraction = -1
+            while let item = encoded.pop() {
+                let t = Date()
+                switch item {
+                case .skip(let file, let reason, let rows):
+                    stats.skipped.append((file, reason))
+                    finished += rows
+                    if options.progress { log((progressInPlace ? "\r\u{1B}[K" : "") + "cache: skipped \(file): \(reason)") }
+                case .row(let e):
+                    do {
+                        try writeRow(e, writers: writers)
+                    } catch {
+                        stats.writeError = error
+                        encoded.close()
+                        produced.close()
+                        return
+                    }
+                    stats.written += 1
+                    finished += 1
+                }
+                stats.writeSeconds += Date().timeIntervalSince(t)
+                if options.progress {
+                    let elapsed = Date().timeIntervalSince(started)
+                    let rate = Double(finished) / max(elapsed, 1e-9)
+                    let eta = rate > 0 ? Double(todo - finished) / rate : 0
+                    // With one view per image a row is an image: the rate reads as images/s.
+                    let unit = options.views == 1 ? "images" : "rows"
+                    let line = String(format: "cache: %d/%d %@ (%.0f%%), %.2f %@/s, ETA %@", finished, todo, unit,
+                                      100 * Double(finished) / Double(max(todo, 1)), rate, unit, Self.clock(eta))
+                    let fraction = 20 * finished / max(todo, 1)
+                    if progressInPlace {
+                        FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+                    } else if fraction != lastFraction || Date().timeIntervalSince(lastLog) > 30 || finished == todo {
+                        log(line)
+                        lastLog = Date()
+                        lastFraction = fraction
+                    }
+                }
+            }
+            if options.progress && progressInPlace { FileHandle.standardError.write(Data("\n".utf8)) }
+        }
+        producer.start()
+        writer.start()
+
+        var teacherSeconds = 0.0, waitDecode = 0.0, waitWrite = 0.0
+        while true {
+            var t = Date()
+            guard let w = produced.pop() else { break }
+            waitDecode += Date().timeIntervalSince(t)
+            let out: Written
+            switch w {
+            case .skip(let file, let reason, let rows): out = .skip(file: file, reason: reason, rows: rows)
+            case .row(let p):
+                t = Date()
+                let y = teacher.encode(p.input)
+                teacherSeconds += Date().timeIntervalSince(t)
+                out = .row(Encoded(prepared: Prepared(row: p.row, image: p.image, input: Tensor(zeros: [0]),
+                                                      originalSize: p.originalSize, params: p.params), embedding: y))
+            }
+            t = Date()
+            let accepted = encoded.push(out)
+            waitWrite += Date().timeIntervalSince(t)
+            if !accepted { break }
+        }
+        encoded.close()
+        done.wait()
+        produced.close()
+        // The producer may be blocked on a full queue only if the writer failed; closing frees it.
+        if let e = stats.writeError { throw e }
+        summary.rowsWritten = stats.written
+        summary.imagesDecoded = stats.decoded
+        summary.skipped = stats.skipped
+        summary.teacherSeconds = teacherSeconds
+        summary.decodeSeconds = stats.decodeSeconds
+        summary.writeSeconds = stats.writeSeconds
+        summary.waitDecodeSeconds = waitDecode
+        summary.waitWriteSeconds = waitWrite
+    }
+
+    static func clock(_ s: Double) -> String {
+        guard s.isFinite else { return "?" }
+        let t = Int(s.rounded())
+        return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
+    }
+
+    /// Writes one row's data, flushes, then sets and flushes its complete flag.
+    private func writeRow(_ e: Encoded, writers: [CacheFileWriter]) throws {
+        let r = e.prepared.row
+        guard let w = writers.last(where: { $0.firstRow <= r }) else { throw CacheError("row \(r) has no file") }
+        let local = r - w.firstRow
+        let p = e.prepared
+        try w.image.write(rows: local, p.image.pixels)
+        let shape = teacher.embeddingShape
+        precondition(e.embedding.shape == [1] + shape,
+                     "FeatureCache: teacher gave \(e.embedding.shape), the cache stores \([1] + shape)")
+        if options.embeddingDType == "float16" {
+            let half = FloatConversion.toHalfBits(e.embedding.data)
+            try half.withUnsafeBytes { try w.embedding.writeRaw(rows: local, count: 1, type: .float16, bytes: $0) }
+        } else {
+            try w.embedding.write(rows: local, e.embedding.data)
+        }
+        try w.originalSize.write(rows: local, [Int32(p.originalSize.height), Int32(p.originalSize.width)])
+        try w.resizedSize.write(rows: local, [Int32(p.image.validSize.height), Int32(p.image.validSize.width)])
+        try w.viewParams.write(rows: local, p.params.stored)
+        try w.file.flush()
+        try w.complete.write(rows: local, [UInt8(1)])
+        try w.file.flush()
+    }
+}
+
+/// Float32 ⇄ IEEE half conversions (round to nearest even), parallel over large arrays.
+public enum FloatConversion {
+    public static func toHalfBits(_ x: [Float]) -> [UInt16] {
+        var out = [UInt16](repeating: 0, count: x.count)
+        x.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                let s = src.baseAddress!, d = dst.baseAddress!
+                parallelChunks(x.count, minimumWork: 1 << 16) { r in
+                    for i in r { d[i] = Float16(s[i]).bitPattern }
+                }
+            }
+        }
+        return out
+    }
+
+    public static func fromHalfBits(_ h: UnsafeBufferPointer<UInt16>, into out: UnsafeMutablePointer<Float>) {
+        let s = h.baseAddress!
+        parallelChunks(h.count, minimumWork: 1 << 16) { r in
+            for i in r { out[i] = Float(Float16(bitPattern: s[i])) }
+        }
+    }
+}
+
+/// A blocking FIFO of at most `capacity` items between two threads. `close()` wakes everyone:
+/// `pop` then drains what is left and returns nil; `push` returns false.
+final class BoundedQueue<T> {
+    private var items: [T] = []
+    private let capacity: Int
+    private var closed = false
+    private let condition = NSCondition()
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func push(_ item: T) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.count >= capacity && !closed { condition.wait() }
+        if closed { return false }
+        items.append(item)
+        condition.broadcast()
+        return true
+    }
+
+    func pop() -> T? {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.isEmpty && !closed { condition.wait() }
+        if items.isEmpty { return nil }
+        let item = items.removeFirst()
+        condition.broadcast()
+        return item
+    }
+
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

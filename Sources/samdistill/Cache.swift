@@ -1,0 +1,100 @@
+import ArgumentParser
+import Distill
+import Foundation
+import SegmentAnything
+
+struct Cache: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compute teacher embeddings for every image of a folder into an HDF5 feature cache.",
+        discussion: """
+            Every JPEG/PNG under --images (recursively, sorted by path) is decoded like PIL, \
+            preprocessed like SAM (longest side → the encoder's input size, zero padding) and run \
+            through the teacher. One row per view: the padded uint8 image, the embedding (float16 \
+            by default), sizes, source path, view parameters, split and a complete flag written \
+            last. View 0 of an image is the plain preprocessing; views 1…N−1 are random resized \
+            crops + horizontal flips, seeded per (seed, path, view). Val images get view 0 only.
+
+            Rerunning the same command resumes: complete rows are kept, the rest computed. Other \
+            teacher, preprocessing, view, split or image settings are refused unless --overwrite. \
+            Files that cannot be decoded are skipped and listed; a folder with no readable image \
+            is an error. The file is crash-safe: a killed run leaves no row marked complete that \
+            is not. Layout: Sources/Distill/FeatureCache.swift (CacheSchema); h5py reads it.
+
+            Teacher: a .pt/.pth/.safetensors file holding an image encoder (MobileSAM's TinyViT \
+            or SAM ViT-B/L/H, keys with or without 'image_encoder.'); --teacher-config names a \
+            JSON {"architecture": "tinyvit"|"vit", "config": {...}} for any other size (e.g. the \
+            tiny teachers the tests use).
+            """)
+
+    @Option(help: "Folder of images (searched recursively).")
+    var images: String
+
+    @Option(help: "Teacher weights (.pt, .pth or .safetensors).")
+    var teacher: String
+
+    @Option(help: "JSON architecture of the teacher when it is not MobileSAM or SAM ViT-B/L/H.")
+    var teacherConfig: String?
+
+    @Option(help: "Output cache file (.h5); with --shard-size, the index of the shards.")
+    var out: String
+
+    @Option(help: "Views per training image (1 = the plain SAM preprocessing).")
+    var views: Int = 1
+
+    @Option(help: "Seed of the augmentation.")
+    var seed: Int = 0
+
+    @Option(help: "Embedding storage type: f16 or f32.")
+    var dtype: String = "f16"
+
+    @Option(help: "Use only the first N images (in path order).")
+    var limit: Int?
+
+    @Option(help: "File listing validation images (relative paths or file names, one a line).")
+    var valList: String?
+
+    @Option(help: "Fraction of images for validation, chosen by a stable hash of the path.")
+    var valFraction: Double?
+
+    @Option(help: "Rows per shard file; the --out file then indexes the shards.")
+    var shardSize: Int?
+
+    @Flag(help: "Delete an existing cache at --out (and its shards) and start over.")
+    var overwrite = false
+
+    @Flag(help: "No progress lines.")
+    var quiet = false
+
+    func validate() throws {
+        if valList != nil && valFraction != nil { throw ValidationError("--val-list and --val-fraction exclude each other") }
+        if let f = valFraction, !(0...1).contains(f) { throw ValidationError("--val-fraction must be within 0…1") }
+        if !["f16", "f32", "float16", "float32"].contains(dtype) { throw ValidationError("--dtype must be f16 or f32") }
+        if views < 1 { throw ValidationError("--views must be at least 1") }
+        if let l = limit, l < 1 { throw ValidationError("--limit must be at least 1") }
+        if let s = shardSize, s < 1 { throw ValidationError("--shard-size must be at least 1") }
+    }
+
+    func run() throws {
+        do {
+            let t = try CacheTeacher.load(weights: URL(fileURLWithPath: teacher),
+                                          config: teacherConfig.map { URL(fileURLWithPath: $0) })
+            var o = CacheOptions(images: URL(fileURLWithPath: images), output: URL(fileURLWithPath: out))
+            o.views = views
+            o.seed = seed
+            o.embeddingDType = dtype.hasSuffix("32") ? "float32" : "float16"
+            o.limit = limit
+            if let f = valFraction { o.split = .fraction(f) }
+            if let l = valList { o.split = try SplitRule.list(file: URL(fileURLWithPath: l)) }
+            o.shardSize = shardSize
+            o.overwrite = overwrite
+            o.command = CommandLine.arguments.joined(separator: " ")
+            o.progress = !quiet
+            let builder = FeatureCacheBuilder(options: o, teacher: t)
+            let summary = try builder.run()
+            FileHandle.standardError.write(Data((summary.report + "\n").utf8))
+        } catch let e as CustomStringConvertible where !(e is ValidationError) {
+            FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
