@@ -187,6 +187,12 @@ public final class CacheReader {
         return PaddedImage(size: S, pixels: px, validSize: ImageSize(height: rs[0], width: rs[1]))
     }
 
+    /// The source path (relative to the cached folder) of a complete row, without reading pixels.
+    public func source(of row: Int) throws -> String {
+        let (w, local) = try locate(row)
+        return try w.source.readStrings(rows: local, count: 1)[0]
+    }
+
     /// One complete row, as stored (embedding widened to Float32).
     public func row(_ row: Int) throws -> CacheRow {
         let (w, local) = try locate(row)

@@ -44,16 +44,9 @@ struct Train: ParsableCommand {
     }
 }
 
-/// Opens the feature caches named by `data`. The HDF5 cache reader (issue 4) is not part of this
-/// build yet: until it is wired here, training data can only come from code (`TrainingData`
-/// implementations such as `InMemoryTrainingData`), and the command says so instead of faking data.
+/// Opens the feature caches named by `data` (train rows, and validation rows when the caches or
+/// `data.val_list` / `data.val_fraction` provide them).
 func openTrainingData(_ data: DataConfig) throws -> (TrainingData, TrainingData?) {
-    struct Unavailable: Error, CustomStringConvertible {
-        let caches: [String]
-        var description: String {
-            "samdistill train: the feature-cache reader is not available in this build, so data.train "
-                + "(\(caches.isEmpty ? "no caches given" : caches.joined(separator: ", "))) cannot be read"
-        }
-    }
-    throw Unavailable(caches: data.train)
+    let (train, validation) = try CacheTrainingData.open(data)
+    return (train, validation)
 }
