@@ -141,7 +141,8 @@ public final class PatchMerging: Module {
     public let inputResolution: (height: Int, width: Int)
     public let dim: Int
     public let outputDim: Int
-    /// 2, or 1 when `outputDim` is 320, 448 or 576 (the reference's rule).
+    /// 2, or 1 when `outputDim` is 320, 448 or 576 (the reference's rule), unless given explicitly
+    /// (students may choose their own per-stage strides).
     public let stride: Int
     public let conv1: Conv2dBN
     public let conv2: Conv2dBN
@@ -151,13 +152,13 @@ public final class PatchMerging: Module {
     private var a1: Tensor?, a2: Tensor?
     private var inputShape: [Int] = []
 
-    public init(inputResolution: (height: Int, width: Int), dim: Int, outputDim: Int) {
+    public init(inputResolution: (height: Int, width: Int), dim: Int, outputDim: Int, stride: Int? = nil) {
         self.inputResolution = inputResolution
         self.dim = dim
         self.outputDim = outputDim
-        stride = [320, 448, 576].contains(outputDim) ? 1 : 2
+        self.stride = stride ?? PatchMerging.referenceStride(outputDim: outputDim)
         conv1 = Conv2dBN(inputChannels: dim, outputChannels: outputDim, kernelSize: 1)
-        conv2 = Conv2dBN(inputChannels: outputDim, outputChannels: outputDim, kernelSize: 3, stride: stride,
+        conv2 = Conv2dBN(inputChannels: outputDim, outputChannels: outputDim, kernelSize: 3, stride: self.stride,
                          padding: 1, groups: outputDim)
         conv3 = Conv2dBN(inputChannels: outputDim, outputChannels: outputDim, kernelSize: 1)
     }
@@ -165,6 +166,9 @@ public final class PatchMerging: Module {
     public func namedParameters() -> [(String, Parameter)] {
         prefixed("conv1.", conv1) + prefixed("conv2.", conv2) + prefixed("conv3.", conv3)
     }
+
+    /// The reference's stride rule: 1 into a 320-, 448- or 576-wide stage, 2 otherwise.
+    public static func referenceStride(outputDim: Int) -> Int { [320, 448, 576].contains(outputDim) ? 1 : 2 }
 
     /// The output map size for a tokens input at `inputResolution`.
     public var outputResolution: (height: Int, width: Int) {

@@ -26,8 +26,23 @@ public struct Fixture {
         self.metadata = m
     }
 
+    /// The repository root (Tests/Fixtures/../..).
+    public static var repositoryRoot: URL {
+        directory.deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    /// MobileSAM's real checkpoint, which `Scripts/test` fetches (Scripts/fetch-weights) before
+    /// running the tests. Missing is a failure with instructions, never a silent skip.
+    public static func mobileSAMCheckpoint() throws -> URL {
+        let url = repositoryRoot.appendingPathComponent("weights/mobile_sam.pt")
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw FixtureError("\(url.path) is missing: run Scripts/fetch-weights (Scripts/test does)")
+        }
+        return url
+    }
+
     public subscript(_ key: String) -> Tensor {
-        guard let t = tensors[key] else { fatalError("fixture \(name) has no tensor '\(key)' (has \(tensors.keys.sorted()))") }
+        guard let t = tensors[key] else { fatalError("fixture \(name) has no tensor '\(key)' (it has \(tensors.count) tensors)") }
         return t
     }
 
@@ -58,4 +73,9 @@ public func relativeError(_ actual: Tensor, _ expected: Tensor) -> Double {
         den = max(den, Double(abs(expected.data[i])))
     }
     return den == 0 ? num : num / den
+}
+
+public struct FixtureError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

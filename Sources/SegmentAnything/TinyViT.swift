@@ -1,0 +1,188 @@
+import Foundation
+import Layers
+import Tensor
+
+/// Architecture of a TinyViT image encoder (MobileSAM's `TinyViT`, tiny_vit_sam.py). Codable with
+/// snake_case keys so configs and export metadata read naturally.
+public struct TinyViTConfig: Codable, Equatable, Sendable {
+    public var imageSize: Int = 1024
+    public var inputChannels: Int = 3
+    public var embedDims: [Int] = [64, 128, 160, 320]
+    public var depths: [Int] = [2, 2, 6, 2]
+    public var numHeads: [Int] = [2, 4, 5, 10]
+    public var windowSizes: [Int] = [7, 7, 14, 7]
+    /// Stride of each PatchMerging between stages (count = stages − 1). MobileSAM: [2, 2, 1]
+    /// (the reference uses stride 1 into a 320/448/576-wide stage, 2 otherwise).
+    public var mergeStrides: [Int]? = nil
+    public var mlpRatio: Float = 4
+    public var mbconvExpandRatio: Float = 4
+    public var localConvSize: Int = 3
+    public var neckChannels: Int = 256
+
+    enum CodingKeys: String, CodingKey {
+        case imageSize = "image_size", inputChannels = "input_channels", embedDims = "embed_dims", depths
+        case numHeads = "num_heads", windowSizes = "window_sizes", mergeStrides = "merge_strides"
+        case mlpRatio = "mlp_ratio", mbconvExpandRatio = "mbconv_expand_ratio"
+        case localConvSize = "local_conv_size", neckChannels = "neck_channels"
+    }
+
+    public init() {}
+
+    /// MobileSAM's encoder (TinyViT-5M at 1024×1024).
+    public static let mobileSAM = TinyViTConfig()
+
+    /// The merge strides in effect: explicit, or the reference's rule.
+    public var resolvedMergeStrides: [Int] {
+        mergeStrides ?? (1..<embedDims.count).map { PatchMerging.referenceStride(outputDim: embedDims[$0]) }
+    }
+
+    /// Token grid of each stage: the patch embedding divides by 4, each merge by its stride.
+    public var stageResolutions: [Int] {
+        var r = [imageSize / 4]
+        for s in resolvedMergeStrides { r.append((r.last! + s - 1) / s) }
+        return r
+    }
+
+    /// Problems with this configuration, each naming its key (empty when valid).
+    public func problems() -> [String] {
+        var p: [String] = []
+        let n = embedDims.count
+        if n < 2 { p.append("embed_dims: needs at least two stages (an MBConv stage and a transformer stage)") }
+        if depths.count != n { p.append("depths: \(depths.count) entries for \(n) stages") }
+        if numHeads.count != n { p.append("num_heads: \(numHeads.count) entries for \(n) stages") }
+        if windowSizes.count != n { p.append("window_sizes: \(windowSizes.count) entries for \(n) stages") }
+        if let m = mergeStrides, m.count != n - 1 { p.append("merge_strides: \(m.count) entries for \(n - 1) merges") }
+        if let m = mergeStrides, m.contains(where: { $0 != 1 && $0 != 2 }) { p.append("merge_strides: each must be 1 or 2") }
+        if imageSize % 4 != 0 { p.append("image_size: \(imageSize) is not a multiple of 4") }
+        for i in 1..<max(n, 2) where i < numHeads.count && i < embedDims.count {
+            if numHeads[i] < 1 || embedDims[i] % numHeads[i] != 0 {
+                p.append("num_heads[\(i)]: embed_dims[\(i)] = \(embedDims[i]) is not divisible by \(numHeads[i]) heads")
+            }
+        }
+        if depths.contains(where: { $0 < 0 }) { p.append("depths: negative depth") }
+        if windowSizes.contains(where: { $0 < 1 }) { p.append("window_sizes: must be positive") }
+        return p
+    }
+}
+
+/// Stage 0 of TinyViT (`ConvLayer`): MBConv blocks on (B, C, H, W), then a PatchMerging into
+/// stage 1 (tokens). Keys `blocks.N.*`, `downsample.*`.
+public final class TinyViTConvStage: Module {
+    public let blocks: [MBConv]
+    public let downsample: PatchMerging?
+
+    init(dim: Int, resolution: Int, depth: Int, expandRatio: Float, outDim: Int, mergeStride: Int?) {
+        blocks = (0..<depth).map { _ in MBConv(inputChannels: dim, outputChannels: dim, expandRatio: expandRatio) }
+        downsample = mergeStride.map {
+            PatchMerging(inputResolution: (resolution, resolution), dim: dim, outputDim: outDim, stride: $0)
+        }
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        var p: [(String, Parameter)] = []
+        for (i, b) in blocks.enumerated() { p += prefixed("blocks.\(i).", b) }
+        if let downsample { p += prefixed("downsample.", downsample) }
+        return p
+    }
+}
+
+/// Stages 1… of TinyViT (`BasicLayer`): TinyViT blocks on tokens (B, L, C), then an optional
+/// PatchMerging. Keys `blocks.N.*`, `downsample.*`.
+public final class TinyViTStage: Module {
+    public let blocks: [TinyViTBlock]
+    public let downsample: PatchMerging?
+
+    init(dim: Int, resolution: Int, depth: Int, heads: Int, window: Int, mlpRatio: Float, localConvSize: Int,
+         outDim: Int, mergeStride: Int?) {
+        blocks = (0..<depth).map { _ in
+            TinyViTBlock(dim: dim, resolution: (resolution, resolution), heads: heads, windowSize: window,
+                         mlpRatio: mlpRatio, localConvSize: localConvSize)
+        }
+        downsample = mergeStride.map {
+            PatchMerging(inputResolution: (resolution, resolution), dim: dim, outputDim: outDim, stride: $0)
+        }
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        var p: [(String, Parameter)] = []
+        for (i, b) in blocks.enumerated() { p += prefixed("blocks.\(i).", b) }
+        if let downsample { p += prefixed("downsample.", downsample) }
+        return p
+    }
+}
+
+/// MobileSAM's image encoder: TinyViT + the SAM neck, (B, 3, S, S) → (B, 256, S/16, S/16).
+/// Checkpoint keys (relative to `image_encoder.`): `patch_embed.*`, `layers.0.*` (conv stage),
+/// `layers.N.*`, `neck.*`. The classification head (`norm_head.*`, `head.*`) is not part of the
+/// encoder and is ignored when loading (`TinyViT.ignoredKeys`).
+public final class TinyViT: Module {
+    public let config: TinyViTConfig
+    public let patchEmbed: PatchEmbed
+    public let convStage: TinyViTConvStage
+    public let stages: [TinyViTStage]
+    public let neck: EncoderNeck
+
+    public static func ignoredKeys(_ key: String) -> Bool {
+        key.hasPrefix("norm_head.") || key.hasPrefix("head.") || key.hasSuffix("num_batches_tracked")
+    }
+
+    public init(_ config: TinyViTConfig) {
+        let problems = config.problems()
+        precondition(problems.isEmpty, "TinyViT config: " + problems.joined(separator: "; "))
+        self.config = config
+        let dims = config.embedDims, res = config.stageResolutions, strides = config.resolvedMergeStrides
+        let n = dims.count
+        patchEmbed = PatchEmbed(inputChannels: config.inputChannels, embedDim: dims[0])
+        convStage = TinyViTConvStage(dim: dims[0], resolution: res[0], depth: config.depths[0],
+                                     expandRatio: config.mbconvExpandRatio, outDim: dims[min(1, n - 1)],
+                                     mergeStride: n > 1 ? strides[0] : nil)
+        stages = (1..<n).map { i in
+            TinyViTStage(dim: dims[i], resolution: res[i], depth: config.depths[i], heads: config.numHeads[i],
+                         window: config.windowSizes[i], mlpRatio: config.mlpRatio,
+                         localConvSize: config.localConvSize, outDim: dims[min(i + 1, n - 1)],
+                         mergeStride: i < n - 1 ? strides[i] : nil)
+        }
+        neck = EncoderNeck(inputChannels: dims[n - 1], outputChannels: config.neckChannels)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        var p = prefixed("patch_embed.", patchEmbed) + prefixed("layers.0.", convStage)
+        for (i, s) in stages.enumerated() { p += prefixed("layers.\(i + 1).", s) }
+        return p + prefixed("neck.", neck)
+    }
+
+    /// Output grid side (64 for 1024×1024 inputs).
+    public var outputResolution: Int { config.stageResolutions.last! }
+
+    /// image: (B, 3, S, S) normalised and padded -> embedding (B, neck, S/16, S/16)
+    public func forward(_ image: Tensor, mode: ForwardMode) -> Tensor {
+        let S = config.imageSize
+        precondition(image.rank == 4 && image.shape[1] == config.inputChannels && image.shape[2] == S && image.shape[3] == S,
+                     "TinyViT: expected (B, \(config.inputChannels), \(S), \(S)), got \(image.shape)")
+        let B = image.shape[0]
+        var x = patchEmbed.forward(image, mode: mode)            // (B, C0, S/4, S/4)
+        for b in convStage.blocks { x = b.forward(x, mode: mode) }
+        if let d = convStage.downsample { x = d.forward(x, mode: mode) }  // (B, L1, C1)
+        for s in stages {
+            for b in s.blocks { x = b.forward(x, mode: mode) }
+            if let d = s.downsample { x = d.forward(x, mode: mode) }
+        }
+        let R = outputResolution, C = config.embedDims.last!
+        // tokens (B, R·R, C) -> (B, C, R, R)
+        precondition(x.shape == [B, R * R, C], "TinyViT: last stage gives \(x.shape), expected \([B, R * R, C])")
+        return neck.forward(ConvLayout.tokensToMap(x, height: R, width: R), mode: mode)
+    }
+
+    /// dEmbedding: (B, neck, R, R) -> dImage: (B, 3, S, S); accumulates every parameter gradient.
+    @discardableResult
+    public func backward(_ dy: Tensor) -> Tensor {
+        var g = ConvLayout.mapToTokens(neck.backward(dy))  // (B, L, C)
+        for s in stages.reversed() {
+            if let d = s.downsample { g = d.backward(g) }
+            for b in s.blocks.reversed() { g = b.backward(g) }
+        }
+        if let d = convStage.downsample { g = d.backward(g) }
+        for b in convStage.blocks.reversed() { g = b.backward(g) }
+        return patchEmbed.backward(g)
+    }
+}

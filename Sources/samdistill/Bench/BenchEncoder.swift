@@ -1,0 +1,79 @@
+import ArgumentParser
+import Foundation
+import Layers
+import SegmentAnything
+import Tensor
+
+/// Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB).
+func peakResidentMiB() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_maxrss) / 1024
+}
+
+struct BenchEncoder: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "encoder",
+        abstract: "MobileSAM encoder (TinyViT-5M) speed and peak memory: inference, or training forward + backward.",
+        discussion: """
+            --mode inference runs the forward with nothing kept for backward (what `segment` does); \
+            --mode train runs a training-mode forward (batch statistics, activations kept) and the \
+            backward of a random upstream gradient. Peak memory is the process's maximum resident \
+            set, so run one mode per process to compare them.
+            """)
+
+    enum Mode: String, ExpressibleByArgument, CaseIterable { case inference, train }
+
+    @OptionGroup var options: BenchOptions
+
+    @Option(help: "inference | train")
+    var mode: Mode = .inference
+
+    @Option(help: "Images per batch.")
+    var batch = 1
+
+    @Option(help: "Input side in pixels (MobileSAM: 1024).")
+    var imageSize = 1024
+
+    func validate() throws {
+        if batch < 1 { throw ValidationError("--batch must be at least 1") }
+        if imageSize < 64 || imageSize % 64 != 0 { throw ValidationError("--image-size must be a positive multiple of 64") }
+    }
+
+    func run() throws {
+        options.apply()
+        var config = TinyViTConfig.mobileSAM
+        config.imageSize = imageSize
+        let model = TinyViT(config)
+        var rng = SeededRandom(seed: 1)
+        for (_, p) in model.namedParameters() where p.isTrainable {
+            p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
+        }
+        let x = Tensor.randomNormal([batch, 3, imageSize, imageSize], rng: &rng)
+        let baseline = peakResidentMiB()
+        let seconds: Double
+        switch mode {
+        case .inference:
+            seconds = medianSeconds(repeats: options.repeats) { _ = model.forward(x, mode: .inference) }
+        case .train:
+            let R = model.outputResolution
+            let dy = Tensor.randomNormal([batch, config.neckChannels, R, R], std: 1e-3, rng: &rng)
+            seconds = medianSeconds(repeats: options.repeats) {
+                model.zeroGradients()
+                _ = model.forward(x, mode: .training)
+                model.backward(dy)
+            }
+        }
+        let peak = peakResidentMiB()
+        // 77.5 GFLOP per 1024² image (PyTorch's counter, 2 per MAC); scales with pixels.
+        let gflop = 77.5 * Double(batch) * Double(imageSize * imageSize) / Double(1024 * 1024) * (mode == .train ? 3 : 1)
+        print(String(format: "encoder %@  batch %d  %d×%d  threads %d: median %.3f s  (%.1f GFLOP/s%@)  peak RSS %.0f MiB (weights+input %.0f MiB)",
+                     mode.rawValue, batch, imageSize, imageSize, Threads.count, seconds, gflop / seconds,
+                     mode == .train ? ", counting backward as 2× forward" : "", peak, baseline))
+        if options.json {
+            printJSON(["bench": "encoder", "mode": mode.rawValue, "batch": batch, "image_size": imageSize,
+                       "threads": Threads.count, "seconds": seconds, "gflops": gflop / seconds,
+                       "peak_rss_mib": peak, "baseline_rss_mib": baseline])
+        }
+    }
+}
