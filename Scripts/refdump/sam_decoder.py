@@ -37,10 +37,15 @@ def checkpoint_path():
 
 
 def mobile_sam():
-    """The reference MobileSAM with the real checkpoint (float32, eval)."""
+    """The reference MobileSAM with the real checkpoint (float32, eval), built as MobileSAM's README
+    and ISAT's backend do it: `sam_model_registry["vit_t"](checkpoint=…)`, then `.eval()`.
+    The second `.eval()` matters: build_sam_vit_t calls eval() *before* load_state_dict, and
+    TinyViT's Attention caches its bias table (`ab`) when switched to eval, so without it the
+    encoder runs with the zero-initialised attention biases instead of the checkpoint's."""
     reference()
     from mobile_sam import sam_model_registry
-    return sam_model_registry["vit_t"](checkpoint=checkpoint_path())
+    sam = sam_model_registry["vit_t"](checkpoint=checkpoint_path())
+    return sam.eval()
 
 
 def synthetic_embedding():
@@ -146,3 +151,17 @@ def generate():
         for f, (tensors, meta) in files.items():
             meta["subsample"] = "low_res_sub [:, :, 3::8, 5::8]"
             save(f"mask_decoder_{f}", tensors, meta)
+
+        # Sam.postprocess_masks: low-res logits (2, 1, 256, 256) = synthetic_masks(2) / 4 to two
+        # original sizes (a landscape 300×200 photo, input 1024×683, and a portrait 250×700, input
+        # 366×1024), output subsampled [:, :, ::7, ::7].
+        low = synthetic_masks(2).double() / 4
+        out = {"x": low}
+        for name, (h, w) in {"landscape": (200, 300), "portrait": (700, 250)}.items():
+            from mobile_sam.utils.transforms import ResizeLongestSide
+            ih, iw = ResizeLongestSide.get_preprocess_shape(h, w, 1024)
+            y = sam.postprocess_masks(low, (ih, iw), (h, w))
+            out[f"{name}.y_sub"] = y[:, :, ::7, ::7]
+            out[f"{name}.sizes"] = torch.tensor([h, w, ih, iw], dtype=torch.float64)
+        save("postprocess_masks", {k: v for k, v in out.items() if k != "x"},
+             {"input": "synthetic_masks(2) / 4", "subsample": "[:, :, ::7, ::7]"})

@@ -5,27 +5,16 @@ import Tensor
 import TestSupport
 import XCTest
 
-/// Files the tests fetch with Scripts/ (CI runs Scripts/test, which fetches them first). A missing
-/// file fails the test with the command to run; nothing is skipped silently.
+/// Files the tests fetch with Scripts/ (CI runs Scripts/test, which fetches them first), and the
+/// synthetic inputs of Scripts/refdump/sam_decoder.py. A missing file fails the test with the
+/// command to run; nothing is skipped silently.
 enum TestData {
-    static let packageRoot = Fixture.directory.deletingLastPathComponent().deletingLastPathComponent()
-
-    struct Missing: Error, CustomStringConvertible {
-        let path: String, fetch: String
-        var description: String { "\(path) is missing: run \(fetch) (Scripts/test does)" }
-    }
-
-    /// weights/mobile_sam.pt (Scripts/fetch-weights).
-    static func mobileSAMCheckpoint() throws -> URL {
-        let url = packageRoot.appendingPathComponent("weights/mobile_sam.pt")
-        guard FileManager.default.fileExists(atPath: url.path) else { throw Missing(path: url.path, fetch: "Scripts/fetch-weights") }
-        return url
-    }
-
     /// A photo from Debian's opencv-doc examples (Scripts/fetch-images).
     static func photo(_ name: String) throws -> URL {
-        let url = packageRoot.appendingPathComponent("data/opencv-doc/usr/share/doc/opencv-doc/examples/data/\(name)")
-        guard FileManager.default.fileExists(atPath: url.path) else { throw Missing(path: url.path, fetch: "Scripts/fetch-images") }
+        let url = Fixture.repositoryRoot.appendingPathComponent("data/opencv-doc/usr/share/doc/opencv-doc/examples/data/\(name)")
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw FixtureError("\(url.path) is missing: run Scripts/fetch-images (Scripts/test does)")
+        }
         return url
     }
 
@@ -33,7 +22,7 @@ enum TestData {
     nonisolated(unsafe) private static var cachedWeights: [String: Tensor]?
     static func mobileSAMWeights() throws -> [String: Tensor] {
         if let w = cachedWeights { return w }
-        let w = try loadWeights(try mobileSAMCheckpoint()).tensors
+        let w = try loadWeights(try Fixture.mobileSAMCheckpoint()).tensors
         cachedWeights = w
         return w
     }
