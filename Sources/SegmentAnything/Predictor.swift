@@ -231,7 +231,7 @@ public final class SAMPredictor {
     public func predict(_ prompts: [SAMPrompt], multimaskOutput: Bool = true,
                         returnLogits: Bool = false) throws -> SAMPrediction {
         guard let originalSize else { throw SAMPredictorError.imageNotSet }
-        precondition(!prompts.isEmpty, "SAMPredictor.predict: no prompts")
+        guard !prompts.isEmpty else { throw SAMPredictorError.invalidPrompt("no prompts") }
         let size = model.promptEncoder.maskInputSize
         for (i, p) in prompts.enumerated() {
             if let m = p.maskInput, m.shape != [1, size.height, size.width] && m.shape != [size.height, size.width] {

@@ -10,5 +10,5 @@ struct SAMDistill: ParsableCommand {
             the teacher → export weights. Every layer has a hand-written backward pass; every \
             matrix product goes through OpenBLAS.
             """,
-        subcommands: [Bench.self, Inspect.self])
+        subcommands: [Bench.self, Inspect.self, Segment.self])
 }
