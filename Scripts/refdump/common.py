@@ -64,14 +64,20 @@ def grads(m: torch.nn.Module, prefix: str = "") -> dict:
 
 def save(name: str, tensors: dict, metadata: dict | None = None) -> None:
     """Writes Tests/Fixtures/NAME.safetensors (float32, keys sorted)."""
+    write_safetensors(name, {k: np.ascontiguousarray(v.detach().cpu().double().numpy().astype("<f4"))
+                             for k, v in tensors.items()}, metadata)
+
+
+def write_safetensors(name: str, arrays: dict, metadata: dict | None = None) -> None:
+    """Writes numpy arrays (float32 as F32, uint8 as U8) to Tests/Fixtures/NAME.safetensors,
+    atomically (temp file, then rename)."""
+    dtypes = {np.dtype("<f4"): "F32", np.dtype("uint8"): "U8"}
     os.makedirs(FIXTURES, exist_ok=True)
-    header = {}
-    blobs = []
-    offset = 0
-    for k in sorted(tensors):
-        a = np.ascontiguousarray(tensors[k].detach().cpu().double().numpy().astype("<f4"))
+    header, blobs, offset = {}, [], 0
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
         b = a.tobytes()
-        header[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
+        header[k] = {"dtype": dtypes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
         blobs.append(b)
         offset += len(b)
     if metadata:
@@ -80,10 +86,7 @@ def save(name: str, tensors: dict, metadata: dict | None = None) -> None:
     h += b" " * ((8 - (8 + len(h)) % 8) % 8)
     path = os.path.join(FIXTURES, f"{name}.safetensors")
     with open(path + ".tmp", "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
     os.replace(path + ".tmp", path)
     print(f"  {name}.safetensors  {offset / 1024:.1f} KiB")
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import FIXTURES, reference
+from common import FIXTURES, reference, write_safetensors
 
 IMAGES = os.path.join(FIXTURES, "images")
 
@@ -116,23 +116,8 @@ def scene(h, w, rng, noise=12.0):
 
 
 def save_u8(name, arrays, metadata=None):
-    """Writes Tests/Fixtures/NAME.safetensors with U8 tensors (common.save writes F32 only)."""
-    header, blobs, offset = {}, [], 0
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k], dtype=np.uint8)
-        b = a.tobytes()
-        header[k] = {"dtype": "U8", "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    h = json.dumps(header, sort_keys=True).encode()
-    h += b" " * ((8 - (8 + len(h)) % 8) % 8)
-    path = os.path.join(FIXTURES, f"{name}.safetensors")
-    with open(path + ".tmp", "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-    os.replace(path + ".tmp", path)
-    print(f"  {name}.safetensors  {offset / 1024:.1f} KiB")
+    """Writes Tests/Fixtures/NAME.safetensors with U8 tensors."""
+    write_safetensors(name, {k: np.ascontiguousarray(v, dtype=np.uint8) for k, v in arrays.items()}, metadata)
 
 
 def write(name, data):
