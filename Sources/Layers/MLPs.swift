@@ -1,21 +1,23 @@
 import Foundation
 import Tensor
 
-/// SAM's `MLPBlock` (`common.py`): `lin2(GELU(lin1(x)))` over the last dimension (the ViT block's
-/// MLP and the two-way transformer's MLP).
+/// SAM's `MLPBlock` (`common.py`): `lin2(act(lin1(x)))` over the last dimension, `act` GELU by
+/// default (the ViT block's MLP) or ReLU (the two-way transformer's MLP, `act=nn.ReLU`).
 /// Checkpoint keys: `lin1.weight` (M, C), `lin1.bias` (M), `lin2.weight` (C, M), `lin2.bias` (C).
 public final class MLPBlock: Module {
     public let embeddingDim: Int
     public let mlpDim: Int
+    public let activation: Activation
     public let lin1: Linear
     public let lin2: Linear
 
-    // hidden: (..., M) pre-activation lin1(x), kept for the GELU backward
+    // hidden: (..., M) pre-activation lin1(x), kept for the activation's backward
     private var hidden: Tensor?
 
-    public init(embeddingDim: Int, mlpDim: Int) {
+    public init(embeddingDim: Int, mlpDim: Int, activation: Activation = .gelu) {
         self.embeddingDim = embeddingDim
         self.mlpDim = mlpDim
+        self.activation = activation
         lin1 = Linear(embeddingDim, mlpDim)
         lin2 = Linear(mlpDim, embeddingDim)
     }
@@ -30,7 +32,7 @@ public final class MLPBlock: Module {
                      "MLPBlock(\(embeddingDim)→\(mlpDim)→\(embeddingDim)): expected last dimension \(embeddingDim), got shape \(x.shape)")
         let a = lin1.forward(x, mode: mode)  // (..., M)
         hidden = mode.keepsActivations ? a : nil
-        return lin2.forward(Activation.gelu.forward(a), mode: mode)
+        return lin2.forward(activation.forward(a), mode: mode)
     }
 
     /// dy: (..., C) -> dx: (..., C)
@@ -38,7 +40,7 @@ public final class MLPBlock: Module {
         guard let a = hidden else { preconditionFailure("MLPBlock.backward without a training-mode forward") }
         hidden = nil
         let dg = lin2.backward(dy)  // (..., M)
-        return lin1.backward(Activation.gelu.backward(dg, input: a))
+        return lin1.backward(activation.backward(dg, input: a))
     }
 }
 

@@ -1,0 +1,318 @@
+import Foundation
+import Layers
+import Tensor
+
+// SAM's predictor, side by side with MobileSAM's predictor.py (`SamPredictor`): encode an image
+// once, then predict masks for any number of prompts against the kept embedding.
+
+/// A point prompt in original-image pixels: label 1 foreground, 0 background.
+public struct PromptPoint: Sendable, Equatable {
+    public var x: Double
+    public var y: Double
+    public var label: Int
+
+    public init(x: Double, y: Double, label: Int = 1) {
+        self.x = x; self.y = y; self.label = label
+    }
+}
+
+/// A box prompt (x0, y0, x1, y1) in original-image pixels.
+public struct PromptBox: Sendable, Equatable {
+    public var x0: Double, y0: Double, x1: Double, y1: Double
+
+    public init(x0: Double, y0: Double, x1: Double, y1: Double) {
+        self.x0 = x0; self.y0 = y0; self.x1 = x1; self.y1 = y1
+    }
+}
+
+/// One prompt: points, an optional box and an optional low-resolution mask input (logits (1, 256,
+/// 256) or (256, 256), e.g. a previous prediction's `lowResLogits`).
+public struct SAMPrompt: Sendable {
+    public var points: [PromptPoint]
+    public var box: PromptBox?
+    public var maskInput: Tensor?
+
+    public init(points: [PromptPoint] = [], box: PromptBox? = nil, maskInput: Tensor? = nil) {
+        self.points = points; self.box = box; self.maskInput = maskInput
+    }
+}
+
+/// A binary mask at some image size, row-major.
+public struct BinaryMask: Sendable, Equatable {
+    public let width: Int
+    public let height: Int
+    /// pixels: (height, width)
+    public var pixels: [Bool]
+
+    public init(width: Int, height: Int, pixels: [Bool]) {
+        precondition(pixels.count == width * height, "BinaryMask: \(pixels.count) pixels for \(width)×\(height)")
+        self.width = width; self.height = height; self.pixels = pixels
+    }
+
+    /// Pixels of a grey image at or above `threshold` (a 0/255 mask PNG reads back exactly).
+    public init(_ image: GreyImage, threshold: UInt8 = 128) {
+        self.init(width: image.width, height: image.height, pixels: image.pixels.map { $0 >= threshold })
+    }
+
+    /// Number of mask pixels.
+    public var area: Int { pixels.reduce(0) { $0 + ($1 ? 1 : 0) } }
+
+    /// The tightest box around the mask, inclusive pixel indices (x0, y0, x1, y1) as SAM's
+    /// `batched_mask_to_box`; nil for an empty mask.
+    public var boundingBox: (x0: Int, y0: Int, x1: Int, y1: Int)? {
+        var x0 = width, y0 = height, x1 = -1, y1 = -1
+        for y in 0..<height {
+            for x in 0..<width where pixels[y * width + x] {
+                x0 = min(x0, x); x1 = max(x1, x); y0 = min(y0, y); y1 = max(y1, y)
+            }
+        }
+        return x1 < 0 ? nil : (x0, y0, x1, y1)
+    }
+
+    /// Intersection over union with a mask of the same size (1 when both are empty).
+    public func iou(_ other: BinaryMask) -> Double {
+        precondition(width == other.width && height == other.height,
+                     "BinaryMask.iou: sizes \(width)×\(height) and \(other.width)×\(other.height) differ")
+        var inter = 0, union = 0
+        for i in 0..<pixels.count {
+            let a = pixels[i], b = other.pixels[i]
+            if a && b { inter += 1 }
+            if a || b { union += 1 }
+        }
+        return union == 0 ? 1 : Double(inter) / Double(union)
+    }
+
+    /// 0/255 grey image (an 8-bit mask PNG).
+    public var greyImage: GreyImage {
+        GreyImage(width: width, height: height, pixels: pixels.map { $0 ? 255 : 0 })
+    }
+}
+
+/// What `SAMPredictor.predict` returns, for B prompts with K masks each (K = 3 with multimask
+/// output, else 1).
+public struct SAMPrediction: Sendable {
+    /// masks: (B, K, H, W) at the original image size: logits when `areLogits`, else 0/1
+    /// (logits > `SAMModel.maskThreshold`).
+    public var masks: Tensor
+    /// iouPredictions: (B, K), the model's estimate of each mask's IoU.
+    public var iouPredictions: Tensor
+    /// lowResLogits: (B, K, 256, 256), usable as a later prompt's `maskInput`.
+    public var lowResLogits: Tensor
+    public var areLogits: Bool
+
+    /// B.
+    public var promptCount: Int { masks.shape[0] }
+    /// K.
+    public var masksPerPrompt: Int { masks.shape[1] }
+
+    /// Mask `k` of prompt `b`, thresholded at 0 when these are logits.
+    public func mask(prompt b: Int, index k: Int) -> BinaryMask {
+        let H = masks.shape[2], W = masks.shape[3], o = (b * masksPerPrompt + k) * H * W
+        let threshold = areLogits ? SAMModel.maskThreshold : 0.5
+        return BinaryMask(width: W, height: H, pixels: masks.data[o..<(o + H * W)].map { $0 > threshold })
+    }
+
+    /// Predicted IoU of mask `k` of prompt `b`.
+    public func iou(prompt b: Int, index k: Int) -> Float { iouPredictions.data[b * masksPerPrompt + k] }
+
+    /// The mask of prompt `b` with the highest predicted IoU (the first on ties).
+    public func bestIndex(prompt b: Int) -> Int {
+        var best = 0
+        for k in 1..<max(1, masksPerPrompt) where iou(prompt: b, index: k) > iou(prompt: b, index: best) { best = k }
+        return best
+    }
+
+    /// Low-res logits (1, 256, 256) of mask `k` of prompt `b` (a mask input for a next prompt).
+    public func lowResLogits(prompt b: Int, index k: Int) -> Tensor {
+        let h = lowResLogits.shape[2], w = lowResLogits.shape[3], o = (b * masksPerPrompt + k) * h * w
+        return Tensor(shape: [1, h, w], data: Array(lowResLogits.data[o..<(o + h * w)]))
+    }
+}
+
+/// Predictor errors, with what to do about them.
+public enum SAMPredictorError: Error, CustomStringConvertible, Equatable {
+    /// `predict` before `setImage` / `setEmbedding`.
+    case imageNotSet
+    /// An embedding of the wrong shape, or sizes that do not fit the model.
+    case invalidEmbedding(String)
+    /// A prompt that cannot be encoded (label, mask input shape).
+    case invalidPrompt(String)
+
+    public var description: String {
+        switch self {
+        case .imageNotSet: "an image must be set with setImage(_:) or setEmbedding(_:originalSize:) before mask prediction"
+        case .invalidEmbedding(let why): "invalid image embedding: \(why)"
+        case .invalidPrompt(let why): "invalid prompt: \(why)"
+        }
+    }
+}
+
+/// `SamPredictor`: computes the image embedding once (`setImage`), then predicts masks for
+/// prompts (`predict`), as many and as often as wanted. Prompts are in original-image pixels;
+/// `predictBatch` takes them already in the encoder's input frame (`predict_torch`).
+public final class SAMPredictor {
+    public let model: SAMModel
+    /// `ResizeLongestSide(img_size)`: maps prompts to the input frame.
+    public let transform: ResizeLongestSide
+    /// The image embedding (1, 256, 64, 64) (`get_image_embedding`), nil before `setImage`.
+    public private(set) var features: Tensor?
+    /// The image's size (`original_size`).
+    public private(set) var originalSize: ImageSize?
+    /// The resized image's size before padding (`input_size`).
+    public private(set) var inputSize: ImageSize?
+
+    public var isImageSet: Bool { features != nil }
+
+    public init(model: SAMModel) {
+        self.model = model
+        transform = ResizeLongestSide(targetLength: model.imageSize)
+    }
+
+    /// `set_image`: resize (PIL BILINEAR), normalise, pad and encode `image`; keeps the embedding.
+    public func setImage(_ image: RGBImage) {
+        setImage(SAMPreprocessing.preprocess(image, size: model.imageSize))
+    }
+
+    /// `set_torch_image`: encode an already preprocessed image.
+    public func setImage(_ preprocessed: PreprocessedImage) {
+        let S = model.imageSize
+        precondition(preprocessed.input.shape == [1, 3, S, S],
+                     "SAMPredictor.setImage: expected a preprocessed input of shape \([1, 3, S, S]), got \(preprocessed.input.shape)")
+        resetImage()
+        features = model.encode(preprocessed.input)
+        originalSize = preprocessed.originalSize
+        inputSize = preprocessed.inputSize
+    }
+
+    /// Uses a precomputed image embedding (e.g. a cached teacher embedding) for an image of
+    /// `originalSize`; `inputSize` defaults to the resize of `originalSize` to the model's side.
+    /// embedding: (1, 256, g, g) or (256, g, g), g = S/16.
+    public func setEmbedding(_ embedding: Tensor, originalSize: ImageSize, inputSize: ImageSize? = nil) throws {
+        let g = model.promptEncoder.imageEmbeddingSize, C = model.promptEncoder.embedDim
+        let e: Tensor
+        if embedding.shape == [C, g.height, g.width] {
+            e = embedding.reshaped([1, C, g.height, g.width])
+        } else if embedding.shape == [1, C, g.height, g.width] {
+            e = embedding
+        } else {
+            throw SAMPredictorError.invalidEmbedding("expected shape \([1, C, g.height, g.width]), got \(embedding.shape)")
+        }
+        guard originalSize.width > 0 && originalSize.height > 0 else {
+            throw SAMPredictorError.invalidEmbedding("original size \(originalSize) is empty")
+        }
+        let input = inputSize ?? transform.targetSize(for: originalSize)
+        guard input.width > 0, input.height > 0, input.width <= model.imageSize, input.height <= model.imageSize else {
+            throw SAMPredictorError.invalidEmbedding("input size \(input) does not fit the \(model.imageSize)×\(model.imageSize) input")
+        }
+        resetImage()
+        features = e
+        self.originalSize = originalSize
+        self.inputSize = input
+    }
+
+    /// `reset_image`.
+    public func resetImage() {
+        features = nil
+        originalSize = nil
+        inputSize = nil
+    }
+
+    /// `predict` for one prompt: points (with labels), an optional box, an optional mask input,
+    /// in original-image pixels. Returns B = 1.
+    public func predict(points: [PromptPoint] = [], box: PromptBox? = nil, maskInput: Tensor? = nil,
+                        multimaskOutput: Bool = true, returnLogits: Bool = false) throws -> SAMPrediction {
+        try predict([SAMPrompt(points: points, box: box, maskInput: maskInput)],
+                    multimaskOutput: multimaskOutput, returnLogits: returnLogits)
+    }
+
+    /// Many prompts against the current image. Prompts with the same structure (point count,
+    /// box or not, mask input or not) run as one batch through the decoder (the reference's
+    /// batched `predict_torch`); results come back in the order of `prompts`.
+    public func predict(_ prompts: [SAMPrompt], multimaskOutput: Bool = true,
+                        returnLogits: Bool = false) throws -> SAMPrediction {
+        guard let originalSize else { throw SAMPredictorError.imageNotSet }
+        guard !prompts.isEmpty else { throw SAMPredictorError.invalidPrompt("no prompts") }
+        let size = model.promptEncoder.maskInputSize
+        for (i, p) in prompts.enumerated() {
+            if let m = p.maskInput, m.shape != [1, size.height, size.width] && m.shape != [size.height, size.width] {
+                throw SAMPredictorError.invalidPrompt("prompt \(i): mask input of shape \(m.shape), expected \([1, size.height, size.width])")
+            }
+            if let bad = p.points.first(where: { !$0.x.isFinite || !$0.y.isFinite }) {
+                throw SAMPredictorError.invalidPrompt("prompt \(i): point (\(bad.x), \(bad.y)) is not finite")
+            }
+            if let b = p.box, ![b.x0, b.y0, b.x1, b.y1].allSatisfy(\.isFinite) {
+                throw SAMPredictorError.invalidPrompt("prompt \(i): box \(b) is not finite")
+            }
+        }
+        // Groups of prompts with one structure, in first-appearance order.
+        struct Shape: Hashable { let points: Int; let box: Bool; let mask: Bool }
+        var groups: [(Shape, [Int])] = []
+        var groupIndex: [Shape: Int] = [:]
+        for (i, p) in prompts.enumerated() {
+            let s = Shape(points: p.points.count, box: p.box != nil, mask: p.maskInput != nil)
+            if let g = groupIndex[s] { groups[g].1.append(i) } else { groupIndex[s] = groups.count; groups.append((s, [i])) }
+        }
+        let K = multimaskOutput ? model.maskDecoder.numMultimaskOutputs : 1
+        let H = originalSize.height, W = originalSize.width, lh = size.height, lw = size.width
+        var masks = Tensor.empty([prompts.count, K, H, W])
+        var iou = Tensor.empty([prompts.count, K])
+        var lowRes = Tensor.empty([prompts.count, K, lh, lw])
+        for (shape, members) in groups {
+            let B = members.count, N = shape.points
+            var points: PromptPoints?
+            if N > 0 {
+                var coords = [Double](), labels = [Int]()
+                for i in members {
+                    for p in prompts[i].points { coords += [p.x, p.y]; labels.append(p.label) }
+                }
+                let mapped = transform.applyCoords(coords, originalSize: originalSize)
+                points = PromptPoints(coords: Tensor(shape: [B, N, 2], data: mapped.map { Float($0) }), labels: labels)
+            }
+            var boxes: Tensor?
+            if shape.box {
+                var flat = [Double]()
+                for i in members { let b = prompts[i].box!; flat += [b.x0, b.y0, b.x1, b.y1] }
+                boxes = Tensor(shape: [B, 4], data: transform.applyBoxes(flat, originalSize: originalSize).map { Float($0) })
+            }
+            var maskInputs: Tensor?
+            if shape.mask {
+                maskInputs = Tensor(shape: [B, 1, lh, lw], data: members.flatMap { prompts[$0].maskInput!.data })
+            }
+            let r = try predictBatch(points: points, boxes: boxes, maskInputs: maskInputs,
+                                     multimaskOutput: multimaskOutput, returnLogits: returnLogits)
+            for (j, i) in members.enumerated() {
+                let m = K * H * W, l = K * lh * lw
+                masks.data.replaceSubrange((i * m)..<((i + 1) * m), with: r.masks.data[(j * m)..<((j + 1) * m)])
+                lowRes.data.replaceSubrange((i * l)..<((i + 1) * l), with: r.lowResLogits.data[(j * l)..<((j + 1) * l)])
+                iou.data.replaceSubrange((i * K)..<((i + 1) * K), with: r.iouPredictions.data[(j * K)..<((j + 1) * K)])
+            }
+        }
+        return SAMPrediction(masks: masks, iouPredictions: iou, lowResLogits: lowRes, areLogits: returnLogits)
+    }
+
+    /// `predict_torch`: B prompts already in the encoder's input frame (`transform.applyCoords` /
+    /// `applyBoxes`): points (B, N, 2) + labels, boxes (B, 4), mask inputs (B, 1, 256, 256).
+    public func predictBatch(points: PromptPoints?, boxes: Tensor?, maskInputs: Tensor?,
+                             multimaskOutput: Bool = true, returnLogits: Bool = false) throws -> SAMPrediction {
+        guard let features, let originalSize, let inputSize else { throw SAMPredictorError.imageNotSet }
+        let size = model.promptEncoder.maskInputSize
+        if let boxes, boxes.rank != 2 || boxes.shape[1] != 4 {
+            throw SAMPredictorError.invalidPrompt("boxes of shape \(boxes.shape), expected (B, 4)")
+        }
+        if let m = maskInputs, m.rank != 4 || m.shape[1] != 1 || m.shape[2] != size.height || m.shape[3] != size.width {
+            throw SAMPredictorError.invalidPrompt("mask inputs of shape \(m.shape), expected (B, 1, \(size.height), \(size.width))")
+        }
+        let sizes = [points?.batchSize, boxes?.shape[0], maskInputs?.shape[0]].compactMap { $0 }
+        if Set(sizes).count > 1 { throw SAMPredictorError.invalidPrompt("points, boxes and mask inputs disagree on the batch size: \(sizes)") }
+        let (sparse, dense) = model.promptEncoder.forward(points: points, boxes: boxes, masks: maskInputs, mode: .inference)
+        let (lowRes, iou) = model.maskDecoder.forward(imageEmbeddings: features, imagePE: model.promptEncoder.densePositionalEncoding(),
+                                                      sparsePromptEmbeddings: sparse, densePromptEmbeddings: dense,
+                                                      multimaskOutput: multimaskOutput, mode: .inference)
+        var masks = SAMModel.postprocessMasks(lowRes, inputSize: inputSize, originalSize: originalSize, imageSize: model.imageSize)
+        if !returnLogits {
+            let t = SAMModel.maskThreshold
+            masks = masks.map { $0 > t ? 1 : 0 }
+        }
+        return SAMPrediction(masks: masks, iouPredictions: iou, lowResLogits: lowRes, areLogits: returnLogits)
+    }
+}

@@ -1,0 +1,201 @@
+import Foundation
+import Layers
+import Tensor
+
+// The mask decoder's two-way transformer, side by side with MobileSAM's modeling/transformer.py
+// (`TwoWayTransformer`, `TwoWayAttentionBlock`; `Attention` is Layers' `SAMAttention`).
+// Inference only: `mode` is threaded through to the layers, but these blocks have no backward.
+
+/// `x + y` where y is (1, N, C) broadcast over x's batch, or has x's shape.
+func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> String) -> Tensor {
+    if x.shape == y.shape { return x + y }
+    precondition(x.rank == 3 && y.rank == 3 && y.shape[0] == 1 && y.shape[1] == x.shape[1] && y.shape[2] == x.shape[2],
+                 "\(layer()): cannot add a tensor of shape \(y.shape) to one of shape \(x.shape)")
+    var out = x
+    let per = x.shape[1] * x.shape[2], B = x.shape[0]
+    out.data.withUnsafeMutableBufferPointer { ob in
+        y.data.withUnsafeBufferPointer { yb in
+            let o = ob.baseAddress!, yp = yb.baseAddress!
+            parallelFor(B, costPerItem: per) { b in
+                let ob = o + b * per
+                for i in 0..<per { ob[i] += yp[i] }
+            }
+        }
+    }
+    return out
+}
+
+/// (B, C, H, W) → (B, H·W, C): `flatten(2).permute(0, 2, 1)`.
+func tokensFromMap(_ x: Tensor) -> Tensor {
+    precondition(x.rank == 4, "tokensFromMap: expected (B, C, H, W), got \(x.shape)")
+    let B = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
+    var out = Tensor.empty([B, P, C])
+    x.data.withUnsafeBufferPointer { xb in
+        out.data.withUnsafeMutableBufferPointer { ob in
+            let xp = xb.baseAddress!, op = ob.baseAddress!
+            // blocks of 64 pixels per work item, all channels
+            let blocks = (P + 63) / 64
+            parallelFor(B * blocks, costPerItem: 64 * C) { job in
+                let b = job / blocks, p0 = (job % blocks) * 64, p1 = Swift.min(P, p0 + 64)
+                for c in 0..<C {
+                    let src = xp + (b * C + c) * P
+                    for p in p0..<p1 { op[(b * P + p) * C + c] = src[p] }
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// (B, H·W, C) → (B, C, H, W): `transpose(1, 2).view(b, c, h, w)`.
+func mapFromTokens(_ x: Tensor, height H: Int, width W: Int) -> Tensor {
+    precondition(x.rank == 3 && x.shape[1] == H * W, "mapFromTokens: expected (B, \(H * W), C), got \(x.shape)")
+    let B = x.shape[0], P = H * W, C = x.shape[2]
+    var out = Tensor.empty([B, C, H, W])
+    x.data.withUnsafeBufferPointer { xb in
+        out.data.withUnsafeMutableBufferPointer { ob in
+            let xp = xb.baseAddress!, op = ob.baseAddress!
+            let blocks = (C + 7) / 8
+            parallelFor(B * blocks, costPerItem: 8 * P) { job in
+                let b = job / blocks, c0 = (job % blocks) * 8, c1 = Swift.min(C, c0 + 8)
+                for c in c0..<c1 {
+                    let dst = op + (b * C + c) * P
+                    for p in 0..<P { dst[p] = xp[(b * P + p) * C + c] }
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// `TwoWayAttentionBlock`: (1) self-attention of the sparse tokens, (2) tokens → image
+/// cross-attention, (3) MLP on the tokens, (4) image → tokens cross-attention; each followed by a
+/// residual add and a LayerNorm. With `skipFirstLayerPE` the first self-attention gets no
+/// positional encoding and no residual (the reference's first layer).
+///
+/// Checkpoint keys: `self_attn.*` (SAMAttention, downsample 1), `norm1.*`,
+/// `cross_attn_token_to_image.*` (SAMAttention, downsample r), `norm2.*`, `mlp.lin1.*`,
+/// `mlp.lin2.*` (MLPBlock, ReLU), `norm3.*`, `norm4.*`, `cross_attn_image_to_token.*`.
+public final class TwoWayAttentionBlock: Module {
+    public let embeddingDim: Int
+    public let skipFirstLayerPE: Bool
+    public let selfAttn: SAMAttention
+    public let norm1: LayerNorm
+    public let crossAttnTokenToImage: SAMAttention
+    public let norm2: LayerNorm
+    public let mlp: MLPBlock
+    public let norm3: LayerNorm
+    public let norm4: LayerNorm
+    public let crossAttnImageToToken: SAMAttention
+
+    public init(embeddingDim: Int, heads: Int, mlpDim: Int = 2048, activation: Activation = .relu,
+                attentionDownsampleRate: Int = 2, skipFirstLayerPE: Bool = false) {
+        self.embeddingDim = embeddingDim
+        self.skipFirstLayerPE = skipFirstLayerPE
+        selfAttn = SAMAttention(embeddingDim: embeddingDim, heads: heads)
+        norm1 = LayerNorm(embeddingDim)
+        crossAttnTokenToImage = SAMAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
+        norm2 = LayerNorm(embeddingDim)
+        mlp = MLPBlock(embeddingDim: embeddingDim, mlpDim: mlpDim, activation: activation)
+        norm3 = LayerNorm(embeddingDim)
+        norm4 = LayerNorm(embeddingDim)
+        crossAttnImageToToken = SAMAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        prefixed("self_attn.", selfAttn) + prefixed("norm1.", norm1)
+            + prefixed("cross_attn_token_to_image.", crossAttnTokenToImage) + prefixed("norm2.", norm2)
+            + prefixed("mlp.", mlp) + prefixed("norm3.", norm3) + prefixed("norm4.", norm4)
+            + prefixed("cross_attn_image_to_token.", crossAttnImageToToken)
+    }
+
+    /// queries: (B, Nq, C), keys: (B, Nk, C), queryPE: (B, Nq, C), keyPE: (B or 1, Nk, C)
+    /// → (queries: (B, Nq, C), keys: (B, Nk, C)).
+    public func forward(queries: Tensor, keys: Tensor, queryPE: Tensor, keyPE: Tensor,
+                        mode: ForwardMode) -> (queries: Tensor, keys: Tensor) {
+        let C = embeddingDim, name = "TwoWayAttentionBlock(\(C))"
+        precondition(queries.rank == 3 && queries.shape[2] == C,
+                     "\(name): expected queries of shape (B, Nq, \(C)), got \(queries.shape)")
+        precondition(keys.rank == 3 && keys.shape[0] == queries.shape[0] && keys.shape[2] == C,
+                     "\(name): expected keys of shape (\(queries.shape[0]), Nk, \(C)), got \(keys.shape)")
+        precondition(queryPE.shape == queries.shape, "\(name): queryPE \(queryPE.shape) must match queries \(queries.shape)")
+        var q: Tensor
+        // (1) self-attention
+        if skipFirstLayerPE {
+            q = selfAttn.forward(q: queries, k: queries, v: queries, mode: mode)
+        } else {
+            let qp = queries + queryPE
+            q = queries + selfAttn.forward(q: qp, k: qp, v: queries, mode: mode)
+        }
+        q = norm1.forward(q, mode: mode)
+        // (2) tokens attend to the image
+        let kWithPE = addingBroadcast(keys, keyPE, name)  // (B, Nk, C)
+        q = q + crossAttnTokenToImage.forward(q: q + queryPE, k: kWithPE, v: keys, mode: mode)
+        q = norm2.forward(q, mode: mode)
+        // (3) MLP
+        q = q + mlp.forward(q, mode: mode)
+        q = norm3.forward(q, mode: mode)
+        // (4) the image attends to the tokens
+        var k = keys + crossAttnImageToToken.forward(q: kWithPE, k: q + queryPE, v: q, mode: mode)
+        k = norm4.forward(k, mode: mode)
+        return (q, k)
+    }
+}
+
+/// `TwoWayTransformer`: `depth` TwoWayAttentionBlocks (the first with `skipFirstLayerPE`), then a
+/// final tokens → image attention with a residual and `norm_final_attn`.
+///
+/// Checkpoint keys: `layers.{i}.*` (TwoWayAttentionBlock), `final_attn_token_to_image.*`
+/// (SAMAttention, downsample r), `norm_final_attn.*` (LayerNorm).
+public final class TwoWayTransformer: Module {
+    public let depth: Int
+    public let embeddingDim: Int
+    public let heads: Int
+    public let mlpDim: Int
+    public let layers: [TwoWayAttentionBlock]
+    public let finalAttnTokenToImage: SAMAttention
+    public let normFinalAttn: LayerNorm
+
+    public init(depth: Int = 2, embeddingDim: Int = 256, heads: Int = 8, mlpDim: Int = 2048,
+                activation: Activation = .relu, attentionDownsampleRate: Int = 2) {
+        self.depth = depth
+        self.embeddingDim = embeddingDim
+        self.heads = heads
+        self.mlpDim = mlpDim
+        layers = (0..<depth).map {
+            TwoWayAttentionBlock(embeddingDim: embeddingDim, heads: heads, mlpDim: mlpDim, activation: activation,
+                                 attentionDownsampleRate: attentionDownsampleRate, skipFirstLayerPE: $0 == 0)
+        }
+        finalAttnTokenToImage = SAMAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
+        normFinalAttn = LayerNorm(embeddingDim)
+    }
+
+    public func namedParameters() -> [(String, Parameter)] {
+        layers.enumerated().flatMap { prefixed("layers.\($0.offset).", $0.element) }
+            + prefixed("final_attn_token_to_image.", finalAttnTokenToImage) + prefixed("norm_final_attn.", normFinalAttn)
+    }
+
+    /// imageEmbedding: (B, C, H, W), imagePE: (B or 1, C, H, W), pointEmbedding: (B, N, C)
+    /// → (queries: (B, N, C), keys: (B, H·W, C)).
+    public func forward(imageEmbedding: Tensor, imagePE: Tensor, pointEmbedding: Tensor,
+                        mode: ForwardMode) -> (queries: Tensor, keys: Tensor) {
+        let C = embeddingDim, name = "TwoWayTransformer(\(C))"
+        precondition(imageEmbedding.rank == 4 && imageEmbedding.shape[1] == C,
+                     "\(name): expected an image embedding of shape (B, \(C), H, W), got \(imageEmbedding.shape)")
+        precondition(imagePE.rank == 4 && Array(imagePE.shape[1...]) == Array(imageEmbedding.shape[1...])
+                     && (imagePE.shape[0] == 1 || imagePE.shape[0] == imageEmbedding.shape[0]),
+                     "\(name): imagePE \(imagePE.shape) does not fit the image embedding \(imageEmbedding.shape)")
+        precondition(pointEmbedding.rank == 3 && pointEmbedding.shape[0] == imageEmbedding.shape[0] && pointEmbedding.shape[2] == C,
+                     "\(name): expected a point embedding of shape (\(imageEmbedding.shape[0]), N, \(C)), got \(pointEmbedding.shape)")
+        let keyPE = tokensFromMap(imagePE)  // (B or 1, HW, C)
+        var queries = pointEmbedding
+        var keys = tokensFromMap(imageEmbedding)  // (B, HW, C)
+        for layer in layers {
+            (queries, keys) = layer.forward(queries: queries, keys: keys, queryPE: pointEmbedding, keyPE: keyPE, mode: mode)
+        }
+        let attnOut = finalAttnTokenToImage.forward(q: queries + pointEmbedding, k: addingBroadcast(keys, keyPE, name),
+                                                    v: keys, mode: mode)
+        queries = normFinalAttn.forward(queries + attnOut, mode: mode)
+        return (queries, keys)
+    }
+}
