@@ -30,7 +30,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure speed: GEMM throughput, per-layer forward/backward times.",
         discussion: "Benchmarks are commands, never tests. Compare with Scripts/bench_pytorch.py on the same machine.",
-        subcommands: [BenchGemm.self, BenchLayers.self, BenchEncoder.self])
+        subcommands: [BenchGemm.self, BenchLayers.self, BenchEncoder.self, BenchDecoder.self])
 }
 
 /// Median wall time in seconds of `body` over `repeats` runs, after one warm-up run.
