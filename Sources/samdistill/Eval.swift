@@ -1,0 +1,130 @@
+import ArgumentParser
+import Distill
+import Foundation
+import SegmentAnything
+import Tensor
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "mIoU of a student's masks against the teacher's, through the teacher's prompt encoder and mask decoder.",
+        discussion: """
+            Both embeddings (student's, teacher's) are decoded by the teacher checkpoint's prompt \
+            encoder and mask decoder for the same prompts; the teacher's masks are the reference. \
+            With --cache the teacher embeddings come from the feature cache (no teacher forward) \
+            and masks are compared in each cached view's frame; with --images the teacher runs \
+            and masks are compared at the original image size. Prompts (per protocol, \
+            --points-per-image N per image, seeded): point = a random pixel of the teacher's mask \
+            for a random point; two-point = that point plus one of the same mask at \
+            --point-distance px; box = the bounding box of such a mask; grid = round(√N)² points \
+            on a regular grid. --multimask reports 'top' (highest predicted IoU) and 'best3'. \
+            Prints per-image rows and overall means with 95% bootstrap intervals (over images); \
+            --json / --markdown write the same report.
+            """)
+
+    @Option(help: "The student: a training checkpoint, an exported student or a SAM/MobileSAM checkpoint (.safetensors/.pt).")
+    var student: String
+
+    @Option(help: "The teacher SAM checkpoint (its prompt encoder and mask decoder decode both embeddings).")
+    var teacher: String
+
+    @Option(help: "A feature cache (HDF5) whose embeddings come from this teacher.")
+    var cache: String?
+
+    @Option(help: "The cache split to evaluate: train, val or all.")
+    var split: String = "val"
+
+    @Option(help: "A folder of images (JPEG/PNG, recursive) instead of a cache.")
+    var images: String?
+
+    @Option(help: "Prompt protocols, comma-separated: point, two-point, box, grid.")
+    var prompts: String = "point,box"
+
+    @Option(help: "Prompts per protocol per image (grid: round(√N)² points).")
+    var pointsPerImage: Int = 8
+
+    @Option(help: "Seed of the prompt draws and the bootstrap.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Distance in pixels between the two points of the two-point protocol.")
+    var pointDistance: Double = 200
+
+    @Option(help: "Evaluate at most this many images (cache rows).")
+    var maxImages: Int?
+
+    @Flag(help: "Three masks per prompt: report the highest-predicted-IoU mask and the best of three.")
+    var multimask = false
+
+    @Option(help: "Write the report as JSON.")
+    var json: String?
+
+    @Option(help: "Write the report as Markdown.")
+    var markdown: String?
+
+    @Option(help: "Threads for OpenBLAS and the toolkit's own loops (default: all cores).")
+    var threads: Int?
+
+    func parsedPrompts() throws -> [PromptProtocol] {
+        try prompts.split(separator: ",").map { s in
+            let t = s.trimmingCharacters(in: .whitespaces)
+            guard let p = PromptProtocol(rawValue: t) else {
+                throw ValidationError("--prompts: unknown protocol '\(t)' (point, two-point, box, grid)")
+            }
+            return p
+        }
+    }
+
+    func validate() throws {
+        if (cache == nil) == (images == nil) { throw ValidationError("give exactly one of --cache FILE or --images DIR") }
+        if try parsedPrompts().isEmpty { throw ValidationError("--prompts: give at least one protocol") }
+        if pointsPerImage < 1 { throw ValidationError("--points-per-image must be at least 1") }
+        if !(pointDistance > 0) { throw ValidationError("--point-distance must be positive") }
+        if !["train", "val", "all"].contains(split) { throw ValidationError("--split must be train, val or all") }
+        for (flag, path) in [("--student", student), ("--teacher", teacher)] + (cache.map { [("--cache", $0)] } ?? []) {
+            guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("\(flag): no such file: \(path)") }
+        }
+        if let images {
+            var d: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: images, isDirectory: &d), d.boolValue else {
+                throw ValidationError("--images: no such folder: \(images)")
+            }
+        }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        if let threads {
+            Threads.count = threads
+            BLASThreads.set(threads)
+        }
+        var options = EvaluationOptions()
+        options.prompts = try parsedPrompts()
+        options.pointsPerImage = pointsPerImage
+        options.seed = seed
+        options.multimask = multimask
+        options.pointDistance = pointDistance
+        let studentWeights = try EncoderWeights.read(URL(fileURLWithPath: student))
+        let encode = try studentWeights.makeEncoder()
+        let model = try SAMModel.load(contentsOf: URL(fileURLWithPath: teacher))
+        let evaluator = Evaluator(model: model, options: options)
+        let report: EvaluationReport
+        if let cache {
+            let reader = try CacheReader(URL(fileURLWithPath: cache))
+            let s: CacheSplit? = split == "all" ? nil : split == "train" ? .train : .val
+            let r = try evaluator.evaluateCache(reader, split: s, maxImages: maxImages, student: encode, studentImageSize: studentWeights.imageSize)
+            guard !r.images.isEmpty else { throw ExportError(file: cache, reason: "no complete rows in split '\(split)'") }
+            report = EvaluationReport(student: student, teacher: teacher, data: "\(cache) (split \(split))", options: options,
+                                      images: r.images, studentSeconds: r.studentSeconds)
+        } else {
+            var (urls, names) = try Evaluator.imageFiles(in: URL(fileURLWithPath: images!))
+            if let maxImages { urls = Array(urls.prefix(maxImages)); names = Array(names.prefix(maxImages)) }
+            guard !urls.isEmpty else { throw ExportError(file: images!, reason: "no JPEG/PNG images") }
+            let r = try evaluator.evaluateImages(urls, names: names, student: encode, studentImageSize: studentWeights.imageSize)
+            report = EvaluationReport(student: student, teacher: teacher, data: images!, options: options, images: r.images,
+                                      studentSeconds: r.studentSeconds, teacherSeconds: r.teacherSeconds)
+        }
+        print(report.table(), terminator: "")
+        if let json { try AtomicFile.write(try report.json(), to: URL(fileURLWithPath: json)) }
+        if let markdown { try AtomicFile.write(Data(report.markdown().utf8), to: URL(fileURLWithPath: markdown)) }
+    }
+}
