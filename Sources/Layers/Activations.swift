@@ -2,6 +2,8 @@ import Foundation
 import Tensor
 
 /// Exact GELU, `0.5 · x · (1 + erf(x / √2))` (PyTorch's default `nn.GELU()`), and ReLU.
+/// The kernels evaluate erf with the vectorised rational approximation of `FastMath` (≤ ~1e-7
+/// absolute); `geluValue`/`geluDerivative` (libm) are the scalar references they are tested against.
 /// Both as stateless kernels (for fused use inside blocks) and as small layers that keep their
 /// input for backward.
 
@@ -17,11 +19,52 @@ import Tensor
 public enum Activation: String, Codable, Sendable {
     case gelu, relu
 
-    /// y = f(x)
+    /// y = f(x). GELU runs the vectorised `FastMath.gelu` (≤ ~1e-7·max(1, |x|) from the exact
+    /// `geluValue`, which `forwardReference` uses).
     public func forward(_ x: Tensor) -> Tensor {
         switch self {
-        case .gelu: return x.map(geluValue)
+        case .gelu:
+            var y = Tensor.empty(x.shape)
+            let n = x.count
+            x.data.withUnsafeBufferPointer { xb in
+                y.data.withUnsafeMutableBufferPointer { yb in
+                    let xp = xb.baseAddress!, yp = yb.baseAddress!
+                    parallelChunks(n, costPerItem: 4) { r in
+                        FastMath.gelu(xp + r.lowerBound, yp + r.lowerBound, r.count)
+                    }
+                }
+            }
+            return y
         case .relu: return x.map { $0 > 0 ? $0 : 0 }
+        }
+    }
+
+    /// In-place y = f(y) (GELU vectorised as `forward`).
+    public func apply(_ y: inout Tensor) {
+        let n = y.count
+        y.data.withUnsafeMutableBufferPointer { yb in
+            let yp = yb.baseAddress!
+            switch self {
+            case .gelu: parallelChunks(n, costPerItem: 4) { r in FastMath.geluInPlace(yp + r.lowerBound, r.count) }
+            case .relu: parallelChunks(n) { r in for i in r where yp[i] < 0 { yp[i] = 0 } }
+            }
+        }
+    }
+
+    /// Plain scalar reference of `forward` (libm `erff` for GELU).
+    public func forwardReference(_ x: Tensor) -> Tensor {
+        switch self {
+        case .gelu: return Tensor(shape: x.shape, data: x.data.map(geluValue))
+        case .relu: return Tensor(shape: x.shape, data: x.data.map { $0 > 0 ? $0 : 0 })
+        }
+    }
+
+    /// Plain scalar reference of `backward` (libm `erff`/`expf` for GELU).
+    public func backwardReference(_ dy: Tensor, input x: Tensor) -> Tensor {
+        precondition(dy.shape == x.shape, "\(self).backwardReference: dy \(dy.shape) vs input \(x.shape)")
+        switch self {
+        case .gelu: return Tensor(shape: x.shape, data: zip(dy.data, x.data).map { $0 * geluDerivative($1) })
+        case .relu: return Tensor(shape: x.shape, data: zip(dy.data, x.data).map { $1 > 0 ? $0 : 0 })
         }
     }
 
@@ -35,7 +78,10 @@ public enum Activation: String, Codable, Sendable {
                 dy.data.withUnsafeBufferPointer { g in
                     let op = o.baseAddress!, xv = xp.baseAddress!, gv = g.baseAddress!
                     switch self {
-                    case .gelu: parallelChunks(n, costPerItem: 8) { r in for i in r { op[i] = gv[i] * geluDerivative(xv[i]) } }
+                    case .gelu:
+                        parallelChunks(n, costPerItem: 8) { r in
+                            FastMath.geluBackward(gv + r.lowerBound, xv + r.lowerBound, op + r.lowerBound, r.count)
+                        }
                     case .relu: parallelChunks(n) { r in for i in r { op[i] = xv[i] > 0 ? gv[i] : 0 } }
                     }
                 }

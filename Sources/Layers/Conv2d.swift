@@ -75,26 +75,60 @@ public final class Conv2d: Module {
 
     /// x: (B, C, H, W) -> y: (B, O, Ho, Wo), Ho = (H + 2p − k) / s + 1
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+        let y = weight.value.data.withUnsafeBufferPointer { wb in
+            if let bias {
+                return bias.value.data.withUnsafeBufferPointer { bb in
+                    convolve(x, weight: wb.baseAddress!, bias: bb.baseAddress!, residual: nil, activation: nil)
+                }
+            }
+            return convolve(x, weight: wb.baseAddress!, bias: nil, residual: nil, activation: nil)
+        }
+        input = mode.keepsActivations ? x : nil
+        return y
+    }
+
+    /// Inference with replacement parameters (BatchNorm folded in by `Conv2dBN`) and a fused
+    /// epilogue: y = activation(conv(x; weight) + bias + residual). Keeps nothing for backward.
+    /// weight: (O, I/groups, k, k), bias: (O) or nil, residual: (B, O, Ho, Wo) or nil.
+    public func forwardInference(_ x: Tensor, weight w: Tensor, bias b: [Float]?, residual: Tensor? = nil,
+                                 activation: Activation? = nil) -> Tensor {
+        precondition(w.shape == weight.value.shape, "\(name).forwardInference: weight \(w.shape) vs \(weight.value.shape)")
+        precondition(b == nil || b!.count == outputChannels, "\(name).forwardInference: bias of \(b!.count) values")
+        input = nil
+        return w.data.withUnsafeBufferPointer { wb in
+            if let b {
+                return b.withUnsafeBufferPointer { bb in
+                    convolve(x, weight: wb.baseAddress!, bias: bb.baseAddress!, residual: residual, activation: activation)
+                }
+            }
+            return convolve(x, weight: wb.baseAddress!, bias: nil, residual: residual, activation: activation)
+        }
+    }
+
+    /// The shared forward: y = activation(conv(x; w) + bias + residual).
+    private func convolve(_ x: Tensor, weight wp: UnsafePointer<Float>, bias bp: UnsafePointer<Float>?,
+                          residual: Tensor?, activation: Activation?) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == inputChannels,
                      "\(name): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
         let geo = ConvGeometry(x.shape, outputChannels: outputChannels, kernel: kernelSize, stride: stride,
                                padding: padding, groups: groups, layer: name)
-        var y = Tensor.empty([geo.B, geo.O, geo.Ho, geo.Wo])
+        let outShape = [geo.B, geo.O, geo.Ho, geo.Wo]
+        if let residual {
+            precondition(residual.shape == outShape, "\(name): residual \(residual.shape) vs output \(outShape)")
+        }
+        var y = Tensor.empty(outShape)
+        let r = residual ?? Tensor(zeros: [0])
         x.data.withUnsafeBufferPointer { xb in
             y.data.withUnsafeMutableBufferPointer { yb in
-                weight.value.data.withUnsafeBufferPointer { wb in
-                    let xp = xb.baseAddress!, yp = yb.baseAddress!, wp = wb.baseAddress!
-                    if let bias {
-                        bias.value.data.withUnsafeBufferPointer { bb in fillChannelBias(yp, bb.baseAddress!, geo) }
-                    }
+                r.data.withUnsafeBufferPointer { rb in
+                    let ep = ConvEpilogue(bias: bp, residual: residual == nil ? nil : rb.baseAddress!, activation: activation)
                     switch path {
-                    case .depthwise: depthwiseForward(xp, wp, yp, geo)
-                    case .pointwise, .im2col: gemmForward(xp, wp, yp, geo, accumulate: bias != nil)
+                    case .depthwise: depthwiseForward(xb.baseAddress!, wp, yb.baseAddress!, geo, ep)
+                    case .pointwise, .im2col: gemmForward(xb.baseAddress!, wp, yb.baseAddress!, geo, ep)
                     }
                 }
             }
         }
-        input = mode.keepsActivations ? x : nil
         return y
     }
 
@@ -133,21 +167,42 @@ public final class Conv2d: Module {
 
     // MARK: GEMM paths (pointwise, im2col)
 
+    /// Blocked: jobs are (image, block of output columns), a block being whole output rows sized
+    /// so that its column matrix and output stay in cache; each worker builds its block's columns
+    /// (im2col path) and runs single-threaded GEMMs on them, then the epilogue on the fresh output.
     private func gemmForward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ yp: UnsafeMutablePointer<Float>,
-                             _ g: ConvGeometry, accumulate: Bool) {
+                             _ g: ConvGeometry, _ ep: ConvEpilogue) {
         let pointwise = path == .pointwise
-        let K = g.Cg * g.kk, L = g.L, Og = g.Og
-        // cols: (C·k·k, Ho·Wo) for one image (unused on the pointwise path)
-        var cols = [Float](repeating: 0, count: pointwise ? 0 : g.C * g.kk * L)
-        cols.withUnsafeMutableBufferPointer { cb in
-            for b in 0..<g.B {
-                let xi = xp + b * g.C * g.H * g.W, yi = yp + b * g.O * L
-                let src: UnsafePointer<Float>
-                if pointwise { src = xi } else { im2col(xi, cb.baseAddress!, g); src = UnsafePointer(cb.baseAddress!) }
-                for gr in 0..<g.groups {
-                    // y_g (Og, L) = W_g (Og, Cg·k·k) · cols_g (Cg·k·k, L) [+ bias already in y]
-                    gemm(m: Og, n: L, k: K, a: wp + gr * Og * K, lda: K, b: src + gr * K * L, ldb: L,
-                         beta: accumulate ? 1 : 0, c: yi + gr * Og * L, ldc: L)
+        let K = g.Cg * g.kk, L = g.L, Og = g.Og, CK = g.C * g.kk
+        // block: whole output rows, ≥ 512 columns, about 2¹⁸ values of columns or output
+        let target = Swift.max(512, (1 << 18) / Swift.max(CK, g.O))
+        let rowsPerBlock = Swift.max(1, Swift.min(g.Ho, target / g.Wo))
+        let blocks = (g.Ho + rowsPerBlock - 1) / rowsPerBlock
+        let maxCols = rowsPerBlock * g.Wo
+        parallelChunksSerialBLAS(g.B * blocks) { jobs in
+            // cols: (C·k·k, block columns) for one block (unused on the pointwise path)
+            var cols = [Float](unsafeUninitializedCapacity: pointwise ? 0 : CK * maxCols) { _, n in n = pointwise ? 0 : CK * maxCols }
+            cols.withUnsafeMutableBufferPointer { cb in
+                for job in jobs {
+                    let b = job / blocks, oy0 = (job % blocks) * rowsPerBlock
+                    let oy1 = Swift.min(g.Ho, oy0 + rowsPerBlock)
+                    let c0 = oy0 * g.Wo, n = (oy1 - oy0) * g.Wo
+                    let xi = xp + b * g.C * g.H * g.W, yi = yp + b * g.O * L
+                    let src: UnsafePointer<Float>, ldb: Int
+                    if pointwise {
+                        src = xi + c0; ldb = L
+                    } else {
+                        im2colRows(xi, cb.baseAddress!, g, oy0: oy0, oy1: oy1)
+                        src = UnsafePointer(cb.baseAddress!); ldb = n
+                    }
+                    for gr in 0..<g.groups {
+                        // y_g[:, block] (Og, n) = W_g (Og, Cg·k·k) · cols_g (Cg·k·k, n)
+                        gemm(m: Og, n: n, k: K, a: wp + gr * Og * K, lda: K, b: src + gr * K * ldb, ldb: ldb,
+                             c: yi + gr * Og * L + c0, ldc: L)
+                    }
+                    for o in 0..<g.O {
+                        ep.apply(yi + o * L + c0, n, channel: o, offset: (b * g.O + o) * L + c0)
+                    }
                 }
             }
         }
@@ -188,13 +243,15 @@ public final class Conv2d: Module {
 
     // MARK: Depthwise path
 
-    /// Each (b, c) plane: y[oy, ox] += Σ_{ky,kx} w[c, ky, kx] · x[oy·s − p + ky, ox·s − p + kx].
+    /// Each (b, c) plane: y[oy, ox] = Σ_{ky,kx} w[c, ky, kx] · x[oy·s − p + ky, ox·s − p + kx], then
+    /// the epilogue on the plane while it is in cache.
     private func depthwiseForward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>,
-                                  _ yp: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+                                  _ yp: UnsafeMutablePointer<Float>, _ g: ConvGeometry, _ ep: ConvEpilogue) {
         let k = g.k, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C
         let (ox0, ox1) = g.validOutputColumns()
         parallelFor(g.B * C, costPerItem: g.L * g.kk * 2) { bc in
             let x = xp + bc * H * W, y = yp + bc * g.L, w = wp + (bc % C) * g.kk
+            y.update(repeating: 0, count: g.L)
             for oy in 0..<Ho {
                 let yrow = y + oy * Wo
                 for ky in 0..<k {
@@ -213,6 +270,7 @@ public final class Conv2d: Module {
                     }
                 }
             }
+            ep.apply(y, g.L, channel: bc % C, offset: bc * g.L)
         }
     }
 
@@ -319,6 +377,60 @@ func im2col(_ x: UnsafePointer<Float>, _ cols: UnsafeMutablePointer<Float>, _ g:
     }
 }
 
+/// Rows oy0..<oy1 of `im2col`: cols (C·k·k, (oy1 − oy0)·Wo), row (c, ky, kx) holds
+/// x[c, oy·s − p + ky, ox·s − p + kx] for those output rows (zero outside the image). Serial (the
+/// caller runs blocks on its workers).
+func im2colRows(_ x: UnsafePointer<Float>, _ cols: UnsafeMutablePointer<Float>, _ g: ConvGeometry, oy0: Int, oy1: Int) {
+    let k = g.k, kk = g.kk, s = g.s, p = g.p, H = g.H, W = g.W, Wo = g.Wo
+    let n = (oy1 - oy0) * Wo
+    let (ox0, ox1) = g.validOutputColumns()
+    for row in 0..<(g.C * kk) {
+        let c = row / kk, ky = (row / k) % k, kx = row % k
+        let dst = cols + row * n, src = x + c * H * W
+        let lo = ox0[kx], hi = ox1[kx]
+        for oy in oy0..<oy1 {
+            let d = dst + (oy - oy0) * Wo
+            let iy = oy * s - p + ky
+            if iy < 0 || iy >= H { d.update(repeating: 0, count: Wo); continue }
+            if lo > 0 { d.update(repeating: 0, count: lo) }
+            if hi < Wo { (d + hi).update(repeating: 0, count: Wo - hi) }
+            let srow = src + iy * W
+            if s == 1 {
+                if hi > lo { (d + lo).update(from: srow + (lo - p + kx), count: hi - lo) }
+            } else if s == 2 {
+                let base = srow + (kx - p)
+                for ox in lo..<hi { d[ox] = base[2 * ox] }
+            } else {
+                for ox in lo..<hi { d[ox] = srow[ox * s - p + kx] }
+            }
+        }
+    }
+}
+
+/// What a forward does to each fresh output plane segment: y = activation(y + bias[c] + residual).
+struct ConvEpilogue {
+    let bias: UnsafePointer<Float>?
+    let residual: UnsafePointer<Float>?
+    let activation: Activation?
+
+    var isEmpty: Bool { bias == nil && residual == nil && activation == nil }
+
+    /// y[0..<n] of channel `channel`, at flat output offset `offset` (where the residual is read).
+    @inline(__always)
+    func apply(_ y: UnsafeMutablePointer<Float>, _ n: Int, channel: Int, offset: Int) {
+        if isEmpty { return }
+        let b = bias?[channel] ?? 0
+        switch (activation, residual) {
+        case (.gelu, nil): FastMath.geluInPlace(y, bias: b, n)
+        case (.gelu, let r?): FastMath.geluInPlace(y, adding: r + offset, bias: b, n)
+        case (.relu, nil): for i in 0..<n { let v = y[i] + b; y[i] = v < 0 ? 0 : v }
+        case (.relu, let r?): let rp = r + offset; for i in 0..<n { let v = y[i] + rp[i] + b; y[i] = v < 0 ? 0 : v }
+        case (nil, nil): for i in 0..<n { y[i] += b }
+        case (nil, let r?): let rp = r + offset; for i in 0..<n { y[i] += rp[i] + b }
+        }
+    }
+}
+
 /// The adjoint of `im2col`: dx[c, iy, ix] += dcols[(c, ky, kx), (oy, ox)]. Parallel over input
 /// channels (each owns its plane of dx).
 func col2im(_ dcols: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
@@ -343,12 +455,6 @@ func col2im(_ dcols: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ 
             }
         } }
     }
-}
-
-/// y[b, o, :] = bias[o] for every plane of y: (B, O, Ho, Wo).
-func fillChannelBias(_ y: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, _ g: ConvGeometry) {
-    let L = g.L, O = g.O
-    parallelFor(g.B * O, costPerItem: L) { bo in (y + bo * L).update(repeating: bias[bo % O], count: L) }
 }
 
 /// db[c] += Σ_{b, i} dy[b, c, i] for dy: (B, C, HW). Parallel over channels.

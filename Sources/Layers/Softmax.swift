@@ -4,19 +4,40 @@ import Tensor
 /// Row-wise softmax over contiguous rows of length `n` (attention scores), in place.
 /// Stateless kernels: attention layers keep the probabilities themselves for backward.
 
-/// p[r, :] = softmax(x[r, :]) for `rows` rows of `n` values, in place.
+/// p[r, :] = softmax(x[r, :]) for `rows` rows of `n` values, in place (parallel over rows when large).
 @inline(__always)
 public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
     parallelChunks(rows, costPerItem: n * 8) { range in
-        for r in range {
-            let row = x + r * n
-            var m = -Float.infinity
-            for j in 0..<n { m = Swift.max(m, row[j]) }
-            var s: Float = 0
-            for j in 0..<n { let e = expf(row[j] - m); row[j] = e; s += e }
-            let inv = 1 / s
-            for j in 0..<n { row[j] *= inv }
-        }
+        for r in range { softmaxRow(x + r * n, n) }
+    }
+}
+
+/// One row in place: max, vectorised e^(x − max) with its sum, scale.
+@inline(__always)
+public func softmaxRow(_ row: UnsafeMutablePointer<Float>, _ n: Int) {
+    var m = -Float.infinity
+    for j in 0..<n { m = Swift.max(m, row[j]) }
+    let inv = 1 / FastMath.expShiftedInPlace(row, m, n)
+    for j in 0..<n { row[j] *= inv }
+}
+
+/// Backward of one row in place on the gradient: g = p ⊙ (g − Σ_j g_j p_j).
+@inline(__always)
+public func softmaxRowBackward(_ p: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ n: Int) {
+    let dot = ConvReductions.dot(p, UnsafePointer(g), n)
+    for j in 0..<n { g[j] = p[j] * (g[j] - dot) }
+}
+
+/// Plain scalar reference of `softmaxRows` (libm `expf`), in place.
+public func softmaxRowsReference(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
+    for r in 0..<rows {
+        let row = x + r * n
+        var m = -Float.infinity
+        for j in 0..<n { m = Swift.max(m, row[j]) }
+        var s: Float = 0
+        for j in 0..<n { let e = expf(row[j] - m); row[j] = e; s += e }
+        let inv = 1 / s
+        for j in 0..<n { row[j] *= inv }
     }
 }
 

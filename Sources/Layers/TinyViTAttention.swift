@@ -128,32 +128,26 @@ public final class TinyViTAttention: Module {
         let bias = denseBias()
         t.data.withUnsafeBufferPointer { tb in
             p.data.withUnsafeMutableBufferPointer { pb in
-                let tp = tb.baseAddress!, pp = pb.baseAddress!
-                // S (N, N) = scale · q (N, kd) · kᵀ (kd, N), q and k read in place (row stride ld).
-                for b in 0..<Bw {
-                    for h in 0..<H {
-                        let q = tp + b * N * ld + h * hs
-                        gemm(transB: true, m: N, n: N, k: kd, alpha: scale, a: q, lda: ld,
-                             b: q + kd, ldb: ld, c: pp + (b * H + h) * NN, ldc: N)
-                    }
-                }
-                // S += bias[h] (N, N)
-                bias.withUnsafeBufferPointer { bb in
-                    let bp = bb.baseAddress!
-                    parallelFor(Bw * H, costPerItem: NN) { bh in
-                        let s = pp + bh * NN, bhp = bp + (bh % H) * NN
-                        for ij in 0..<NN { s[ij] += bhp[ij] }
-                    }
-                }
-                softmaxRows(pp, rows: Bw * H * N, n: N)
                 o.data.withUnsafeMutableBufferPointer { ob in
-                    let op = ob.baseAddress!
-                    // O_h (N, d) = P (N, N) · v (N, d), written into its head's columns (row stride dh).
-                    for b in 0..<Bw {
-                        for h in 0..<H {
-                            gemm(m: N, n: d, k: N, a: pp + (b * H + h) * NN, lda: N,
-                                 b: tp + b * N * ld + h * hs + 2 * kd, ldb: ld,
-                                 c: op + b * N * dh + h * d, ldc: dh)
+                    bias.withUnsafeBufferPointer { bb in
+                        let tp = tb.baseAddress!, pp = pb.baseAddress!, op = ob.baseAddress!, bp = bb.baseAddress!
+                        // One job per (window, head), all its steps in cache; windows run on the
+                        // workers with single-threaded GEMMs (49×49×32 products are too small to split).
+                        parallelChunksSerialBLAS(Bw * H) { jobs in
+                            for bh in jobs {
+                                let b = bh / H, h = bh % H
+                                let q = tp + b * N * ld + h * hs, S = pp + bh * NN
+                                // S (N, N) = scale · q (N, kd) · kᵀ (kd, N), q and k read in place (row stride ld)
+                                gemm(transB: true, m: N, n: N, k: kd, alpha: scale, a: q, lda: ld,
+                                     b: q + kd, ldb: ld, c: S, ldc: N)
+                                // S += bias[h] (N, N), then softmax per row
+                                let bhp = bp + h * NN
+                                for ij in 0..<NN { S[ij] += bhp[ij] }
+                                for i in 0..<N { softmaxRow(S + i * N, N) }
+                                // O_h (N, d) = P (N, N) · v (N, d), into its head's columns (row stride dh)
+                                gemm(m: N, n: d, k: N, a: S, lda: N, b: q + 2 * kd, ldb: ld,
+                                     c: op + b * N * dh + h * d, ldc: dh)
+                            }
                         }
                     }
                 }
@@ -193,20 +187,28 @@ public final class TinyViTAttention: Module {
                         dT.data.withUnsafeMutableBufferPointer { db in
                             let tp = tb.baseAddress!, pp = pb.baseAddress!, gp = gb.baseAddress!
                             let sp = sb.baseAddress!, dtp = db.baseAddress!
-                            for b in 0..<Bw {
-                                for h in 0..<H {
+                            // One job per (window, head) on the workers, single-threaded GEMMs.
+                            parallelChunksSerialBLAS(Bw * H) { jobs in
+                                for bh in jobs {
+                                    let b = bh / H, h = bh % H
                                     let gO = gp + b * N * dh + h * d
-                                    let v = tp + b * N * ld + h * hs + 2 * kd
-                                    let P = pp + (b * H + h) * NN
+                                    let q = tp + b * N * ld + h * hs, v = q + 2 * kd
+                                    let P = pp + bh * NN, S = sp + bh * NN
+                                    let dq = dtp + b * N * ld + h * hs
                                     // dP (N, N) = dO_h (N, d) · vᵀ (d, N)
-                                    gemm(transB: true, m: N, n: N, k: d, a: gO, lda: dh, b: v, ldb: ld,
-                                         c: sp + (b * H + h) * NN, ldc: N)
+                                    gemm(transB: true, m: N, n: N, k: d, a: gO, lda: dh, b: v, ldb: ld, c: S, ldc: N)
                                     // dv (N, d) = Pᵀ (N, N) · dO_h (N, d)
                                     gemm(transA: true, m: N, n: d, k: N, a: P, lda: N, b: gO, ldb: dh,
-                                         c: dtp + b * N * ld + h * hs + 2 * kd, ldc: ld)
+                                         c: dq + 2 * kd, ldc: ld)
+                                    // dS = P ⊙ (dP − rowsum(dP ⊙ P))
+                                    for i in 0..<N { softmaxRowBackward(P + i * N, S + i * N, N) }
+                                    // dq (N, kd) = scale · dS (N, N) · k (N, kd)
+                                    gemm(m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q + kd, ldb: ld, c: dq, ldc: ld)
+                                    // dk (N, kd) = scale · dSᵀ (N, N) · q (N, kd)
+                                    gemm(transA: true, m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q, ldb: ld,
+                                         c: dq + kd, ldc: ld)
                                 }
                             }
-                            softmaxRowsBackward(probabilities: pp, gradient: sp, rows: Bw * H * N, n: N)
                             // Bias table: sum dS over windows per head (dense, Double), then scatter.
                             let idx = biasIndices
                             tableGrad.withUnsafeMutableBufferPointer { tgb in
@@ -219,19 +221,6 @@ public final class TinyViTAttention: Module {
                                     }
                                     let row = tg + h * O
                                     for ij in 0..<NN { row[Int(idx[ij])] += dense[ij] }
-                                }
-                            }
-                            for b in 0..<Bw {
-                                for h in 0..<H {
-                                    let q = tp + b * N * ld + h * hs
-                                    let S = sp + (b * H + h) * NN
-                                    let dq = dtp + b * N * ld + h * hs
-                                    // dq (N, kd) = scale · dS (N, N) · k (N, kd)
-                                    gemm(m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q + kd, ldb: ld,
-                                         c: dq, ldc: ld)
-                                    // dk (N, kd) = scale · dSᵀ (N, N) · q (N, kd)
-                                    gemm(transA: true, m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q, ldb: ld,
-                                         c: dq + kd, ldc: ld)
                                 }
                             }
                         }

@@ -7,6 +7,12 @@ import Tensor
 /// (MobileSAM's TinyViT uses drop_path_rate 0 for inference; a student that wants stochastic
 /// depth composes it around these blocks).
 
+extension ForwardMode {
+    /// Inference proper (running statistics, nothing kept): BatchNorm can be folded into the
+    /// preceding conv and activations fused into its output pass.
+    public var foldsBatchNorm: Bool { !batchStatistics && !keepsActivations }
+}
+
 /// `Conv2d_BN`: a bias-free `Conv2d` followed by `BatchNorm2d`.
 /// Keys: `c.weight` (O, I/groups, k, k), `bn.weight`, `bn.bias`, `bn.running_mean`, `bn.running_var` (O).
 public final class Conv2dBN: Module {
@@ -25,9 +31,42 @@ public final class Conv2dBN: Module {
 
     public func namedParameters() -> [(String, Parameter)] { prefixed("c.", conv) + prefixed("bn.", bn) }
 
-    /// x: (B, I, H, W) -> (B, O, Ho, Wo)
+    /// x: (B, I, H, W) -> (B, O, Ho, Wo). Inference (`mode.foldsBatchNorm`) runs the conv with
+    /// BatchNorm folded into its weights (`foldedParameters`), one pass over the output.
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
-        bn.forward(conv.forward(x, mode: mode), mode: mode)
+        forward(x, mode: mode, residual: nil, activation: nil)
+    }
+
+    /// y = activation(BN(conv(x)) + residual), residual: (B, O, Ho, Wo) or nil. Inference runs the
+    /// folded conv with the bias, residual and activation fused into the conv's output pass
+    /// (nothing kept). Other modes run conv and BatchNorm as layers (kept for `backward`, which
+    /// covers conv and BatchNorm only: callers that pass a residual or an activation keep what
+    /// their own backward needs, as MBConv does).
+    public func forward(_ x: Tensor, mode: ForwardMode, residual: Tensor?, activation: Activation?) -> Tensor {
+        if mode.foldsBatchNorm {
+            let (w, b) = foldedParameters()
+            return conv.forwardInference(x, weight: w, bias: b, residual: residual, activation: activation)
+        }
+        var y = bn.forward(conv.forward(x, mode: mode), mode: mode)
+        if let residual { y.add(residual) }
+        if let activation { activation.apply(&y) }
+        return y
+    }
+
+    /// BatchNorm's running-statistics affine map folded into the conv: with
+    /// s[o] = γ[o] / √(running_var[o] + eps), w'[o, …] = w[o, …] · s[o] and b'[o] = β[o] − mean[o] · s[o].
+    /// Computed from the current values on every call (O·K multiplies, nothing cached), so it is
+    /// always in step with `load` and optimiser updates.
+    public func foldedParameters() -> (weight: Tensor, bias: [Float]) {
+        let O = conv.outputChannels, w = conv.weight.value, K = w.count / O
+        var fw = Tensor.empty(w.shape)
+        var fb = [Float](repeating: 0, count: O)
+        for o in 0..<O {
+            let sc = bn.weight.value.data[o] / (bn.runningVar.value.data[o] + bn.eps).squareRoot()
+            for i in 0..<K { fw.data[o * K + i] = w.data[o * K + i] * sc }
+            fb[o] = bn.bias.value.data[o] - bn.runningMean.value.data[o] * sc
+        }
+        return (fw, fb)
     }
 
     /// dy: (B, O, Ho, Wo) -> dx: (B, I, H, W)
@@ -61,6 +100,10 @@ public final class PatchEmbed: Module {
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == inputChannels,
                      "PatchEmbed(\(inputChannels)→\(embedDim)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
+        if mode.foldsBatchNorm {
+            preActivation = nil
+            return conv2.forward(conv1.forward(x, mode: mode, residual: nil, activation: .gelu), mode: mode)
+        }
         let a = conv1.forward(x, mode: mode)
         preActivation = mode.keepsActivations ? a : nil
         return conv2.forward(Activation.gelu.forward(a), mode: mode)
@@ -110,6 +153,12 @@ public final class MBConv: Module {
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == inputChannels,
                      "MBConv(\(inputChannels), hidden \(hiddenChannels)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
+        if mode.foldsBatchNorm {
+            a1 = nil; a2 = nil; a3 = nil
+            let g1 = conv1.forward(x, mode: mode, residual: nil, activation: .gelu)
+            let g2 = conv2.forward(g1, mode: mode, residual: nil, activation: .gelu)
+            return conv3.forward(g2, mode: mode, residual: x, activation: .gelu)
+        }
         let h1 = conv1.forward(x, mode: mode)
         let h2 = conv2.forward(Activation.gelu.forward(h1), mode: mode)
         var h3 = conv3.forward(Activation.gelu.forward(h2), mode: mode)
@@ -189,6 +238,12 @@ public final class PatchMerging: Module {
             precondition(x.rank == 4 && x.shape[1] == dim,
                          "\(name): expected input of shape (B, \(inputResolution.height * inputResolution.width), \(dim)) or (B, \(dim), H, W), got \(x.shape)")
             map = x
+        }
+        if mode.foldsBatchNorm {
+            a1 = nil; a2 = nil; inputShape = []
+            let g1 = conv1.forward(map, mode: mode, residual: nil, activation: .gelu)
+            let g2 = conv2.forward(g1, mode: mode, residual: nil, activation: .gelu)
+            return ConvLayout.mapToTokens(conv3.forward(g2, mode: mode))
         }
         let h1 = conv1.forward(map, mode: mode)
         let h2 = conv2.forward(Activation.gelu.forward(h1), mode: mode)

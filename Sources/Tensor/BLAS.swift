@@ -51,3 +51,21 @@ public enum BLASThreads {
     public static func set(_ n: Int) { openblas_set_num_threads(Int32(n)) }
     public static var current: Int { Int(openblas_get_num_threads()) }
 }
+
+/// Runs `body(range)` over `0..<n` split into contiguous chunks on the toolkit's workers with
+/// OpenBLAS single-threaded meanwhile: each worker's `gemm` calls run on that worker's thread, so
+/// the cores are never oversubscribed. For many small independent GEMMs (attention windows,
+/// conv blocks with an in-cache epilogue). OpenBLAS's own thread count is restored afterwards.
+/// (Concurrent single-threaded `cblas_sgemm` calls are supported by OpenBLAS's threaded builds,
+/// whose buffer allocator is locked; `BLASTests` checks the results against serial calls.)
+public func parallelChunksSerialBLAS(_ n: Int, _ body: (Range<Int>) -> Void) {
+    let workers = Swift.min(Threads.count, n)
+    if workers <= 1 {
+        if n > 0 { body(0..<n) }
+        return
+    }
+    let saved = BLASThreads.current
+    if saved != 1 { BLASThreads.set(1) }
+    defer { if saved != 1 { BLASThreads.set(saved) } }
+    parallelChunks(n, minimumWork: 0, body)
+}

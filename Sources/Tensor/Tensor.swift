@@ -25,9 +25,13 @@ public struct Tensor: Sendable {
         self.data = [Float](repeating: value, count: shape.reduce(1, *))
     }
 
-    /// Uninitialised-looking storage for outputs that a kernel overwrites completely.
-    /// (Swift has no uninitialised arrays; this zero-fills, which is cheap next to the kernels.)
-    public static func empty(_ shape: [Int]) -> Tensor { Tensor(zeros: shape) }
+    /// UNINITIALISED storage for outputs that a kernel overwrites completely (every value must be
+    /// written before it is read). Zero-filling a 67 MB activation costs as much as a GELU pass;
+    /// use `Tensor(zeros:)` where a kernel accumulates into its output.
+    public static func empty(_ shape: [Int]) -> Tensor {
+        let n = shape.reduce(1, *)
+        return Tensor(shape: shape, data: [Float](unsafeUninitializedCapacity: n) { _, count in count = n })
+    }
 
     public var count: Int { data.count }
     public var rank: Int { shape.count }

@@ -13,12 +13,16 @@ struct BenchOptions: ParsableArguments {
     @Option(help: "Timed repetitions per measurement (the median is reported).")
     var repeats = 5
 
+    @Flag(help: "Time with the process's CPU time (all threads) instead of wall time: steadier on a loaded machine, best with --threads 1.")
+    var cpuTime = false
+
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         if repeats < 1 { throw ValidationError("--repeats must be at least 1") }
     }
 
     func apply() {
+        BenchClock.usesCPUTime = cpuTime
         if let threads {
             Threads.count = threads
             BLASThreads.set(threads)
@@ -30,17 +34,32 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure speed: GEMM throughput, per-layer forward/backward times.",
         discussion: "Benchmarks are commands, never tests. Compare with Scripts/bench_pytorch.py on the same machine.",
-        subcommands: [BenchGemm.self, BenchLayers.self, BenchEncoder.self, BenchDecoder.self])
+        subcommands: [BenchGemm.self, BenchLayers.self, BenchEncoder.self, BenchTrain.self, BenchDecoder.self])
 }
 
-/// Median wall time in seconds of `body` over `repeats` runs, after one warm-up run.
+/// The benchmarks' clock: wall time, or the process's CPU time (`--cpu-time`).
+enum BenchClock {
+    nonisolated(unsafe) static var usesCPUTime = false
+
+    /// Seconds on the chosen clock.
+    static func now() -> Double {
+        if usesCPUTime {
+            var t = timespec()
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+            return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+        }
+        return Double(DispatchTime.now().uptimeNanoseconds) / 1e9
+    }
+}
+
+/// Median time in seconds (wall, or CPU with --cpu-time) of `body` over `repeats` runs, after one warm-up run.
 func medianSeconds(repeats: Int, _ body: () -> Void) -> Double {
     body()
     var times: [Double] = []
     for _ in 0..<repeats {
-        let t0 = DispatchTime.now().uptimeNanoseconds
+        let t0 = BenchClock.now()
         body()
-        times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        times.append(BenchClock.now() - t0)
     }
     times.sort()
     return times[times.count / 2]

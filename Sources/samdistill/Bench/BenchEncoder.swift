@@ -35,6 +35,9 @@ struct BenchEncoder: ParsableCommand {
     @Option(help: "Input side in pixels (MobileSAM: 1024).")
     var imageSize = 1024
 
+    @Option(help: "Real weights (.pt/.pth with `image_encoder.` keys, or an encoder .safetensors); random weights when absent.")
+    var checkpoint: String?
+
     func validate() throws {
         if batch < 1 { throw ValidationError("--batch must be at least 1") }
         if imageSize < 64 || imageSize % 64 != 0 { throw ValidationError("--image-size must be a positive multiple of 64") }
@@ -46,8 +49,12 @@ struct BenchEncoder: ParsableCommand {
         config.imageSize = imageSize
         let model = TinyViT(config)
         var rng = SeededRandom(seed: 1)
-        for (_, p) in model.namedParameters() where p.isTrainable {
-            p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
+        if let checkpoint {
+            try loadEncoderWeights(model, from: checkpoint)
+        } else {
+            for (_, p) in model.namedParameters() where p.isTrainable {
+                p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
+            }
         }
         let x = Tensor.randomNormal([batch, 3, imageSize, imageSize], rng: &rng)
         let baseline = peakResidentMiB()
@@ -72,8 +79,28 @@ struct BenchEncoder: ParsableCommand {
                      mode == .train ? ", counting backward as 2× forward" : "", peak, baseline))
         if options.json {
             printJSON(["bench": "encoder", "mode": mode.rawValue, "batch": batch, "image_size": imageSize,
-                       "threads": Threads.count, "seconds": seconds, "gflops": gflop / seconds,
+                       "threads": Threads.count, "seconds": seconds, "median_ms": seconds * 1e3,
+                       "weights": checkpoint ?? "random", "gflops": gflop / seconds,
                        "peak_rss_mib": peak, "baseline_rss_mib": baseline])
         }
+    }
+}
+
+/// Loads a TinyViT encoder's weights from a full MobileSAM checkpoint (keys `image_encoder.…`) or
+/// from a file holding the encoder's own keys; the classification head is ignored.
+func loadEncoderWeights(_ model: TinyViT, from path: String) throws {
+    let w = try WeightsFile(contentsOf: URL(fileURLWithPath: path))
+    let prefix = "image_encoder."
+    var tensors: [String: Tensor] = [:]
+    if w.tensors.keys.contains(where: { $0.hasPrefix(prefix) }) {
+        for (k, v) in w.tensors where k.hasPrefix(prefix) { tensors[String(k.dropFirst(prefix.count))] = v }
+    } else {
+        tensors = w.tensors
+    }
+    do {
+        try model.load(tensors, ignoring: TinyViT.ignoredKeys)
+    } catch var e as WeightLoadingError {
+        e.source = path
+        throw e
     }
 }

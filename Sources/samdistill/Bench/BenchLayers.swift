@@ -19,6 +19,12 @@ struct BenchLayers: ParsableCommand {
     @Option(help: "Input side in pixels (MobileSAM: 1024).")
     var imageSize = 1024
 
+    @Option(help: "Only the layers whose name contains this text (e.g. MBConv), for profiling one kernel.")
+    var only: String?
+
+    @Flag(help: "Inference forward only (skip the training forward and backward).")
+    var inferenceOnly = false
+
     func validate() throws {
         if imageSize < 64 || imageSize % 64 != 0 { throw ValidationError("--image-size must be a positive multiple of 64") }
     }
@@ -30,7 +36,8 @@ struct BenchLayers: ParsableCommand {
         let model = TinyViT(config)
         var rng = SeededRandom(seed: 1)
         for (_, p) in model.namedParameters() where p.isTrainable {
-            p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
+            // uniform with std 0.02 (cheap to draw: profiling runs spend little outside the layers)
+            p.value = .randomUniform(p.value.shape, -0.0346, 0.0346, rng: &rng)
         }
         let res = config.stageResolutions, dims = config.embedDims
         // (name, module forward, module backward, input)
@@ -39,7 +46,7 @@ struct BenchLayers: ParsableCommand {
             rows.append((name, f, b, input))
         }
         let pe = model.patchEmbed
-        add("patch_embed 3→\(dims[0]) @\(imageSize)", .randomNormal([1, 3, imageSize, imageSize], rng: &rng),
+        add("patch_embed 3→\(dims[0]) @\(imageSize)", .randomUniform([1, 3, imageSize, imageSize], -1.73, 1.73, rng: &rng),
             { pe.forward($0, mode: $1) }, { pe.backward($0) })
         let mb = model.convStage.blocks[0]
         add("MBConv \(dims[0]) @\(res[0])", .randomNormal([1, dims[0], res[0], res[0]], rng: &rng),
@@ -58,25 +65,30 @@ struct BenchLayers: ParsableCommand {
             }
         }
         let neck = model.neck, R = res.last!
-        add("neck \(dims.last!)→\(config.neckChannels) @\(R)", .randomNormal([1, dims.last!, R, R], rng: &rng),
+        add("neck \(dims.last!)→\(config.neckChannels) @\(R)", .randomUniform([1, dims.last!, R, R], -1.73, 1.73, rng: &rng),
             { neck.forward($0, mode: $1) }, { neck.backward($0) })
 
-        print("threads: \(Threads.count)  image: \(imageSize)×\(imageSize)  batch 1  (median of \(options.repeats))")
+        print("threads: \(Threads.count)  image: \(imageSize)×\(imageSize)  batch 1  (median of \(options.repeats), \(options.cpuTime ? "CPU" : "wall") time)")
         print("layer".padding(toLength: 40, withPad: " ", startingAt: 0) + "  inference ms   train fwd ms   backward ms")
         var results: [[String: Any]] = []
-        for (name, f, b, x) in rows {
+        for (name, f, b, x) in rows where only.map({ name.contains($0) }) ?? true {
             let inf = medianSeconds(repeats: options.repeats) { _ = f(x, .inference) }
+            if inferenceOnly {
+                print(name.padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "  %12.1f", inf * 1e3))
+                results.append(["layer": name, "inference_ms": inf * 1e3])
+                continue
+            }
             let y = f(x, .training)
             let dy = Tensor(repeating: 0.01, shape: y.shape)
             _ = b(dy)
             var fwd: [Double] = [], bwd: [Double] = []
             for _ in 0..<options.repeats {
-                var t0 = DispatchTime.now().uptimeNanoseconds
+                var t0 = BenchClock.now()
                 _ = f(x, .training)
-                fwd.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-                t0 = DispatchTime.now().uptimeNanoseconds
+                fwd.append(BenchClock.now() - t0)
+                t0 = BenchClock.now()
                 _ = b(dy)
-                bwd.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                bwd.append(BenchClock.now() - t0)
             }
             let tf = fwd.sorted()[fwd.count / 2], tb = bwd.sorted()[bwd.count / 2]
             print(name.padding(toLength: 40, withPad: " ", startingAt: 0)
