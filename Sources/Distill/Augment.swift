@@ -201,7 +201,7 @@ public struct PaddedImage: Sendable {
 
     /// (1, 3, size, size) normalised input for the encoder.
     public func normalised() -> Tensor {
-        var t = Tensor.empty([1, 3, size, size])
+        var t = Tensor(zeros: [1, 3, size, size])
         t.data.withUnsafeMutableBufferPointer { normalise(into: $0.baseAddress!) }
         return t
     }

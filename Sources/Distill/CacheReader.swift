@@ -196,7 +196,7 @@ public final class CacheReader {
     /// One complete row, as stored (embedding widened to Float32).
     public func row(_ row: Int) throws -> CacheRow {
         let (w, local) = try locate(row)
-        var e = Tensor.empty(embeddingShape)
+        var e = Tensor(zeros: embeddingShape)
         try e.data.withUnsafeMutableBufferPointer { try readEmbedding(w, local, into: $0.baseAddress!) }
         let os = try w.originalSize.readInts(rows: local, count: 1)
         let vp = try w.viewParams.readFloats(rows: local, count: 1)
@@ -212,8 +212,8 @@ public final class CacheReader {
     public func batch(rows: [Int]) throws -> CacheBatch {
         let B = rows.count, S = imageSize
         let C = embeddingShape[0], G = embeddingShape[1], G2 = embeddingShape[2]
-        var images = Tensor.empty([B, 3, S, S])
-        var embeddings = Tensor.empty([B, C, G, G2])
+        var images = Tensor(zeros: [B, 3, S, S])
+        var embeddings = Tensor(zeros: [B, C, G, G2])
         var valid: [ImageSize] = [], original: [ImageSize] = []
         for (b, r) in rows.enumerated() {
             let (w, local) = try locate(r)

@@ -90,7 +90,7 @@ public final class MaskDecoder: Module {
                                         sparsePromptEmbeddings: sparsePromptEmbeddings,
                                         densePromptEmbeddings: densePromptEmbeddings, outputs: range, mode: mode)
         let B = iou.shape[0], M = numMaskTokens
-        var sliced = Tensor.empty([B, range.count])
+        var sliced = Tensor(zeros: [B, range.count])
         for b in 0..<B { for (j, i) in range.enumerated() { sliced.data[b * range.count + j] = iou.data[b * M + i] } }
         return (masks, sliced)
     }
@@ -117,7 +117,7 @@ public final class MaskDecoder: Module {
 
         // tokens: (B, 1 + M + N, C)
         let T = 1 + M + N
-        var tokens = Tensor.empty([B, T, C])
+        var tokens = Tensor(zeros: [B, T, C])
         for b in 0..<B {
             let o = b * T * C
             for c in 0..<C { tokens.data[o + c] = iouToken.value.data[c] }
@@ -146,15 +146,15 @@ public final class MaskDecoder: Module {
         let D = C / 8, P = up.shape[2] * up.shape[3], K = outputs.count
 
         // hyper: (B, K, D), token i's MLP applied to hs[:, 1 + i]
-        var hyper = Tensor.empty([B, K, D])
+        var hyper = Tensor(zeros: [B, K, D])
         for (j, i) in outputs.enumerated() {
-            var rows = Tensor.empty([B, C])  // hs[:, 1 + i, :]
+            var rows = Tensor(zeros: [B, C])  // hs[:, 1 + i, :]
             for b in 0..<B { for c in 0..<C { rows.data[b * C + c] = hs.data[(b * T + 1 + i) * C + c] } }
             let out = outputHypernetworksMLPs[i].forward(rows, mode: mode)  // (B, D)
             for b in 0..<B { for d in 0..<D { hyper.data[(b * K + j) * D + d] = out.data[b * D + d] } }
         }
         // masks: (B, K, 4h, 4w), per prompt (K, D) · (D, P)
-        var masks = Tensor.empty([B, K, up.shape[2], up.shape[3]])
+        var masks = Tensor(zeros: [B, K, up.shape[2], up.shape[3]])
         hyper.data.withUnsafeBufferPointer { hb in
             up.data.withUnsafeBufferPointer { ub in
                 masks.data.withUnsafeMutableBufferPointer { mb in
@@ -166,7 +166,7 @@ public final class MaskDecoder: Module {
             }
         }
         // iou: (B, M) from hs[:, 0]
-        var iouIn = Tensor.empty([B, C])
+        var iouIn = Tensor(zeros: [B, C])
         for b in 0..<B { for c in 0..<C { iouIn.data[b * C + c] = hs.data[b * T * C + c] } }
         let iou = iouPredictionHead.forward(iouIn, mode: mode)
         return (masks, iou)

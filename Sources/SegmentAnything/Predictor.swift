@@ -254,9 +254,9 @@ public final class SAMPredictor {
         }
         let K = multimaskOutput ? model.maskDecoder.numMultimaskOutputs : 1
         let H = originalSize.height, W = originalSize.width, lh = size.height, lw = size.width
-        var masks = Tensor.empty([prompts.count, K, H, W])
-        var iou = Tensor.empty([prompts.count, K])
-        var lowRes = Tensor.empty([prompts.count, K, lh, lw])
+        var masks = Tensor(zeros: [prompts.count, K, H, W])
+        var iou = Tensor(zeros: [prompts.count, K])
+        var lowRes = Tensor(zeros: [prompts.count, K, lh, lw])
         for (shape, members) in groups {
             let B = members.count, N = shape.points
             var points: PromptPoints?

@@ -80,7 +80,7 @@ public final class PositionEmbeddingRandom: Module {
             normalised[2 * i] /= Float(imageSize.width)
             normalised[2 * i + 1] /= Float(imageSize.height)
         }
-        var out = Tensor.empty([points.shape[0], points.shape[1], 2 * numPosFeats])
+        var out = Tensor(zeros: [points.shape[0], points.shape[1], 2 * numPosFeats])
         normalised.withUnsafeBufferPointer { cb in
             out.data.withUnsafeMutableBufferPointer { encode(cb.baseAddress!, count: n, into: $0.baseAddress!) }
         }
@@ -279,7 +279,7 @@ public final class PromptEncoder: Module {
         if let boxes { parts.append(embedBoxes(boxes)) }
         let N = parts.reduce(0) { $0 + $1.shape[1] }
         // sparse: (B, N, C), the parts concatenated along dim 1
-        var sparse = Tensor.empty([B, N, C])
+        var sparse = Tensor(zeros: [B, N, C])
         var offset = 0
         for part in parts {
             let n = part.shape[1]
@@ -293,7 +293,7 @@ public final class PromptEncoder: Module {
             dense = embedMasks(masks, mode: mode)
         } else {
             let (h, w) = imageEmbeddingSize
-            var d = Tensor.empty([B, C, h, w])
+            var d = Tensor(zeros: [B, C, h, w])
             let e = noMaskEmbed.value.data
             d.data.withUnsafeMutableBufferPointer { db in
                 let dp = db.baseAddress!

@@ -327,7 +327,7 @@ public final class SAMModel: Module {
         // Axis tables: the first resize h → S (rows < Hi kept), w → S (columns < Wi kept).
         let rows1 = BilinearAxis(inSize: h, outSize: S, count: Hi), cols1 = BilinearAxis(inSize: w, outSize: S, count: Wi)
         let rows2 = BilinearAxis(inSize: Hi, outSize: Ho, count: Ho), cols2 = BilinearAxis(inSize: Wi, outSize: Wo, count: Wo)
-        var out = Tensor.empty([masks.shape[0], masks.shape[1], Ho, Wo])
+        var out = Tensor(zeros: [masks.shape[0], masks.shape[1], Ho, Wo])
         // mid: (Hi, Wi) scratch per mask
         var mid = [Float](repeating: 0, count: Hi * Wi)
         masks.data.withUnsafeBufferPointer { mb in

@@ -29,7 +29,7 @@ func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> Strin
 func tokensFromMap(_ x: Tensor) -> Tensor {
     precondition(x.rank == 4, "tokensFromMap: expected (B, C, H, W), got \(x.shape)")
     let B = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
-    var out = Tensor.empty([B, P, C])
+    var out = Tensor(zeros: [B, P, C])
     x.data.withUnsafeBufferPointer { xb in
         out.data.withUnsafeMutableBufferPointer { ob in
             let xp = xb.baseAddress!, op = ob.baseAddress!
@@ -51,7 +51,7 @@ func tokensFromMap(_ x: Tensor) -> Tensor {
 func mapFromTokens(_ x: Tensor, height H: Int, width W: Int) -> Tensor {
     precondition(x.rank == 3 && x.shape[1] == H * W, "mapFromTokens: expected (B, \(H * W), C), got \(x.shape)")
     let B = x.shape[0], P = H * W, C = x.shape[2]
-    var out = Tensor.empty([B, C, H, W])
+    var out = Tensor(zeros: [B, C, H, W])
     x.data.withUnsafeBufferPointer { xb in
         out.data.withUnsafeMutableBufferPointer { ob in
             let xp = xb.baseAddress!, op = ob.baseAddress!

@@ -38,7 +38,7 @@ enum TestData {
     /// 0.12 · sin(2π((1 + c mod 4)·u + 0.137c)) · cos(2π((1 + 7c mod 5)·v + 0.071c)) + 0.05 · sin(0.7c + 6uv),
     /// u = x/64, v = y/64, in Double, rounded to Float.
     static func syntheticEmbedding() -> Tensor {
-        var e = Tensor.empty([1, 256, 64, 64])
+        var e = Tensor(zeros: [1, 256, 64, 64])
         for c in 0..<256 {
             let cd = Double(c)
             for y in 0..<64 {
@@ -56,7 +56,7 @@ enum TestData {
     /// The synthetic mask inputs of sam_decoder.py: (B, 1, 256, 256),
     /// (3600 − ((x − 128 − 20b)² + (y − 110)²)) / 400 in Float.
     static func syntheticMasks(_ B: Int) -> Tensor {
-        var m = Tensor.empty([B, 1, 256, 256])
+        var m = Tensor(zeros: [B, 1, 256, 256])
         for b in 0..<B {
             for y in 0..<256 {
                 for x in 0..<256 {
@@ -74,7 +74,7 @@ func subsample(_ x: Tensor, channelStride sb: Int = 1, rowOffset oc: Int, rowStr
                columnOffset od: Int, columnStride sd: Int) -> Tensor {
     let (A, Bc, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     let nb = (Bc + sb - 1) / sb, nh = (H - oc + sc - 1) / sc, nw = (W - od + sd - 1) / sd
-    var out = Tensor.empty([A, nb, nh, nw])
+    var out = Tensor(zeros: [A, nb, nh, nw])
     var i = 0
     for a in 0..<A { for b in 0..<nb { for c in 0..<nh { for d in 0..<nw {
         out.data[i] = x.data[((a * Bc + b * sb) * H + oc + c * sc) * W + od + d * sd]
@@ -188,7 +188,7 @@ final class DecoderTests: XCTestCase {
                                   densePromptEmbeddings: dense, mode: .inference)
         XCTAssertEqual(all.masks.shape, [2, 4, 256, 256])
         XCTAssertEqual(all.iouPredictions.shape, [2, 4])
-        var repeated = Tensor.empty([2, 256, 64, 64])
+        var repeated = Tensor(zeros: [2, 256, 64, 64])
         repeated.data = embedding.data + embedding.data
         let perPrompt = md.predictMasks(imageEmbeddings: repeated, imagePE: densePE, sparsePromptEmbeddings: sparse,
                                         densePromptEmbeddings: dense, mode: .inference)
