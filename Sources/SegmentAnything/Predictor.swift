@@ -253,31 +253,22 @@ public final class SAMPredictor {
             if let g = groupIndex[s] { groups[g].1.append(i) } else { groupIndex[s] = groups.count; groups.append((s, [i])) }
         }
         let K = multimaskOutput ? model.maskDecoder.numMultimaskOutputs : 1
+        if groups.count == 1 {
+            // One structure (the usual case): the batch is already in the prompts' order.
+            return try predictBatch(points: Self.points(prompts, transform: transform, originalSize: originalSize),
+                                    boxes: Self.boxes(prompts, transform: transform, originalSize: originalSize),
+                                    maskInputs: Self.maskInputs(prompts, size: size),
+                                    multimaskOutput: multimaskOutput, returnLogits: returnLogits)
+        }
         let H = originalSize.height, W = originalSize.width, lh = size.height, lw = size.width
         var masks = Tensor(zeros: [prompts.count, K, H, W])
         var iou = Tensor(zeros: [prompts.count, K])
         var lowRes = Tensor(zeros: [prompts.count, K, lh, lw])
-        for (shape, members) in groups {
-            let B = members.count, N = shape.points
-            var points: PromptPoints?
-            if N > 0 {
-                var coords = [Double](), labels = [Int]()
-                for i in members {
-                    for p in prompts[i].points { coords += [p.x, p.y]; labels.append(p.label) }
-                }
-                let mapped = transform.applyCoords(coords, originalSize: originalSize)
-                points = PromptPoints(coords: Tensor(shape: [B, N, 2], data: mapped.map { Float($0) }), labels: labels)
-            }
-            var boxes: Tensor?
-            if shape.box {
-                var flat = [Double]()
-                for i in members { let b = prompts[i].box!; flat += [b.x0, b.y0, b.x1, b.y1] }
-                boxes = Tensor(shape: [B, 4], data: transform.applyBoxes(flat, originalSize: originalSize).map { Float($0) })
-            }
-            var maskInputs: Tensor?
-            if shape.mask {
-                maskInputs = Tensor(shape: [B, 1, lh, lw], data: members.flatMap { prompts[$0].maskInput!.data })
-            }
+        for (_, members) in groups {
+            let group = members.map { prompts[$0] }
+            let points = Self.points(group, transform: transform, originalSize: originalSize)
+            let boxes = Self.boxes(group, transform: transform, originalSize: originalSize)
+            let maskInputs = Self.maskInputs(group, size: size)
             let r = try predictBatch(points: points, boxes: boxes, maskInputs: maskInputs,
                                      multimaskOutput: multimaskOutput, returnLogits: returnLogits)
             for (j, i) in members.enumerated() {
@@ -288,6 +279,30 @@ public final class SAMPredictor {
             }
         }
         return SAMPrediction(masks: masks, iouPredictions: iou, lowResLogits: lowRes, areLogits: returnLogits)
+    }
+
+    /// Points (B, N, 2) in the input frame + labels of prompts sharing one structure (nil: no points).
+    static func points(_ prompts: [SAMPrompt], transform: ResizeLongestSide, originalSize: ImageSize) -> PromptPoints? {
+        let N = prompts[0].points.count
+        guard N > 0 else { return nil }
+        var coords = [Double](), labels = [Int]()
+        for p in prompts { for q in p.points { coords += [q.x, q.y]; labels.append(q.label) } }
+        let mapped = transform.applyCoords(coords, originalSize: originalSize)
+        return PromptPoints(coords: Tensor(shape: [prompts.count, N, 2], data: mapped.map { Float($0) }), labels: labels)
+    }
+
+    /// Boxes (B, 4) in the input frame (nil: no boxes).
+    static func boxes(_ prompts: [SAMPrompt], transform: ResizeLongestSide, originalSize: ImageSize) -> Tensor? {
+        guard prompts[0].box != nil else { return nil }
+        var flat = [Double]()
+        for p in prompts { let b = p.box!; flat += [b.x0, b.y0, b.x1, b.y1] }
+        return Tensor(shape: [prompts.count, 4], data: transform.applyBoxes(flat, originalSize: originalSize).map { Float($0) })
+    }
+
+    /// Mask inputs (B, 1, h, w) (nil: none).
+    static func maskInputs(_ prompts: [SAMPrompt], size: (height: Int, width: Int)) -> Tensor? {
+        guard prompts[0].maskInput != nil else { return nil }
+        return Tensor(shape: [prompts.count, 1, size.height, size.width], data: prompts.flatMap { $0.maskInput!.data })
     }
 
     /// `predict_torch`: B prompts already in the encoder's input frame (`transform.applyCoords` /

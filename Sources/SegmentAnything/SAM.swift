@@ -327,16 +327,21 @@ public final class SAMModel: Module {
         // Axis tables: the first resize h → S (rows < Hi kept), w → S (columns < Wi kept).
         let rows1 = BilinearAxis(inSize: h, outSize: S, count: Hi), cols1 = BilinearAxis(inSize: w, outSize: S, count: Wi)
         let rows2 = BilinearAxis(inSize: Hi, outSize: Ho, count: Ho), cols2 = BilinearAxis(inSize: Wi, outSize: Wo, count: Wo)
-        var out = Tensor(zeros: [masks.shape[0], masks.shape[1], Ho, Wo])
-        // mid: (Hi, Wi) scratch per mask
-        var mid = [Float](repeating: 0, count: Hi * Wi)
+        // Every output value is written by the second resize.
+        var out = Tensor.empty([masks.shape[0], masks.shape[1], Ho, Wo])
         masks.data.withUnsafeBufferPointer { mb in
             out.data.withUnsafeMutableBufferPointer { ob in
-                mid.withUnsafeMutableBufferPointer { tb in
-                    let t = tb.baseAddress!
-                    for i in 0..<n {
-                        bilinear(mb.baseAddress! + i * h * w, width: w, rows: rows1, cols: cols1, into: t)
-                        bilinear(UnsafePointer(t), width: Wi, rows: rows2, cols: cols2, into: ob.baseAddress! + i * Ho * Wo)
+                let src = mb.baseAddress!, dst = ob.baseAddress!
+                // Masks are independent: split them across workers, each with its own
+                // mid: (Hi, Wi) scratch.
+                parallelChunks(n, costPerItem: Ho * Wo + Hi * Wi, minimumWork: 1 << 18) { range in
+                    var mid = [Float](repeating: 0, count: Hi * Wi)
+                    mid.withUnsafeMutableBufferPointer { tb in
+                        let t = tb.baseAddress!
+                        for i in range {
+                            bilinear(src + i * h * w, width: w, rows: rows1, cols: cols1, into: t)
+                            bilinear(UnsafePointer(t), width: Wi, rows: rows2, cols: cols2, into: dst + i * Ho * Wo)
+                        }
                     }
                 }
             }
