@@ -105,4 +105,37 @@ final class TensorTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("'a'"), "error names the entry: \(error)")
         }
     }
+
+    /// Headers that lie: offsets that do not match the shape, a range past the end of the file,
+    /// a header length larger than the file, a non-JSON header. Each is a typed error naming the
+    /// file, never a crash.
+    func testSafeTensorsRejectsLyingHeaders() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lie-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func file(_ header: String, payload: Int, headerLength: UInt64? = nil) throws -> URL {
+            let url = dir.appendingPathComponent("\(UUID()).safetensors")
+            var d = Data()
+            var n = (headerLength ?? UInt64(header.utf8.count)).littleEndian
+            withUnsafeBytes(of: &n) { d.append(contentsOf: $0) }
+            d.append(Data(header.utf8))
+            d.append(Data(repeating: 0, count: payload))
+            try d.write(to: url)
+            return url
+        }
+        let cases: [(String, URL)] = [
+            ("shape/offset mismatch", try file(#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#, payload: 16)),
+            ("range past the end", try file(#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, payload: 8)),
+            ("negative offset", try file(#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}"#, payload: 8)),
+            ("header length beyond the file", try file(#"{}"#, payload: 0, headerLength: 1 << 40)),
+            ("not JSON", try file("not json at all", payload: 0)),
+            ("unknown dtype", try file(#"{"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,1]}}"#, payload: 1)),
+        ]
+        for (name, url) in cases {
+            XCTAssertThrowsError(try SafeTensors.read(url), name) { error in
+                XCTAssertTrue(error is SafeTensors.FormatError, "\(name): \(error)")
+                XCTAssertTrue("\(error)".contains(url.path), "\(name): error names the file: \(error)")
+            }
+        }
+    }
 }
