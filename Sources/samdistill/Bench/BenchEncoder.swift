@@ -45,17 +45,9 @@ struct BenchEncoder: ParsableCommand {
 
     func run() throws {
         options.apply()
-        var config = TinyViTConfig.mobileSAM
-        config.imageSize = imageSize
-        let model = TinyViT(config)
         var rng = SeededRandom(seed: 1)
-        if let checkpoint {
-            try loadEncoderWeights(model, from: checkpoint)
-        } else {
-            for (_, p) in model.namedParameters() where p.isTrainable {
-                p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
-            }
-        }
+        let model = try benchEncoder(imageSize: imageSize, checkpoint: checkpoint, rng: &rng)
+        let config = model.config
         let x = Tensor.randomNormal([batch, 3, imageSize, imageSize], rng: &rng)
         let baseline = peakResidentMiB()
         let seconds: Double
@@ -88,6 +80,22 @@ struct BenchEncoder: ParsableCommand {
 
 /// Loads a TinyViT encoder's weights from a full MobileSAM checkpoint (keys `image_encoder.…`) or
 /// from a file holding the encoder's own keys; the classification head is ignored.
+/// MobileSAM's TinyViT at `imageSize`: the checkpoint's `image_encoder.` weights when given,
+/// else seeded N(0, 0.02²) weights (what every encoder benchmark runs).
+func benchEncoder(imageSize: Int, checkpoint: String?, rng: inout SeededRandom) throws -> TinyViT {
+    var config = TinyViTConfig.mobileSAM
+    config.imageSize = imageSize
+    let model = TinyViT(config)
+    if let checkpoint {
+        try loadEncoderWeights(model, from: checkpoint)
+    } else {
+        for (_, p) in model.namedParameters() where p.isTrainable {
+            p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
+        }
+    }
+    return model
+}
+
 func loadEncoderWeights(_ model: TinyViT, from path: String) throws {
     let w = try WeightsFile(contentsOf: URL(fileURLWithPath: path))
     let prefix = "image_encoder."

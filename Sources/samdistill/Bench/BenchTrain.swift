@@ -34,17 +34,9 @@ struct BenchTrain: ParsableCommand {
 
     func run() throws {
         options.apply()
-        var config = TinyViTConfig.mobileSAM
-        config.imageSize = imageSize
-        let model = TinyViT(config)
         var rng = SeededRandom(seed: 1)
-        if let checkpoint {
-            try loadEncoderWeights(model, from: checkpoint)
-        } else {
-            for (_, p) in model.namedParameters() where p.isTrainable {
-                p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
-            }
-        }
+        let model = try benchEncoder(imageSize: imageSize, checkpoint: checkpoint, rng: &rng)
+        let config = model.config
         let R = model.outputResolution
         let x = Tensor.randomNormal([batch, 3, imageSize, imageSize], rng: &rng)
         let target = Tensor.randomNormal([batch, config.neckChannels, R, R], rng: &rng)
