@@ -43,9 +43,17 @@ public struct DataConfig: Codable, Equatable, Sendable {
     public var valFraction: Double = 0
     /// A text file of image ids (one per line) forming the validation set.
     public var valList: String? = nil
+    /// Where `samdistill cache --config` reads images from (searched recursively); the cache it
+    /// writes is `train[0]`.
+    public var images: String? = nil
+    /// Views per training image when caching (1 = plain SAM preprocessing).
+    public var views: Int = 1
+    /// Embedding storage in the cache: `f16` or `f32`.
+    public var cacheDType: String = "f16"
 
     enum CodingKeys: String, CodingKey {
         case train, trainSplit = "train_split", valSplit = "val_split", valFraction = "val_fraction", valList = "val_list"
+        case images, views, cacheDType = "cache_dtype"
     }
     public init() {}
 }
@@ -357,6 +365,15 @@ extension DataConfig {
             if !(0..<1).contains(f) { r.problem("val_fraction", "must be in [0, 1), got \(f)") }
         }
         valList = r.string("val_list")
+        images = r.string("images")
+        if let v = r.int("views") {
+            views = v
+            if v < 1 { r.problem("views", "must be at least 1, got \(v)") }
+        }
+        if let d = r.string("cache_dtype") {
+            cacheDType = d
+            if !["f16", "f32"].contains(d) { r.problem("cache_dtype", "must be f16 or f32, got '\(d)'") }
+        }
     }
 }
 
@@ -585,7 +602,8 @@ extension RunConfig {
         let root = map([
             ("data", map([("train", strings(data.train)), ("train_split", n(data.trainSplit)),
                           ("val_split", data.valSplit.map { n($0) } ?? null), ("val_fraction", n(data.valFraction)),
-                          ("val_list", data.valList.map { n($0) })])),
+                          ("val_list", data.valList.map { n($0) }), ("images", data.images.map { n($0) }),
+                          ("views", n(data.views)), ("cache_dtype", n(data.cacheDType))])),
             ("teacher", map([("checkpoint", teacher.checkpoint.map { n($0) })])),
             ("student", student),
             ("init", initNode),

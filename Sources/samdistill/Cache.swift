@@ -26,26 +26,29 @@ struct Cache: ParsableCommand {
             tiny teachers the tests use).
             """)
 
+    @Option(help: "A run config (YAML): takes the folder from data.images, the output from data.train[0], the teacher from teacher.checkpoint, views / split / dtype from data.*, the seed from seed. Explicit flags override it.")
+    var config: String?
+
     @Option(help: "Folder of images (searched recursively).")
-    var images: String
+    var images: String?
 
     @Option(help: "Teacher weights (.pt, .pth or .safetensors).")
-    var teacher: String
+    var teacher: String?
 
     @Option(help: "JSON architecture of the teacher when it is not MobileSAM or SAM ViT-B/L/H.")
     var teacherConfig: String?
 
     @Option(help: "Output cache file (.h5); with --shard-size, the index of the shards.")
-    var out: String
+    var out: String?
 
     @Option(help: "Views per training image (1 = the plain SAM preprocessing).")
-    var views: Int = 1
+    var views: Int?
 
     @Option(help: "Seed of the augmentation.")
-    var seed: Int = 0
+    var seed: Int?
 
     @Option(help: "Embedding storage type: f16 or f32.")
-    var dtype: String = "f16"
+    var dtype: String?
 
     @Option(help: "Use only the first N images (in path order).")
     var limit: Int?
@@ -68,23 +71,53 @@ struct Cache: ParsableCommand {
     func validate() throws {
         if valList != nil && valFraction != nil { throw ValidationError("--val-list and --val-fraction exclude each other") }
         if let f = valFraction, !(0...1).contains(f) { throw ValidationError("--val-fraction must be within 0…1") }
-        if !["f16", "f32", "float16", "float32"].contains(dtype) { throw ValidationError("--dtype must be f16 or f32") }
-        if views < 1 { throw ValidationError("--views must be at least 1") }
+        if let dtype, !["f16", "f32", "float16", "float32"].contains(dtype) { throw ValidationError("--dtype must be f16 or f32") }
+        if let views, views < 1 { throw ValidationError("--views must be at least 1") }
         if let l = limit, l < 1 { throw ValidationError("--limit must be at least 1") }
         if let s = shardSize, s < 1 { throw ValidationError("--shard-size must be at least 1") }
+        if config == nil {
+            for (value, flag) in [(images, "--images"), (teacher, "--teacher"), (out, "--out")] where value == nil {
+                throw ValidationError("\(flag) is required (or give --config CONFIG)")
+            }
+        }
+    }
+
+    /// The settings in effect: flags, then the config's, then defaults. Errors name the config key.
+    func resolved() throws -> (images: String, teacher: String, out: String, views: Int, seed: Int, dtype: String,
+                               split: SplitRule) {
+        var cfg: RunConfig?
+        if let config { cfg = try RunConfig.load(URL(fileURLWithPath: config)) }
+        func need(_ value: String?, _ key: String) throws -> String {
+            guard let value else { throw CacheError("\(config ?? "config"): \(key) is not set (needed to build the cache)") }
+            return value
+        }
+        if let cfg, out == nil, cfg.data.train.count != 1 {
+            throw CacheError("\(config!): data.train must name exactly one cache file to write (it names \(cfg.data.train.count))")
+        }
+        let imagesPath = try need(images ?? cfg?.data.images, "data.images")
+        let teacherPath = try need(teacher ?? cfg?.teacher.checkpoint, "teacher.checkpoint")
+        let outPath = try need(out ?? cfg?.data.train.first, "data.train")
+        var split = SplitRule.none
+        if let f = valFraction { split = .fraction(f) } else if let l = valList {
+            split = try SplitRule.list(file: URL(fileURLWithPath: l))
+        } else if let d = cfg?.data {
+            if let l = d.valList { split = try SplitRule.list(file: URL(fileURLWithPath: l)) } else if d.valFraction > 0 { split = .fraction(d.valFraction) }
+        }
+        return (imagesPath, teacherPath, outPath, views ?? cfg?.data.views ?? 1, seed ?? cfg.map { Int($0.seed) } ?? 0,
+                dtype ?? cfg?.data.cacheDType ?? "f16", split)
     }
 
     func run() throws {
         do {
-            let t = try CacheTeacher.load(weights: URL(fileURLWithPath: teacher),
+            let r = try resolved()
+            let t = try CacheTeacher.load(weights: URL(fileURLWithPath: r.teacher),
                                           config: teacherConfig.map { URL(fileURLWithPath: $0) })
-            var o = CacheOptions(images: URL(fileURLWithPath: images), output: URL(fileURLWithPath: out))
-            o.views = views
-            o.seed = seed
-            o.embeddingDType = dtype.hasSuffix("32") ? "float32" : "float16"
+            var o = CacheOptions(images: URL(fileURLWithPath: r.images), output: URL(fileURLWithPath: r.out))
+            o.views = r.views
+            o.seed = r.seed
+            o.embeddingDType = r.dtype.hasSuffix("32") ? "float32" : "float16"
             o.limit = limit
-            if let f = valFraction { o.split = .fraction(f) }
-            if let l = valList { o.split = try SplitRule.list(file: URL(fileURLWithPath: l)) }
+            o.split = r.split
             o.shardSize = shardSize
             o.overwrite = overwrite
             o.command = CommandLine.arguments.joined(separator: " ")

@@ -5,9 +5,10 @@ import Tensor
 import TestSupport
 import XCTest
 
-/// The two commands chained as a user runs them: `samdistill cache` on a folder with a tiny
-/// teacher, then `samdistill train` on that cache (the trainer reads it through
-/// `CacheTrainingData`), with a validation split held out by `data.val_fraction`.
+/// The two commands chained as a user runs them from one config: `samdistill cache --config`
+/// (folder from data.images, output data.train[0], teacher.checkpoint, validation split from
+/// data.val_fraction) with a tiny teacher, then `samdistill train` on that cache (the trainer
+/// reads it through `CacheTrainingData`).
 final class CacheTrainPipelineTests: XCTestCase {
     func testCacheThenTrainFromTheCommandLine() throws {
         let dir = try CacheTestSupport.temporaryDirectory("pipeline")
@@ -25,13 +26,10 @@ final class CacheTrainPipelineTests: XCTestCase {
         try CacheTestSupport.writeSyntheticImages(in: images, count: 8)
         let exe = try CacheTestSupport.executable()
         let cache = dir.appendingPathComponent("cache.h5")
-        let c = try CacheTestSupport.run(exe, ["cache", "--images", images.path, "--teacher", weights.path,
-                                               "--teacher-config", teacherConfig.path, "--out", cache.path, "--quiet"])
-        XCTAssertEqual(c.status, 0, c.err)
-
         let run = dir.appendingPathComponent("run")
         let yaml = """
-            data: {train: [\(cache.path)], val_fraction: 0.3}
+            data: {train: [\(cache.path)], val_fraction: 0.3, images: \(images.path), views: 1}
+            teacher: {checkpoint: \(weights.path)}
             student: {type: tinyvit, image_size: 64, embed_dims: [8, 16, 16, 16], depths: [1, 1, 1, 1],
                       num_heads: [1, 2, 2, 2], window_sizes: [4, 4, 4, 4], merge_strides: [2, 2, 1]}
             init: {type: random}
@@ -47,6 +45,11 @@ final class CacheTrainPipelineTests: XCTestCase {
             """
         let cfg = dir.appendingPathComponent("run.yaml")
         try yaml.write(to: cfg, atomically: true, encoding: .utf8)
+        let c = try CacheTestSupport.run(exe, ["cache", "--config", cfg.path, "--teacher-config", teacherConfig.path, "--quiet"])
+        XCTAssertEqual(c.status, 0, c.err)
+        let reader = try CacheReader(cache)
+        XCTAssertGreaterThan(reader.rows(split: .val).count, 0, "data.val_fraction held images out at cache time")
+        XCTAssertEqual(reader.rows().count, 8)
         let t = try CacheTestSupport.run(exe, ["train", cfg.path, "--quiet"])
         XCTAssertEqual(t.status, 0, t.err)
 
@@ -66,10 +69,17 @@ final class CacheTrainPipelineTests: XCTestCase {
         data.train = [cache.path]
         data.valFraction = 0.3
         let (train, validation) = try CacheTrainingData.open(data)
-        XCTAssertEqual(train.count + (validation?.count ?? 0), try CacheReader(cache).rows().count)
+        XCTAssertEqual(train.count + (validation?.count ?? 0), reader.rows().count)
         XCTAssertGreaterThan(validation?.count ?? 0, 0)
         let batch = try train.batch([0, 1], seed: 0)
         XCTAssertEqual(batch.targets.shape, [2, 256, 4, 4])
         XCTAssertEqual(batch.images.shape, [2, 3, 64, 64])
+
+        // A config without data.images: the cache command names the key.
+        let bare = dir.appendingPathComponent("bare.yaml")
+        try yaml.replacingOccurrences(of: ", images: \(images.path)", with: "").write(to: bare, atomically: true, encoding: .utf8)
+        let e = try CacheTestSupport.run(exe, ["cache", "--config", bare.path, "--quiet"])
+        XCTAssertNotEqual(e.status, 0)
+        XCTAssertTrue(e.err.contains("data.images"), e.err)
     }
 }
