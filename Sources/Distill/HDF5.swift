@@ -390,8 +390,8 @@ public final class HDF5File: HDF5Object {
         guard !closed else { return }
         closed = true
         HDF5Lock.run {
-            H5Gclose(id)
-            H5Fclose(fileID)
+            if H5Iis_valid(id) > 0 { H5Gclose(id) }
+            if H5Iis_valid(fileID) > 0 { H5Fclose(fileID) }
         }
     }
 
@@ -529,9 +529,12 @@ public final class HDF5Dataset: HDF5Object {
     }
 
     deinit {
+        // Ids can already be gone when the library shut down first (a deinit that runs during
+        // process exit, after HDF5's atexit handler): close only live ones, so no error stack is
+        // printed.
         HDF5Lock.run {
-            H5Tclose(typeID)
-            H5Dclose(id)
+            if H5Iis_valid(typeID) > 0 { H5Tclose(typeID) }
+            if H5Iis_valid(id) > 0 { H5Dclose(id) }
         }
     }
 

@@ -47,6 +47,7 @@ final class CacheTrainPipelineTests: XCTestCase {
         try yaml.write(to: cfg, atomically: true, encoding: .utf8)
         let c = try CacheTestSupport.run(exe, ["cache", "--config", cfg.path, "--teacher-config", teacherConfig.path, "--quiet"])
         XCTAssertEqual(c.status, 0, c.err)
+        XCTAssertFalse(c.err.contains("HDF5-DIAG"), "no HDF5 error stack on a clean run: \(c.err)")
         let reader = try CacheReader(cache)
         XCTAssertGreaterThan(reader.rows(split: .val).count, 0, "data.val_fraction held images out at cache time")
         XCTAssertEqual(reader.rows().count, 8)
