@@ -81,7 +81,7 @@ public struct EncoderWeights {
             guard file.tensors.keys.contains(where: { $0.hasPrefix("image_encoder.") || $0.contains(".image_encoder.") }) else {
                 throw fail("no image encoder: neither a training checkpoint nor a file with 'image_encoder.…' keys (\(file.tensors.count) tensors)")
             }
-            let sam = try samKeys(file.tensors, file: url.path)
+            let sam = try SAMModel.samStateDict(file.tensors, file: url.path)
             let config = try SAMModel.detectEncoder(sam, metadata: file.metadata, file: url.path)
             let (enc, dec) = split(sam)
             result = EncoderWeights(architecture: .sam(config), encoder: enc, decoder: dec, source: url,
@@ -93,20 +93,6 @@ public struct EncoderWeights {
             throw fail("the encoder weights do not fit the architecture: \(error)")
         }
         return result
-    }
-
-    /// The tensors keyed from `anchor` on (`image_encoder.`, `mask_decoder.`): as they are, or
-    /// with one leading prefix removed when the SAM keys sit under it (`model.`, `module.`), as
-    /// `SAMModel.load` reads them.
-    static func samKeys(_ tensors: [String: Tensor], file: String, anchor: String = "image_encoder.") throws -> [String: Tensor] {
-        if tensors.keys.contains(where: { $0.hasPrefix(anchor) }) { return tensors }
-        if let key = tensors.keys.sorted().first(where: { $0.contains("." + anchor) }) {
-            let prefix = String(key[..<key.range(of: "." + anchor)!.lowerBound]) + "."
-            var d: [String: Tensor] = [:]
-            for (k, v) in tensors where k.hasPrefix(prefix) { d[String(k.dropFirst(prefix.count))] = v }
-            return d
-        }
-        throw ExportError(file: file, reason: "not a SAM checkpoint: no '\(anchor)…' keys among its \(tensors.count) tensors")
     }
 
     /// (`image_encoder.*` without the prefix, head and counters removed; `prompt_encoder.*` +
@@ -221,13 +207,13 @@ public enum Exporter {
             var decoder: [String: Tensor]
             if let promptDecoderFrom {
                 let file = try WeightsFile(contentsOf: promptDecoderFrom)
-                decoder = EncoderWeights.split(try EncoderWeights.samKeys(file.tensors, file: promptDecoderFrom.path, anchor: "mask_decoder.")).decoder
+                decoder = EncoderWeights.split(try SAMModel.samStateDict(file.tensors, file: promptDecoderFrom.path, anchor: "mask_decoder.")).decoder
             } else if !weights.decoder.isEmpty {
                 decoder = weights.decoder
             } else if let t = weights.teacherCheckpoint {
                 let u = URL(fileURLWithPath: t)
                 let file = try WeightsFile(contentsOf: u)
-                decoder = EncoderWeights.split(try EncoderWeights.samKeys(file.tensors, file: u.path, anchor: "mask_decoder.")).decoder
+                decoder = EncoderWeights.split(try SAMModel.samStateDict(file.tensors, file: u.path, anchor: "mask_decoder.")).decoder
             } else {
                 throw ExportError(file: checkpoint.path, reason: "--full needs the prompt encoder and mask decoder: give --prompt-decoder-from W (e.g. the teacher checkpoint)")
             }

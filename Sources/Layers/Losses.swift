@@ -21,25 +21,6 @@ public struct LossResult {
     }
 }
 
-/// Elements per block of the deterministic Double reduction.
-let lossBlock = 1 << 14
-
-/// Σ over `0..<n` of `body(range)`, evaluated over fixed blocks of `lossBlock` elements (in
-/// parallel when large) and added in block order: the same result for any thread count.
-@inline(__always)
-func blockedSum(_ n: Int, costPerItem: Int, _ body: (Range<Int>) -> Double) -> Double {
-    let blocks = (n + lossBlock - 1) / lossBlock
-    if blocks <= 1 { return n > 0 ? body(0..<n) : 0 }
-    var partial = [Double](repeating: 0, count: blocks)
-    partial.withUnsafeMutableBufferPointer { pb in
-        let pp = pb.baseAddress!
-        parallelFor(blocks, costPerItem: lossBlock * costPerItem) { b in
-            pp[b] = body((b * lossBlock)..<Swift.min(n, (b + 1) * lossBlock))
-        }
-    }
-    return partial.reduce(0, +)
-}
-
 /// Shared driver of the elementwise mean losses: `term(p, t)` gives (value, d value / d p) for
 /// one element in Double; the result is the mean and the gradient divided by N.
 @inline(__always)

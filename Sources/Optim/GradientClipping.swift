@@ -1,37 +1,11 @@
 import Layers
 import Tensor
 
-/// Elements per block of the deterministic Double reduction (same for any thread count).
-private let normBlock = 1 << 14
-
-/// Σ g² over one gradient in Double: fixed blocks (in parallel when large) added in block order.
-func squaredNorm(_ t: Tensor) -> Double {
-    let n = t.count
-    let blocks = (n + normBlock - 1) / normBlock
-    return t.data.withUnsafeBufferPointer { xb in
-        let x = xb.baseAddress!
-        func block(_ r: Range<Int>) -> Double {
-            var s: Double = 0
-            for i in r { let v = Double(x[i]); s += v * v }
-            return s
-        }
-        if blocks <= 1 { return n > 0 ? block(0..<n) : 0 }
-        var partial = [Double](repeating: 0, count: blocks)
-        partial.withUnsafeMutableBufferPointer { pb in
-            let pp = pb.baseAddress!
-            parallelFor(blocks, costPerItem: normBlock * 2) { b in
-                pp[b] = block((b * normBlock)..<Swift.min(n, (b + 1) * normBlock))
-            }
-        }
-        return partial.reduce(0, +)
-    }
-}
-
 /// The total L2 norm of the gradients of the trainable parameters (buffers are skipped),
 /// accumulated in Double.
 public func gradientNorm(_ params: [Parameter]) -> Double {
     var s: Double = 0
-    for p in params where p.isTrainable { s += squaredNorm(p.grad) }
+    for p in params where p.isTrainable { s += p.grad.squaredNorm() }
     return s.squareRoot()
 }
 

@@ -148,7 +148,7 @@ public final class SAMModel: Module {
         var tensors = try samStateDict(file.tensors, file: url.path)
         if let decoderWeights {
             let other = try WeightsFile(contentsOf: decoderWeights)
-            let rest = try samStateDict(other.tensors, file: decoderWeights.path, needsEncoder: false)
+            let rest = try samStateDict(other.tensors, file: decoderWeights.path, anchor: "mask_decoder.")
             for (k, v) in rest where k.hasPrefix("prompt_encoder.") || k.hasPrefix("mask_decoder.") {
                 if tensors[k] == nil { tensors[k] = v }
             }
@@ -165,8 +165,10 @@ public final class SAMModel: Module {
 
     /// The tensors keyed from `image_encoder.` / `prompt_encoder.` / `mask_decoder.`: unchanged,
     /// or with one leading prefix removed when every SAM key sits under it (`model.`, `module.`).
-    static func samStateDict(_ tensors: [String: Tensor], file: String, needsEncoder: Bool = true) throws -> [String: Tensor] {
-        let anchor = needsEncoder ? "image_encoder." : "mask_decoder."
+    /// `anchor` is the key prefix that must be present (`image_encoder.`, or `mask_decoder.` for a
+    /// decoder-only source).
+    public static func samStateDict(_ tensors: [String: Tensor], file: String,
+                                    anchor: String = "image_encoder.") throws -> [String: Tensor] {
         if tensors.keys.contains(where: { $0.hasPrefix(anchor) }) { return tensors }
         if let key = tensors.keys.sorted().first(where: { $0.contains("." + anchor) }) {
             let prefix = String(key[..<key.range(of: "." + anchor)!.lowerBound]) + "."

@@ -61,23 +61,16 @@ extension Tensor {
         return out
     }
 
-    /// Sum of all values, accumulated in Double per chunk.
+    /// Sum of all values in Double (deterministic for any thread count: `blockedSum`).
     public func sum() -> Double {
-        let n = count
-        let chunks = Swift.max(1, Swift.min(Threads.count, n >> 15))
-        var partial = [Double](repeating: 0, count: chunks)
-        data.withUnsafeBufferPointer { x in
-            let xp = x.baseAddress!
-            partial.withUnsafeMutableBufferPointer { p in
-                let pp = p.baseAddress!
-                parallelFor(chunks, minimumWork: 2) { c in
-                    var s: Double = 0
-                    for i in (n * c / chunks)..<(n * (c + 1) / chunks) { s += Double(xp[i]) }
-                    pp[c] = s
-                }
+        data.withUnsafeBufferPointer { xb in
+            let x = xb.baseAddress!
+            return blockedSum(count) { r in
+                var s: Double = 0
+                for i in r { s += Double(x[i]) }
+                return s
             }
         }
-        return partial.reduce(0, +)
     }
 
     public func mean() -> Double { count == 0 ? 0 : sum() / Double(count) }
@@ -90,11 +83,16 @@ extension Tensor {
         return s
     }
 
-    /// Euclidean norm squared, in Double.
+    /// Euclidean norm squared, in Double (deterministic for any thread count: `blockedSum`).
     public func squaredNorm() -> Double {
-        var s: Double = 0
-        for v in data { s += Double(v) * Double(v) }
-        return s
+        data.withUnsafeBufferPointer { xb in
+            let x = xb.baseAddress!
+            return blockedSum(count, costPerItem: 2) { r in
+                var s: Double = 0
+                for i in r { let v = Double(x[i]); s += v * v }
+                return s
+            }
+        }
     }
 
     public func maxAbs() -> Float { data.reduce(0) { Swift.max($0, abs($1)) } }

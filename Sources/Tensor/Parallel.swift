@@ -36,3 +36,22 @@ public func parallelFor(_ n: Int, costPerItem: Int = 1, minimumWork: Int = 1 << 
         for i in r { body(i) }
     }
 }
+
+/// Elements per block of `blockedSum`.
+public let sumBlock = 1 << 14
+
+/// Σ over `0..<n` of `body(range)`, evaluated over fixed blocks of `sumBlock` elements (in
+/// parallel when large) and added in block order: the same result for any thread count.
+@inline(__always)
+public func blockedSum(_ n: Int, costPerItem: Int = 1, _ body: (Range<Int>) -> Double) -> Double {
+    let blocks = (n + sumBlock - 1) / sumBlock
+    if blocks <= 1 { return n > 0 ? body(0..<n) : 0 }
+    var partial = [Double](repeating: 0, count: blocks)
+    partial.withUnsafeMutableBufferPointer { pb in
+        let pp = pb.baseAddress!
+        parallelFor(blocks, costPerItem: sumBlock * costPerItem) { b in
+            pp[b] = body((b * sumBlock)..<Swift.min(n, (b + 1) * sumBlock))
+        }
+    }
+    return partial.reduce(0, +)
+}
