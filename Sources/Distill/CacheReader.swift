@@ -159,6 +159,12 @@ public final class CacheReader {
 
     public func isComplete(_ row: Int) -> Bool { completeFlags[row] }
 
+    /// Closes the cache's files now (they also close when the reader is released); the reader
+    /// must not be used afterwards.
+    public func close() {
+        for p in parts { p.writer.file.close() }
+    }
+
     private func locate(_ row: Int) throws -> (CacheFileWriter, Int) {
         guard row >= 0, row < count else { throw FormatError(file: url.path, reason: "row \(row) outside 0..<\(count)") }
         guard completeFlags[row] else { throw FormatError(file: url.path, reason: "row \(row) is not complete") }

@@ -352,11 +352,17 @@ public final class HDF5File: HDF5Object {
         self.url = url
         let path = url.path
         let fid: hid_t = HDF5Lock.run {
+            // Strong close degree: `close()` really closes the file (and every dataset opened
+            // from it) at once, instead of waiting for the last dataset object to be released —
+            // otherwise the file stays open, and locked, for as long as any reference lingers.
+            let fapl = H5Pcreate(chdf5_p_file_access())
+            defer { H5Pclose(fapl) }
+            H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG)
             switch mode {
-            case .readOnly: return H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
-            case .readWrite: return H5Fopen(path, chdf5_acc_rdwr(), chdf5_p_default())
-            case .create: return H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
-            case .createExclusive: return H5Fcreate(path, chdf5_acc_excl(), chdf5_p_default(), chdf5_p_default())
+            case .readOnly: return H5Fopen(path, chdf5_acc_rdonly(), fapl)
+            case .readWrite: return H5Fopen(path, chdf5_acc_rdwr(), fapl)
+            case .create: return H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), fapl)
+            case .createExclusive: return H5Fcreate(path, chdf5_acc_excl(), chdf5_p_default(), fapl)
             }
         }
         guard fid >= 0 else {
@@ -529,9 +535,9 @@ public final class HDF5Dataset: HDF5Object {
     }
 
     deinit {
-        // Ids can already be gone when the library shut down first (a deinit that runs during
-        // process exit, after HDF5's atexit handler): close only live ones, so no error stack is
-        // printed.
+        // Ids are already gone when the file was closed first (strong close degree) or the
+        // library shut down first (a deinit during process exit): close only live ones, so no
+        // error stack is printed.
         HDF5Lock.run {
             if H5Iis_valid(typeID) > 0 { H5Tclose(typeID) }
             if H5Iis_valid(id) > 0 { H5Dclose(id) }

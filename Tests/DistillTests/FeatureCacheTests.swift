@@ -464,10 +464,7 @@ final class FeatureCacheTests: XCTestCase {
         let py = Process()
         py.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         py.arguments = ["python3", "-c", script, out.path]
-        // This process still has the cache open (the reader above, and the builder's writer
-        // thread may not have released its handle yet); HDF5's advisory file lock would make
-        // h5py's open fail at random, so the check reads without locking.
-        py.environment = ProcessInfo.processInfo.environment.merging(["HDF5_USE_FILE_LOCKING": "FALSE"]) { $1 }
+        reader.close()  // h5py must be able to take HDF5's file lock: nothing of ours holds the file
         let pipe = Pipe(), err = Pipe()
         py.standardOutput = pipe
         py.standardError = err
