@@ -1,6 +1,7 @@
 import Foundation
 import Layers
 import Optim
+import Tensor
 import SegmentAnything
 import Yams
 
@@ -173,6 +174,17 @@ public enum LossConfig: Equatable, Sendable {
 
     public var typeName: String {
         switch self { case .mse: "mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1" }
+    }
+
+    /// The loss of `prediction` against `target` (`regions`: each sample's unpadded region, used
+    /// by masked_mse).
+    public func evaluate(_ prediction: Tensor, _ target: Tensor, regions: [ValidRegion]) -> LossResult {
+        switch self {
+        case .mse: mseLoss(prediction, target)
+        case .l1: l1Loss(prediction, target)
+        case .huber(let delta): huberLoss(prediction, target, delta: delta)
+        case .maskedMSE(let n): maskedMSELoss(prediction, target, regions: regions, normalization: n)
+        }
     }
 }
 

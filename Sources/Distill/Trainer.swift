@@ -116,12 +116,7 @@ public final class Trainer {
     // MARK: Loss
 
     func loss(_ prediction: Tensor, _ batch: TrainingBatch) -> LossResult {
-        switch config.loss {
-        case .mse: mseLoss(prediction, batch.targets)
-        case .l1: l1Loss(prediction, batch.targets)
-        case .huber(let delta): huberLoss(prediction, batch.targets, delta: delta)
-        case .maskedMSE(let n): maskedMSELoss(prediction, batch.targets, regions: batch.validRegions, normalization: n)
-        }
+        config.loss.evaluate(prediction, batch.targets, regions: batch.validRegions)
     }
 
     /// Augmentation seed of micro-batch `index` (counted over the whole run).

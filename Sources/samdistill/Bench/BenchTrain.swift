@@ -1,4 +1,5 @@
 import ArgumentParser
+import Distill
 import Foundation
 import Layers
 import Optim
@@ -14,6 +15,8 @@ struct BenchTrain: ParsableCommand {
             against a random (B, 256, S/16, S/16) target, backward, AdamW step (lr 1e-4, weight \
             decay 0.01). Reports the median seconds per step and the process's peak resident set \
             (run one benchmark per process). Scripts/bench_pytorch.py --what train is the PyTorch peer.
+
+            With --config, the step is the run config's: its student with its initial weights             (init), its batch_size, loss, AdamW settings and gradient clipping; the batch is still             random (no cache is read).
             """)
 
     @OptionGroup var options: BenchOptions
@@ -27,13 +30,25 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Real weights to start from (as `bench encoder --checkpoint`); random when absent.")
     var checkpoint: String?
 
+    @Option(help: "A run config (YAML): benchmark its student, batch size, loss and optimiser instead of TinyViT-5M.")
+    var config: String?
+
+    @Option(name: .customLong("set"), help: "Override one key of --config: key.path=value (repeatable).")
+    var overrides: [String] = []
+
     func validate() throws {
+        if let config {
+            do { _ = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides) } catch let e as ConfigError {
+                throw ValidationError(e.description)
+            }
+        }
         if batch < 1 { throw ValidationError("--batch must be at least 1") }
         if imageSize < 64 || imageSize % 64 != 0 { throw ValidationError("--image-size must be a positive multiple of 64") }
     }
 
     func run() throws {
         options.apply()
+        if let config { return try runConfig(try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)) }
         var rng = SeededRandom(seed: 1)
         let model = try benchEncoder(imageSize: imageSize, checkpoint: checkpoint, rng: &rng)
         let config = model.config
@@ -58,6 +73,38 @@ struct BenchTrain: ParsableCommand {
             printJSON(["bench": "train", "batch": batch, "image_size": imageSize, "threads": Threads.count,
                        "seconds": seconds, "median_ms": seconds * 1e3, "peak_rss_mib": peak,
                        "baseline_rss_mib": baseline, "loss": lastLoss, "weights": checkpoint ?? "random"])
+        }
+    }
+
+    /// The step of a run config: `Student.make` (init included), the config's loss, AdamW and clipping.
+    func runConfig(_ cfg: RunConfig) throws {
+        var rng = SeededRandom(seed: 1)
+        let student = try Student.make(cfg)
+        let S = student.imageSize, (C, g) = student.outputShape, B = cfg.batchSize
+        let x = Tensor.randomNormal([B, 3, S, S], rng: &rng)
+        let target = Tensor.randomNormal([B, C, g, g], rng: &rng)
+        let regions = Array(repeating: ValidRegion(height: g, width: g), count: B)
+        let params = student.namedParameters().map(\.1).filter(\.isTrainable)
+        let optimiser = AdamW(parameters: params, configuration: cfg.optimizer.adamW)
+        let baseline = peakResidentMiB()
+        var lastLoss = 0.0
+        let seconds = medianSeconds(repeats: options.repeats) {
+            student.zeroGradients()
+            let y = student.forward(x, mode: .training)
+            let loss = cfg.loss.evaluate(y, target, regions: regions)
+            lastLoss = loss.value
+            student.backward(loss.gradient)
+            if let m = cfg.optimizer.maxGradNorm { _ = clipGradientNorm(params, maxNorm: m) }
+            optimiser.step(learningRate: cfg.schedule.lr(at: 0))
+        }
+        let peak = peakResidentMiB()
+        let name = config.map { URL(fileURLWithPath: $0).lastPathComponent } ?? ""
+        print(String(format: "train step  %@ (%@ student, %.1f GFLOP forward/image)  batch %d  %d×%d  threads %d: median %.3f s per step  peak RSS %.0f MiB (weights+inputs %.0f MiB)  loss %.5f",
+                     name, cfg.student.typeName, Double(student.forwardFLOPs) / 1e9, B, S, S, Threads.count, seconds, peak, baseline, lastLoss))
+        if options.json {
+            printJSON(["bench": "train", "config": name, "student": cfg.student.typeName, "batch": B, "image_size": S,
+                       "threads": Threads.count, "seconds": seconds, "median_ms": seconds * 1e3, "peak_rss_mib": peak,
+                       "baseline_rss_mib": baseline, "loss": lastLoss, "forward_gflop_per_image": Double(student.forwardFLOPs) / 1e9])
         }
     }
 }
