@@ -100,6 +100,16 @@ public final class CacheTeacher {
             } catch {
                 throw LoadError(file: config.path, reason: "not a teacher config (\(error))")
             }
+        } else if file.metadata["image_encoder"] != nil {
+            // An exported file names its architecture in the metadata (SAMEncoderConfig.metadata).
+            do {
+                switch try SAMModel.detectEncoder([:], metadata: file.metadata, file: url.path) {
+                case .tinyViT(let c): spec = ConfigFile(tinyvit: c)
+                case .vit(let c): spec = ConfigFile(vit: c)
+                }
+            } catch {
+                throw LoadError(file: url.path, reason: "\(error)")
+            }
         } else if tensors["patch_embed.seq.0.c.weight"] != nil {
             spec = ConfigFile(tinyvit: .mobileSAM)
         } else if let w = tensors["patch_embed.proj.weight"] {

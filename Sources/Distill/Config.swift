@@ -21,6 +21,7 @@ import Yams
 //     batch_size, grad_accumulation, steps | epochs, seed, checkpoint_every, keep_last, eval_every, log_every
 //     eval:        {prompts: {types: [point, box], count: 8}, max_images: N}
 //     output_dir:  runs/NAME
+//     freeze:      [patch_embed, layers.0]   (leading TinyViT units kept as initialised)
 
 /// One or more problems with a configuration, each naming its key path.
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
@@ -47,6 +48,9 @@ public struct DataConfig: Codable, Equatable, Sendable {
     /// Where `samdistill cache --config` reads images from (searched recursively); the cache it
     /// writes is `train[0]`.
     public var images: String? = nil
+    /// A text file naming the images of `images` to cache (paths relative to it, one a line,
+    /// `#` comments); absent: every JPEG/PNG under `images`.
+    public var imageList: String? = nil
     /// Views per training image when caching (1 = plain SAM preprocessing).
     public var views: Int = 1
     /// Embedding storage in the cache: `f16` or `f32`.
@@ -54,7 +58,7 @@ public struct DataConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case train, trainSplit = "train_split", valSplit = "val_split", valFraction = "val_fraction", valList = "val_list"
-        case images, views, cacheDType = "cache_dtype"
+        case images, imageList = "image_list", views, cacheDType = "cache_dtype"
     }
     public init() {}
 }
@@ -196,19 +200,51 @@ public struct OptimizerConfig: Equatable, Sendable {
     public init() {}
 }
 
-/// `eval`: the periodic evaluation. `prompts` is the placeholder the mask evaluator will use
-/// (stored and validated only); the trainer's evaluation is embedding MSE and cosine.
+/// `eval`: what `samdistill run` reports (mIoU of the student's masks against the teacher's, see
+/// Evaluator.swift) and the trainer's periodic evaluation (embedding MSE and cosine on at most
+/// `max_images` validation rows).
 public struct EvalConfig: Codable, Equatable, Sendable {
     public struct Prompts: Codable, Equatable, Sendable {
+        /// Prompt protocols: point, two-point, box, grid (`PromptProtocol`).
         public var types: [String] = ["point", "box"]
+        /// Prompts per protocol per image.
         public var count: Int = 8
-        public static let knownTypes = ["point", "box", "multi_point", "everything"]
+        public static var knownTypes: [String] { PromptProtocol.allCases.map(\.rawValue) }
     }
     public var prompts = Prompts()
     /// At most this many validation images per evaluation (nil: all).
     public var maxImages: Int? = nil
+    /// Cache split the mIoU evaluation reads: train, val or all.
+    public var split = "val"
+    /// Three masks per prompt (report top and best-of-3) instead of one.
+    public var multimask = false
+    /// Also evaluate the initial student (before training), for a before/after table.
+    public var before = true
+    /// Prompt-draw and bootstrap seed.
+    public var seed: UInt64 = 0
 
-    enum CodingKeys: String, CodingKey { case prompts, maxImages = "max_images" }
+    enum CodingKeys: String, CodingKey { case prompts, maxImages = "max_images", split, multimask, before, seed }
+    public init() {}
+
+    /// The evaluator's options for these settings.
+    public var evaluationOptions: EvaluationOptions {
+        var o = EvaluationOptions()
+        o.prompts = prompts.types.compactMap(PromptProtocol.init(rawValue:))
+        o.pointsPerImage = prompts.count
+        o.multimask = multimask
+        o.seed = seed
+        return o
+    }
+}
+
+/// `export`: the file `samdistill run` writes from the final checkpoint (relative paths are
+/// inside output_dir).
+public struct ExportConfig: Codable, Equatable, Sendable {
+    public var path = "student.safetensors"
+    /// Store float16.
+    public var half = false
+    /// Add the teacher's prompt encoder and mask decoder, so `samdistill segment` runs from the file.
+    public var full = true
     public init() {}
 }
 
@@ -235,6 +271,10 @@ public struct RunConfig: Equatable, Sendable {
     public var logEvery = 10
     public var eval = EvalConfig()
     public var outputDir = "runs/run"
+    /// Leading student units kept frozen (`patch_embed`, `layers.0`, … for TinyViT, in order from
+    /// the input): they run as in inference, get no backward pass and are not optimised.
+    public var freeze: [String] = []
+    public var export = ExportConfig()
 
     public init() {}
 
@@ -333,6 +373,25 @@ extension RunConfig {
         evalEvery = r.int("eval_every", min: 0) ?? d.evalEvery
         logEvery = r.int("log_every", min: 1) ?? d.logEvery
         if let s = r.object("eval") { eval = EvalConfig(reading: s); s.finish() }
+        if let s = r.object("export") {
+            export.path = s.string("path") ?? export.path
+            export.half = s.bool("half") ?? export.half
+            export.full = s.bool("full") ?? export.full
+            if !export.path.lowercased().hasSuffix(".safetensors") { s.problem("path", "must be a .safetensors file, got '\(export.path)'") }
+            s.finish()
+        }
+        if let f = r.stringList("freeze") {
+            freeze = f
+            switch student {
+            case .tinyViT(let c, _):
+                let units = ["patch_embed"] + (0..<c.depths.count).map { "layers.\($0)" }
+                if f != Array(units.prefix(f.count)) {
+                    r.problem("freeze", "must be the first units from the input, in order: a prefix of [\(units.joined(separator: ", "))], got [\(f.joined(separator: ", "))]")
+                }
+            case .conv:
+                if !f.isEmpty { r.problem("freeze", "freezing is implemented for tinyvit students only") }
+            }
+        }
         outputDir = r.string("output_dir") ?? d.outputDir
         // The schedule last: its total_steps defaults to the run's steps.
         if let node = r.take("schedule") {
@@ -378,6 +437,7 @@ extension DataConfig {
         }
         valList = r.string("val_list")
         images = r.string("images")
+        imageList = r.string("image_list")
         if let v = r.int("views") {
             views = v
             if v < 1 { r.problem("views", "must be at least 1, got \(v)") }
@@ -556,6 +616,13 @@ extension EvalConfig {
             p.finish()
         }
         maxImages = r.int("max_images", min: 1)
+        if let v = r.string("split") {
+            split = v
+            if !["train", "val", "all"].contains(v) { r.problem("split", "must be train, val or all, got '\(v)'") }
+        }
+        multimask = r.bool("multimask") ?? multimask
+        before = r.bool("before") ?? before
+        if let v = r.int("seed", min: 0) { seed = UInt64(v) }
     }
 }
 
@@ -569,6 +636,7 @@ extension RunConfig {
         func n(_ i: Int) -> Node { Node(String(i), Tag(.int)) }
         func n(_ d: Double) -> Node { Node(String(d), Tag(.float)) }
         func n(_ f: Float) -> Node { Node(String(Double(f)), Tag(.float)) }
+        func n(_ b: Bool) -> Node { Node(b ? "true" : "false", Tag(.bool)) }
         func list(_ a: [Int]) -> Node { Node.sequence(Node.Sequence(a.map { n($0) }, Tag(.seq), .flow)) }
         func strings(_ a: [String]) -> Node { Node.sequence(Node.Sequence(a.map { n($0) }, Tag(.seq), .flow)) }
         func map(_ pairs: [(String, Node?)]) -> Node {
@@ -614,7 +682,7 @@ extension RunConfig {
         let root = map([
             ("data", map([("train", strings(data.train)), ("train_split", n(data.trainSplit)),
                           ("val_split", data.valSplit.map { n($0) } ?? null), ("val_fraction", n(data.valFraction)),
-                          ("val_list", data.valList.map { n($0) }), ("images", data.images.map { n($0) }),
+                          ("val_list", data.valList.map { n($0) }), ("images", data.images.map { n($0) }), ("image_list", data.imageList.map { n($0) }),
                           ("views", n(data.views)), ("cache_dtype", n(data.cacheDType))])),
             ("teacher", map([("checkpoint", teacher.checkpoint.map { n($0) })])),
             ("student", student),
@@ -628,8 +696,11 @@ extension RunConfig {
             ("seed", n(Int(seed))), ("checkpoint_every", n(checkpointEvery)), ("keep_last", n(keepLast)),
             ("eval_every", n(evalEvery)), ("log_every", n(logEvery)),
             ("eval", map([("prompts", map([("types", strings(eval.prompts.types)), ("count", n(eval.prompts.count))])),
-                          ("max_images", eval.maxImages.map { n($0) })])),
+                          ("max_images", eval.maxImages.map { n($0) }), ("split", n(eval.split)),
+                          ("multimask", n(eval.multimask)), ("before", n(eval.before)), ("seed", n(Int(eval.seed)))])),
+            ("export", map([("path", n(export.path)), ("half", n(export.half)), ("full", n(export.full))])),
             ("output_dir", n(outputDir)),
+            ("freeze", strings(freeze)),
         ])
         return try Yams.serialize(node: root, sortKeys: false)
     }
@@ -741,6 +812,14 @@ final class NodeReader {
     }
 
     func double(_ key: String) -> Double? { take(key).flatMap { double($0, key: key) } }
+
+    func bool(_ key: String) -> Bool? {
+        guard let n = take(key) else { return nil }
+        guard n.scalar != nil, let v = n.bool, n.scalar?.style == .plain || n.scalar?.style == .any else {
+            sink.add(keyPath(key), "expected true or false, found \(scalarText(n))"); return nil
+        }
+        return v
+    }
 
     func string(_ key: String) -> String? {
         guard let n = take(key) else { return nil }

@@ -212,6 +212,13 @@ public struct EvaluationReport: Codable, Sendable {
         e.keyEncodingStrategy = .convertToSnakeCase
         return try e.encode(self)
     }
+
+    /// Reads what `json()` wrote.
+    public static func read(json data: Data) throws -> EvaluationReport {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return try d.decode(EvaluationReport.self, from: data)
+    }
 }
 
 /// Compares student and teacher masks through the teacher's prompt encoder and mask decoder.
@@ -222,6 +229,10 @@ public final class Evaluator {
     public let options: EvaluationOptions
     private let teacher: SAMPredictor
     private let student: SAMPredictor
+    /// The teacher's side of each (image, protocol) already evaluated: its prompts and reference
+    /// masks, keyed by image name, protocol and a digest of the teacher embedding. Evaluating a
+    /// second student on the same images (before/after training) then decodes only the student.
+    private var teacherMemo: [String: (prompts: [SAMPrompt], targets: [BinaryMask])] = [:]
 
     public init(model: SAMModel, options: EvaluationOptions) {
         precondition(options.pointsPerImage > 0, "Evaluator: pointsPerImage must be positive, got \(options.pointsPerImage)")
@@ -287,6 +298,14 @@ public final class Evaluator {
         return masks
     }
 
+    /// FNV-1a over a tensor's shape and bits: tells embeddings apart for `teacherMemo`.
+    static func digest(_ t: Tensor) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for d in t.shape { h = (h ^ UInt64(d)) &* 0x100_0000_01b3 }
+        for v in t.data { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
+        return h
+    }
+
     /// A pixel drawn uniformly among the mask's pixels (mask non-empty).
     static func randomPixel(in m: BinaryMask, rng: inout SeededRandom) -> PromptPoint {
         var k = Int(rng.next() % UInt64(m.area))
@@ -322,23 +341,32 @@ public final class Evaluator {
         try student.setEmbedding(image.studentEmbedding, originalSize: image.originalSize, inputSize: image.inputSize)
         defer { teacher.resetImage(); student.resetImage() }
         var ious: [String: [String: [Double]]] = [:]
+        let embeddingDigest = Self.digest(image.teacherEmbedding)
         for p in options.prompts {
-            let prompts = try self.prompts(p, name: image.name, frame: image.originalSize)
+            let key = "\(image.name)|\(p.rawValue)|\(image.originalSize.width)x\(image.originalSize.height)|\(embeddingDigest)"
+            let memo = teacherMemo[key]
+            let prompts = try memo?.prompts ?? self.prompts(p, name: image.name, frame: image.originalSize)
+            var targets: [BinaryMask] = memo?.targets ?? []
             var single: [Double] = [], top: [Double] = [], best3: [Double] = []
             for start in stride(from: 0, to: prompts.count, by: options.decoderBatch) {
                 let chunk = Array(prompts[start..<min(prompts.count, start + options.decoderBatch)])
-                let t = try teacher.predict(chunk, multimaskOutput: options.multimask)
+                if memo == nil {
+                    // The teacher's reference: its single mask, or with multimask its highest-predicted-IoU mask.
+                    let t = try teacher.predict(chunk, multimaskOutput: options.multimask)
+                    for b in 0..<chunk.count { targets.append(t.mask(prompt: b, index: options.multimask ? t.bestIndex(prompt: b) : 0)) }
+                }
                 let s = try student.predict(chunk, multimaskOutput: options.multimask)
                 for b in 0..<chunk.count {
+                    let target = targets[start + b]
                     if options.multimask {
-                        let target = t.mask(prompt: b, index: t.bestIndex(prompt: b))
                         top.append(s.mask(prompt: b, index: s.bestIndex(prompt: b)).iou(target))
                         best3.append((0..<s.masksPerPrompt).map { s.mask(prompt: b, index: $0).iou(target) }.max()!)
                     } else {
-                        single.append(s.mask(prompt: b, index: 0).iou(t.mask(prompt: b, index: 0)))
+                        single.append(s.mask(prompt: b, index: 0).iou(target))
                     }
                 }
             }
+            if memo == nil { teacherMemo[key] = (prompts, targets) }
             ious[p.rawValue] = options.multimask ? ["top": top, "best3": best3] : ["single": single]
         }
         return ImageEvaluation(name: image.name, ious: ious)

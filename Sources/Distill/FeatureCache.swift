@@ -51,10 +51,16 @@ public enum SplitRule: Equatable, Sendable {
     }
 
     public static func list(file url: URL) throws -> SplitRule {
-        let data = try Data(contentsOf: url)
-        let lines = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
-            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        let lines = try listFileEntries(url)
         return .list(lines, sha256: SHA256.hex(Data(lines.sorted().joined(separator: "\n").utf8)))
+    }
+
+    /// The entries of a list file: one per line, blank lines and `#` comments skipped.
+    public static func listFileEntries(_ url: URL) throws -> [String] {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch { throw CacheError("\(url.path): cannot read the list (\(error.localizedDescription))") }
+        return String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
     }
 
     public func isValidation(_ source: String) -> Bool {
@@ -162,6 +168,9 @@ public struct CacheOptions: Sendable {
     /// "float16" or "float32".
     public var embeddingDType = "float16"
     public var limit: Int? = nil
+    /// Only these images (paths relative to `images`) instead of every JPEG/PNG under it, and the
+    /// list file they came from (for error messages).
+    public var imageList: (file: String, entries: [String])? = nil
     public var split: SplitRule = .none
     public var shardSize: Int? = nil
     public var overwrite = false
@@ -254,6 +263,11 @@ final class CacheFileWriter {
                        extra: (HDF5File) throws -> Void = { _ in }) throws {
         let tmp = url.deletingLastPathComponent().appendingPathComponent(url.lastPathComponent + ".creating")
         try? FileManager.default.removeItem(at: tmp)
+        do {
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        } catch {
+            throw CacheError("\(url.deletingLastPathComponent().path): cannot create the cache's folder (\(error.localizedDescription))")
+        }
         do {
             let f = try HDF5File(tmp, mode: .create)
             try settings.write(to: f)
@@ -441,6 +455,15 @@ public final class FeatureCacheBuilder {
         let t0 = Date()
         var summary = CacheSummary()
         var sources = try Self.listImages(options.images)
+        if let (file, entries) = options.imageList {
+            let present = Set(sources)
+            if let missing = entries.first(where: { !present.contains($0) }) {
+                throw CacheError("\(file): '\(missing)' is not a JPEG/PNG file under \(options.images.path)")
+            }
+            var seen = Set<String>()
+            sources = entries.filter { seen.insert($0).inserted }
+                .sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+        }
         if let limit = options.limit { sources = Array(sources.prefix(limit)) }
         guard !sources.isEmpty else { throw CacheError("\(options.images.path): no JPEG or PNG files found") }
         guard ["float16", "float32"].contains(options.embeddingDType) else {

@@ -466,7 +466,14 @@ extension Student {
             let w = try loadWeights(URL(fileURLWithPath: path))
             try student.load(studentWeights(w.tensors), ignoring: TinyViT.ignoredKeys)
         }
+        if case .tinyViT(let net) = student.network { net.frozenUnits = config.freeze.count }
         return student
+    }
+
+    /// Whether the parameter `key` belongs to a frozen unit (`RunConfig.freeze`).
+    public func isFrozen(_ key: String) -> Bool {
+        guard case .tinyViT(let net) = network else { return false }
+        return net.unitPrefixes.prefix(net.frozenUnits).contains { key.hasPrefix($0) }
     }
 
     /// The student's tensors in a weights file: `model.*` of a run checkpoint, `image_encoder.*`

@@ -99,7 +99,7 @@ public final class Trainer {
         self.runDirectory = runDirectory ?? URL(fileURLWithPath: config.outputDir)
         guard train.count > 0 else { throw TrainerError.dataMismatch("the training set is empty") }
         totalSteps = config.totalSteps(trainCount: train.count)
-        let named = student.namedParameters().filter { $0.1.isTrainable }
+        let named = student.namedParameters().filter { $0.1.isTrainable && !student.isFrozen($0.0) }
         parameterNames = named.map(\.0)
         optimizer = AdamW(parameters: named.map(\.1), configuration: config.optimizer.adamW)
         order = BatchOrder(seed: config.seed, count: train.count)

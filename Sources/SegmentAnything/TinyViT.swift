@@ -145,6 +145,17 @@ public final class TinyViT: Module {
         neck = EncoderNeck(inputChannels: dims[n - 1], outputChannels: config.neckChannels)
     }
 
+    /// Leading units kept frozen in training: 0 none, 1 `patch_embed`, 2 also `layers.0`, k also
+    /// `layers.0` … `layers.(k−2)`. Frozen units always run as in inference (BatchNorm running
+    /// statistics, no activations kept) and `backward` stops before them, so their gradients stay
+    /// zero and nothing is spent on them; the trainer leaves their parameters out of the optimiser.
+    public var frozenUnits = 0 {
+        didSet { precondition((0...stages.count + 1).contains(frozenUnits), "TinyViT: frozenUnits \(frozenUnits) out of 0...\(stages.count + 1)") }
+    }
+
+    /// Checkpoint-key prefixes of the units, in order (`patch_embed.`, `layers.0.`, …): what `frozenUnits` counts.
+    public var unitPrefixes: [String] { ["patch_embed."] + (0...stages.count).map { "layers.\($0)." } }
+
     public func namedParameters() -> [(String, Parameter)] {
         var p = prefixed("patch_embed.", patchEmbed) + prefixed("layers.0.", convStage)
         for (i, s) in stages.enumerated() { p += prefixed("layers.\(i + 1).", s) }
@@ -160,12 +171,13 @@ public final class TinyViT: Module {
         precondition(image.rank == 4 && image.shape[1] == config.inputChannels && image.shape[2] == S && image.shape[3] == S,
                      "TinyViT: expected (B, \(config.inputChannels), \(S), \(S)), got \(image.shape)")
         let B = image.shape[0]
-        var x = patchEmbed.forward(image, mode: mode)            // (B, C0, S/4, S/4)
-        for b in convStage.blocks { x = b.forward(x, mode: mode) }
-        if let d = convStage.downsample { x = d.forward(x, mode: mode) }  // (B, L1, C1)
-        for s in stages {
-            for b in s.blocks { x = b.forward(x, mode: mode) }
-            if let d = s.downsample { x = d.forward(x, mode: mode) }
+        func unitMode(_ u: Int) -> ForwardMode { u < frozenUnits ? .inference : mode }
+        var x = patchEmbed.forward(image, mode: unitMode(0))            // (B, C0, S/4, S/4)
+        for b in convStage.blocks { x = b.forward(x, mode: unitMode(1)) }
+        if let d = convStage.downsample { x = d.forward(x, mode: unitMode(1)) }  // (B, L1, C1)
+        for (i, s) in stages.enumerated() {
+            for b in s.blocks { x = b.forward(x, mode: unitMode(i + 2)) }
+            if let d = s.downsample { x = d.forward(x, mode: unitMode(i + 2)) }
         }
         let R = outputResolution, C = config.embedDims.last!
         // tokens (B, R·R, C) -> (B, C, R, R)
@@ -174,15 +186,19 @@ public final class TinyViT: Module {
     }
 
     /// dEmbedding: (B, neck, R, R) -> dImage: (B, 3, S, S); accumulates every parameter gradient.
+    /// With `frozenUnits` > 0 it stops before the frozen units and returns an empty tensor (shape [0]).
     @discardableResult
     public func backward(_ dy: Tensor) -> Tensor {
         var g = ConvLayout.mapToTokens(neck.backward(dy))  // (B, L, C)
-        for s in stages.reversed() {
+        for (i, s) in stages.enumerated().reversed() {
+            if i + 2 < frozenUnits { return Tensor(zeros: [0]) }
             if let d = s.downsample { g = d.backward(g) }
             for b in s.blocks.reversed() { g = b.backward(g) }
         }
+        if frozenUnits > 1 { return Tensor(zeros: [0]) }
         if let d = convStage.downsample { g = d.backward(g) }
         for b in convStage.blocks.reversed() { g = b.backward(g) }
+        if frozenUnits > 0 { return Tensor(zeros: [0]) }
         return patchEmbed.backward(g)
     }
 }

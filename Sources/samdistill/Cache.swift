@@ -82,42 +82,36 @@ struct Cache: ParsableCommand {
         }
     }
 
-    /// The settings in effect: flags, then the config's, then defaults. Errors name the config key.
-    func resolved() throws -> (images: String, teacher: String, out: String, views: Int, seed: Int, dtype: String,
-                               split: SplitRule) {
-        var cfg: RunConfig?
-        if let config { cfg = try RunConfig.load(URL(fileURLWithPath: config)) }
-        func need(_ value: String?, _ key: String) throws -> String {
-            guard let value else { throw CacheError("\(config ?? "config"): \(key) is not set (needed to build the cache)") }
-            return value
+    /// The options in effect: flags, then the config's (`CacheOptions(config:)`), then defaults,
+    /// and the teacher weights. Errors name the config key.
+    func resolved() throws -> (options: CacheOptions, teacher: String) {
+        var o: CacheOptions
+        var teacherPath = teacher
+        if let config {
+            var cfg = try RunConfig.load(URL(fileURLWithPath: config))
+            if let out { cfg.data.train = [out] }
+            if let images { cfg.data.images = images; cfg.data.imageList = nil }
+            o = try CacheOptions(config: cfg, configName: config)
+            teacherPath = teacher ?? cfg.teacher.checkpoint
+            guard teacherPath != nil else { throw CacheError("\(config): teacher.checkpoint is not set (needed to build the cache)") }
+        } else {
+            o = CacheOptions(images: URL(fileURLWithPath: images!), output: URL(fileURLWithPath: out!))
         }
-        if let cfg, out == nil, cfg.data.train.count != 1 {
-            throw CacheError("\(config!): data.train must name exactly one cache file to write (it names \(cfg.data.train.count))")
+        if let views { o.views = views }
+        if let seed { o.seed = seed }
+        if let dtype { o.embeddingDType = dtype.hasSuffix("32") ? "float32" : "float16" }
+        if let f = valFraction { o.split = .fraction(f) } else if let l = valList {
+            o.split = try SplitRule.list(file: URL(fileURLWithPath: l))
         }
-        let imagesPath = try need(images ?? cfg?.data.images, "data.images")
-        let teacherPath = try need(teacher ?? cfg?.teacher.checkpoint, "teacher.checkpoint")
-        let outPath = try need(out ?? cfg?.data.train.first, "data.train")
-        var split = SplitRule.none
-        if let f = valFraction { split = .fraction(f) } else if let l = valList {
-            split = try SplitRule.list(file: URL(fileURLWithPath: l))
-        } else if let d = cfg?.data {
-            if let l = d.valList { split = try SplitRule.list(file: URL(fileURLWithPath: l)) } else if d.valFraction > 0 { split = .fraction(d.valFraction) }
-        }
-        return (imagesPath, teacherPath, outPath, views ?? cfg?.data.views ?? 1, seed ?? cfg.map { Int($0.seed) } ?? 0,
-                dtype ?? cfg?.data.cacheDType ?? "f16", split)
+        return (o, teacherPath!)
     }
 
     func run() throws {
         do {
-            let r = try resolved()
-            let t = try CacheTeacher.load(weights: URL(fileURLWithPath: r.teacher),
+            var (o, teacherPath) = try resolved()
+            let t = try CacheTeacher.load(weights: URL(fileURLWithPath: teacherPath),
                                           config: teacherConfig.map { URL(fileURLWithPath: $0) })
-            var o = CacheOptions(images: URL(fileURLWithPath: r.images), output: URL(fileURLWithPath: r.out))
-            o.views = r.views
-            o.seed = r.seed
-            o.embeddingDType = r.dtype.hasSuffix("32") ? "float32" : "float16"
             o.limit = limit
-            o.split = r.split
             o.shardSize = shardSize
             o.overwrite = overwrite
             o.command = CommandLine.arguments.joined(separator: " ")

@@ -10,5 +10,5 @@ struct SAMDistill: ParsableCommand {
             the teacher → export weights. Every layer has a hand-written backward pass; every \
             matrix product goes through OpenBLAS.
             """,
-        subcommands: [Segment.self, Cache.self, Train.self, Eval.self, Export.self, Inspect.self, Bench.self])
+        subcommands: [Run.self, Segment.self, Cache.self, Train.self, Eval.self, Export.self, Inspect.self, Bench.self])
 }

@@ -84,7 +84,7 @@ struct BenchTrain: ParsableCommand {
         let x = Tensor.randomNormal([B, 3, S, S], rng: &rng)
         let target = Tensor.randomNormal([B, C, g, g], rng: &rng)
         let regions = Array(repeating: ValidRegion(height: g, width: g), count: B)
-        let params = student.namedParameters().map(\.1).filter(\.isTrainable)
+        let params = student.namedParameters().filter { $0.1.isTrainable && !student.isFrozen($0.0) }.map(\.1)
         let optimiser = AdamW(parameters: params, configuration: cfg.optimizer.adamW)
         let baseline = peakResidentMiB()
         var lastLoss = 0.0

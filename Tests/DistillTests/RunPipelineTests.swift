@@ -1,0 +1,152 @@
+import Distill
+import Foundation
+import Optim
+import SegmentAnything
+import Tensor
+import TestSupport
+import XCTest
+
+/// `samdistill run CONFIG` (RunPipeline): cache → eval (initial) → train → eval (final) → export
+/// on a tiny 64-pixel teacher carrying MobileSAM's real prompt encoder and mask decoder, then the
+/// skip and resume rules.
+final class RunPipelineTests: XCTestCase {
+    /// A tiny SAM (TinyViT 64 px with a 256-channel neck + MobileSAM's decoder) written as one
+    /// safetensors file whose metadata names the encoder, as `samdistill export --full` writes.
+    static func writeTinySAM(in dir: URL) throws -> URL {
+        let model = try EvalExportTests.tinyDecoderModel()
+        var rng = SeededRandom(seed: 4)
+        CacheTestSupport.randomiseSignalPreserving(model.imageEncoder, rng: &rng)
+        let url = dir.appendingPathComponent("tiny-sam.safetensors")
+        try SafeTensors.write(model.stateDict(), metadata: model.encoderConfig.metadata, to: url)
+        return url
+    }
+
+    static func yaml(dir: URL, teacher: URL, steps: Int = 4) -> String {
+        """
+        data: {images: \(dir.path)/images, image_list: \(dir.path)/list.txt, val_list: \(dir.path)/val.txt,
+               train: [\(dir.path)/cache/c.h5], views: 2}
+        teacher: {checkpoint: \(teacher.path)}
+        student: {type: tinyvit, image_size: 64, embed_dims: [8, 16, 16, 16], depths: [1, 1, 1, 1],
+                  num_heads: [1, 2, 2, 2], window_sizes: [4, 4, 4, 4], merge_strides: [2, 2, 1], neck_channels: 256}
+        init: {type: random}
+        freeze: [patch_embed]
+        loss: {type: mse}
+        schedule: {type: constant, lr: 1.0e-3}
+        batch_size: 2
+        steps: \(steps)
+        seed: 3
+        checkpoint_every: 1
+        keep_last: 10
+        eval: {prompts: {types: [point, box], count: 3}}
+        output_dir: \(dir.path)/run
+        """
+    }
+
+    func testRunEndToEndThenSkipThenResume() throws {
+        let dir = try CacheTestSupport.temporaryDirectory("runpipeline")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let teacher = try Self.writeTinySAM(in: dir)
+        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 7)
+        // The list leaves one image out; two of the listed ones are held out.
+        try (names.dropLast().joined(separator: "\n") + "\n# a comment\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
+        try "\(names[0])\n\(names[3])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let config = try RunConfig.parse(Self.yaml(dir: dir, teacher: teacher))
+        var lines: [String] = []
+        func pipeline(_ c: RunConfig) -> RunPipeline {
+            let p = RunPipeline(config: c, configName: "test.yaml")
+            p.showsProgress = false
+            p.log = { lines.append($0) }
+            return p
+        }
+
+        let first = try pipeline(config).run()
+        let reader = try CacheReader(URL(fileURLWithPath: config.data.train[0]))
+        XCTAssertEqual(reader.rows(split: .train).count, 4 * 2, "4 training images × 2 views (the unlisted image is not cached)")
+        XCTAssertEqual(reader.rows(split: .val).count, 2, "held-out images: one plain view each")
+        reader.close()  // (HDF5 file locking: the next run writes to it)
+        XCTAssertEqual(first.trainedSteps, 4)
+        XCTAssertEqual(first.skipped, [])
+        let before = try XCTUnwrap(first.before), after = try XCTUnwrap(first.after)
+        XCTAssertEqual(Set(after.summary.map(\.prompt)), ["point", "box"])
+        XCTAssertEqual(after.summary.first?.images, 2)
+        for s in before.summary + after.summary { XCTAssertTrue((0...1).contains(s.miou), "\(s)") }
+        XCTAssertNotEqual(before.summary.map(\.miou), after.summary.map(\.miou), "the trained student is another student")
+        let run = URL(fileURLWithPath: config.outputDir)
+        for f in ["eval-init.json", "eval-init.md", "eval-final.json", "eval-final.md", "pipeline.json", "metrics.jsonl", "config.yaml", "student.safetensors"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: run.appendingPathComponent(f).path), f)
+        }
+        // The export runs in the inference core by itself (encoder from metadata + the teacher's decoder).
+        let exported = try SAMModel.load(contentsOf: run.appendingPathComponent("student.safetensors"))
+        XCTAssertEqual(exported.imageSize, 64)
+        // Frozen units (freeze: [patch_embed]) left exactly as initialised; the rest trained.
+        let initial = try Student.make(config).stateDict()
+        let final = Student.studentWeights(try WeightsFile(contentsOf: run.appendingPathComponent("checkpoints/step-00000004.safetensors")).tensors)
+        for (k, v) in initial where k.hasPrefix("patch_embed.") { XCTAssertEqual(final[k]?.data, v.data, "frozen \(k) changed") }
+        XCTAssertNotEqual(final["layers.1.blocks.0.mlp.fc1.weight"]?.data, initial["layers.1.blocks.0.mlp.fc1.weight"]?.data)
+
+        // Run again: every step is up to date, nothing is rewritten.
+        let exportDate = try FileManager.default.attributesOfItem(atPath: run.appendingPathComponent("student.safetensors").path)[.modificationDate] as? Date
+        let again = try pipeline(config).run()
+        XCTAssertEqual(Set(again.skipped), ["cache", "eval-init", "train", "eval-final", "export"])
+        XCTAssertEqual(again.trainedSteps, 0)
+        XCTAssertEqual(again.after?.summary.map(\.miou), after.summary.map(\.miou))
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: run.appendingPathComponent("student.safetensors").path)[.modificationDate] as? Date, exportDate)
+
+        // Changing only the evaluation re-evaluates, without retraining or re-exporting.
+        var moreprompts = config
+        moreprompts.eval.prompts.count = 2
+        let reEval = try pipeline(moreprompts).run()
+        XCTAssertEqual(Set(reEval.skipped), ["cache", "train", "export"])
+
+        // An interruption after step 2: the last two checkpoints and later outputs are gone; the
+        // rerun resumes from step 2 and ends with the same weights as the uninterrupted run.
+        let ck = run.appendingPathComponent("checkpoints")
+        for s in [3, 4] { try FileManager.default.removeItem(at: ck.appendingPathComponent(String(format: "step-%08d.safetensors", s))) }
+        try FileManager.default.removeItem(at: run.appendingPathComponent("student.safetensors"))
+        let resumed = try pipeline(config).run()
+        XCTAssertEqual(resumed.trainedSteps, 2, "steps 3 and 4 only")
+        XCTAssertTrue(resumed.skipped.contains("cache"))
+        let final2 = Student.studentWeights(try WeightsFile(contentsOf: ck.appendingPathComponent("step-00000004.safetensors")).tensors)
+        for (k, v) in final { XCTAssertEqual(final2[k]?.data, v.data, "resumed run differs at \(k)") }
+        XCTAssertEqual(resumed.after?.summary.map(\.miou), after.summary.map(\.miou))
+
+        // Other training settings in the same output_dir are refused, naming the directory.
+        var other = config
+        other.schedule = .constant(ConstantSchedule(lr: 2e-3))
+        XCTAssertThrowsError(try pipeline(other).run()) { e in
+            XCTAssertTrue("\(e)".contains("other training settings"), "\(e)")
+        }
+        // A listed image that does not exist: one error naming the list file and the entry.
+        try "\(names[1])\nmissing.png\n".write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
+        var broken = config
+        broken.data.train = [dir.appendingPathComponent("cache/other.h5").path]
+        XCTAssertThrowsError(try pipeline(broken).run()) { e in
+            XCTAssertTrue("\(e)".contains("list.txt") && "\(e)".contains("missing.png"), "\(e)")
+        }
+    }
+
+    /// The command line: `samdistill run` on the same tiny setup prints the before/after table and
+    /// the exported path; a second call says every step is up to date.
+    func testRunCommand() throws {
+        let dir = try CacheTestSupport.temporaryDirectory("runcli")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let teacher = try Self.writeTinySAM(in: dir)
+        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
+        try names.joined(separator: "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
+        try "\(names[2])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let cfg = dir.appendingPathComponent("run.yaml")
+        try Self.yaml(dir: dir, teacher: teacher, steps: 2).write(to: cfg, atomically: true, encoding: .utf8)
+        let exe = try CacheTestSupport.executable()
+        let r = try CacheTestSupport.run(exe, ["run", cfg.path, "--quiet"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("before") && r.out.contains("after") && r.out.contains("exported student: "), r.out)
+        XCTAssertTrue(r.err.contains("[5/5] export"), r.err)
+        let again = try CacheTestSupport.run(exe, ["run", cfg.path, "--quiet"])
+        XCTAssertEqual(again.status, 0, again.err)
+        XCTAssertTrue(again.out.contains("up to date: cache, eval-init, train, eval-final, export"), again.out)
+        // A bad override names the key; nothing runs.
+        let bad = try CacheTestSupport.run(exe, ["run", cfg.path, "--set", "freeze=[layers.0]"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.err.contains("freeze"), bad.err)
+    }
+}
