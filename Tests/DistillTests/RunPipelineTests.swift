@@ -150,3 +150,33 @@ final class RunPipelineTests: XCTestCase {
         XCTAssertTrue(bad.err.contains("freeze"), bad.err)
     }
 }
+
+/// The documented recipes (Configs/mobilesam_vit_h.yaml, Configs/nanosam_resnet18.yaml) parse,
+/// validate and start: two optimiser steps of each at full size (1024², batch 1) on random data
+/// standing in for their caches, with finite, decreasing-or-not-exploding losses.
+final class RecipeTests: XCTestCase {
+    func testRecipesStart() throws {
+        let dir = try CacheTestSupport.temporaryDirectory("recipes")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for (name, student) in [("mobilesam_vit_h.yaml", "tinyvit"), ("nanosam_resnet18.yaml", "conv")] {
+            let url = Fixture.repositoryRoot.appendingPathComponent("Configs/\(name)")
+            let full = try RunConfig.load(url)
+            XCTAssertEqual(full.student.typeName, student, name)
+            XCTAssertEqual(full.student.outputShape.channels, 256)
+            XCTAssertEqual(full.student.outputShape.side, 64)
+            XCTAssertGreaterThan(full.steps ?? 0, 1000, "\(name): a real run length")
+            let cfg = try RunConfig.load(url, overrides: ["batch_size=1", "steps=2", "schedule.warmup_steps=1",
+                                                          "output_dir=\(dir.appendingPathComponent(name).path)"])
+            let s = try Student.make(cfg)
+            var rng = SeededRandom(seed: 5)
+            let data = InMemoryTrainingData(images: .randomNormal([2, 3, 1024, 1024], rng: &rng),
+                                            targets: .randomNormal([2, 256, 64, 64], std: 0.1, rng: &rng))
+            let trainer = try Trainer(config: cfg, student: s, train: data)
+            trainer.showsProgress = false
+            let records = try trainer.run()
+            XCTAssertEqual(records.count, 2, name)
+            XCTAssertTrue(records.allSatisfy { $0.loss.isFinite && $0.gradNorm.isFinite && $0.gradNorm > 0 }, "\(name): \(records)")
+            print("\(name): \(String(format: "%.1f", Double(s.forwardFLOPs) / 1e9)) GFLOP forward per image; losses \(records.map(\.loss))")
+        }
+    }
+}
