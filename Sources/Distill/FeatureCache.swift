@@ -133,7 +133,12 @@ public struct CacheSettings: Equatable, Sendable {
         }
         func n(_ key: String, _ mine: [Double]) throws {
             let theirs = try o.attribute(key)?.doublesValue
-            if theirs != mine { d.append("\(key): cache has \(theirs.map { "\($0)" } ?? "nothing"), this run \(mine)") }
+            // Whole numbers print as integers (views 3, not 3.0).
+            func text(_ v: [Double]) -> String {
+                let items = v.map { $0 == $0.rounded() && abs($0) < 1e15 ? String(Int64($0)) : "\($0)" }
+                return items.count == 1 ? items[0] : "[" + items.joined(separator: ", ") + "]"
+            }
+            if theirs != mine { d.append("\(key): cache has \(theirs.map(text) ?? "nothing"), this run \(text(mine))") }
         }
         try s("teacher", teacher)
         try s("teacher_architecture", teacherArchitecture)

@@ -107,7 +107,7 @@ public final class RunPipeline {
             let teacher = try CacheTeacher.load(weights: URL(fileURLWithPath: teacherPath), config: nil)
             let summary = try FeatureCacheBuilder(options: o, teacher: teacher).run()
             outcome.cache = summary
-            if summary.rowsWritten == 0 && summary.rowsAlreadyComplete == summary.rowsPlanned - summary.skipped.count {
+            if summary.rowsWritten == 0 {
                 outcome.skipped.append("cache")
                 log("      cache complete (\(summary.rowsAlreadyComplete) rows): nothing to do")
             } else {
