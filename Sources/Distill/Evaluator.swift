@@ -107,6 +107,8 @@ public struct EvaluationReport: Codable, Sendable {
     /// Seconds of student encoder forwards (all images), of teacher forwards (0 with a cache).
     public var studentSeconds: Double
     public var teacherSeconds: Double
+    /// Box-prompt mIoU against COCO ground truth (`--annotations`), if evaluated.
+    public var groundTruth: GroundTruthReport? = nil
 
     /// The metric names of a mode: ["single"], or ["top", "best3"] with multimask.
     public static func metrics(multimask: Bool) -> [String] { multimask ? ["top", "best3"] : ["single"] }
@@ -173,15 +175,18 @@ public struct EvaluationReport: Codable, Sendable {
     /// The terminal table: per-image rows, then the overall means with their intervals.
     public func table() -> String {
         var s = "student \(student)\nteacher \(teacher)\ndata    \(data)\n\n"
+        if let groundTruth { s += groundTruth.table() + (summary.isEmpty ? "" : "\n") }
         let w = max(12, rows.map(\.image.count).max() ?? 0)
         func pad(_ t: String, _ n: Int) -> String { t.count >= n ? t : t + String(repeating: " ", count: n - t.count) }
-        s += pad("image", w) + "  " + pad("prompt", 9) + "  " + pad("metric", 6) + "  prompts    mIoU\n"
-        for r in rows {
-            s += pad(r.image, w) + "  " + pad(r.prompt, 9) + "  " + pad(r.metric, 6) + String(format: "  %7d  %6.4f\n", r.prompts, r.miou)
-        }
-        s += "\n" + pad("overall", 9) + "  " + pad("metric", 6) + "  images  prompts    mIoU  95% CI (bootstrap over images)\n"
-        for m in summary {
-            s += pad(m.prompt, 9) + "  " + pad(m.metric, 6) + String(format: "  %6d  %7d  %6.4f  [%.4f, %.4f]\n", m.images, m.prompts, m.miou, m.ciLow, m.ciHigh)
+        if !summary.isEmpty {
+            s += pad("image", w) + "  " + pad("prompt", 9) + "  " + pad("metric", 6) + "  prompts    mIoU\n"
+            for r in rows {
+                s += pad(r.image, w) + "  " + pad(r.prompt, 9) + "  " + pad(r.metric, 6) + String(format: "  %7d  %6.4f\n", r.prompts, r.miou)
+            }
+            s += "\n" + pad("overall", 9) + "  " + pad("metric", 6) + "  images  prompts    mIoU  95% CI (bootstrap over images)\n"
+            for m in summary {
+                s += pad(m.prompt, 9) + "  " + pad(m.metric, 6) + String(format: "  %6d  %7d  %6.4f  [%.4f, %.4f]\n", m.images, m.prompts, m.miou, m.ciLow, m.ciHigh)
+            }
         }
         s += String(format: "\nstudent forward %.2f s, teacher forward %.2f s\n", studentSeconds, teacherSeconds)
         return s
@@ -194,6 +199,7 @@ public struct EvaluationReport: Codable, Sendable {
         s += "- prompts: \(options.prompts.map(\.rawValue).joined(separator: ", ")); \(options.pointsPerImage) per protocol per image; "
         s += "seed \(options.seed); \(options.multimask ? "multimask (top = highest predicted IoU, best3 = best of 3)" : "single-mask output"); "
         s += "two-point distance \(options.pointDistance) px; 95% intervals: percentile bootstrap over images, \(options.bootstrapSamples) resamples\n\n"
+        if let groundTruth { s += groundTruth.markdown() + "\n" }
         s += "## Overall\n\n| prompt | metric | images | prompts | mIoU | 95% CI |\n|---|---|---:|---:|---:|---|\n"
         for m in summary {
             s += "| \(m.prompt) | \(m.metric) | \(m.images) | \(m.prompts) | \(String(format: "%.4f", m.miou)) | [\(String(format: "%.4f", m.ciLow)), \(String(format: "%.4f", m.ciHigh))] |\n"

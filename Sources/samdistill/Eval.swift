@@ -19,7 +19,13 @@ struct Eval: ParsableCommand {
             --point-distance px; box = the bounding box of such a mask; grid = round(√N)² points \
             on a regular grid. --multimask reports 'top' (highest predicted IoU) and 'best3'. \
             Prints per-image rows and overall means with 95% bootstrap intervals (over images); \
-            --json / --markdown write the same report.
+            --json / --markdown write the same report. \
+            With --annotations (a COCO instances JSON, polygons or RLE; requires --images, the \
+            folder that file_name is relative to): every non-crowd annotation's bbox prompts the \
+            decoder with the student's and with the teacher's embedding; mIoU against the \
+            ground-truth masks, overall and by object size (small < 32², medium < 96², large, by \
+            the annotation's area), with 95% bootstrap intervals over images. Only the annotated \
+            images are evaluated; --prompts runs on them too (--prompts none: ground truth only).
             """)
 
     @Option(help: "The student: a training checkpoint, an exported student or a SAM/MobileSAM checkpoint (.safetensors/.pt).")
@@ -37,7 +43,10 @@ struct Eval: ParsableCommand {
     @Option(help: "A folder of images (JPEG/PNG, recursive) instead of a cache.")
     var images: String?
 
-    @Option(help: "Prompt protocols, comma-separated: point, two-point, box, grid.")
+    @Option(help: "COCO instances JSON: box-prompt mIoU against its ground truth (requires --images).")
+    var annotations: String?
+
+    @Option(help: "Prompt protocols, comma-separated: point, two-point, box, grid (none: only --annotations).")
     var prompts: String = "point,box"
 
     @Option(help: "Prompts per protocol per image (grid: round(√N)² points).")
@@ -65,7 +74,8 @@ struct Eval: ParsableCommand {
     var threads: Int?
 
     func parsedPrompts() throws -> [PromptProtocol] {
-        try prompts.split(separator: ",").map { s in
+        if prompts.trimmingCharacters(in: .whitespaces) == "none" { return [] }
+        return try prompts.split(separator: ",").map { s in
             let t = s.trimmingCharacters(in: .whitespaces)
             guard let p = PromptProtocol(rawValue: t) else {
                 throw ValidationError("--prompts: unknown protocol '\(t)' (point, two-point, box, grid)")
@@ -76,11 +86,13 @@ struct Eval: ParsableCommand {
 
     func validate() throws {
         if (cache == nil) == (images == nil) { throw ValidationError("give exactly one of --cache FILE or --images DIR") }
-        if try parsedPrompts().isEmpty { throw ValidationError("--prompts: give at least one protocol") }
+        if annotations != nil && images == nil { throw ValidationError("--annotations needs --images DIR (the folder its file_name entries are relative to)") }
+        if try parsedPrompts().isEmpty && annotations == nil { throw ValidationError("--prompts: give at least one protocol") }
         if pointsPerImage < 1 { throw ValidationError("--points-per-image must be at least 1") }
         if !(pointDistance > 0) { throw ValidationError("--point-distance must be positive") }
         if !["train", "val", "all"].contains(split) { throw ValidationError("--split must be train, val or all") }
-        for (flag, path) in [("--student", student), ("--teacher", teacher)] + (cache.map { [("--cache", $0)] } ?? []) {
+        for (flag, path) in [("--student", student), ("--teacher", teacher)] + (cache.map { [("--cache", $0)] } ?? [])
+            + (annotations.map { [("--annotations", $0)] } ?? []) {
             guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("\(flag): no such file: \(path)") }
         }
         if let images {
@@ -103,6 +115,8 @@ struct Eval: ParsableCommand {
         options.seed = seed
         options.multimask = multimask
         options.pointDistance = pointDistance
+        // The ground truth is read (and checked) before any weights load.
+        let dataset = try annotations.map { try CocoDataset.read(URL(fileURLWithPath: $0)) }
         let studentWeights = try EncoderWeights.read(URL(fileURLWithPath: student))
         let encode = try studentWeights.makeEncoder()
         let model = try SAMModel.load(contentsOf: URL(fileURLWithPath: teacher))
@@ -115,6 +129,18 @@ struct Eval: ParsableCommand {
             guard !r.images.isEmpty else { throw ExportError(file: cache, reason: "no complete rows in split '\(split)'") }
             report = EvaluationReport(student: student, teacher: teacher, data: "\(cache) (split \(split))", options: options,
                                       images: r.images, studentSeconds: r.studentSeconds)
+        } else if let annotations, let dataset {
+            let gte = GroundTruthEvaluator(model: model, dataset: dataset, decoderBatch: options.decoderBatch)
+            guard !gte.evaluatedImages(maxImages: maxImages).isEmpty else {
+                throw ExportError(file: annotations, reason: "no image with a non-crowd annotation")
+            }
+            let r = try gte.evaluateImages(directory: URL(fileURLWithPath: images!), maxImages: maxImages, student: encode,
+                                           studentImageSize: studentWeights.imageSize, protocols: options.prompts.isEmpty ? nil : evaluator)
+            var rep = EvaluationReport(student: student, teacher: teacher, data: "\(images!) with \(annotations)", options: options,
+                                       images: r.protocols, studentSeconds: r.studentSeconds, teacherSeconds: r.teacherSeconds)
+            rep.groundTruth = GroundTruthReport(annotationsFile: annotations, imagesDirectory: images!, images: r.groundTruth,
+                                                crowdSkipped: r.crowdSkipped, bootstrapSamples: options.bootstrapSamples, seed: seed)
+            report = rep
         } else {
             var (urls, names) = try Evaluator.imageFiles(in: URL(fileURLWithPath: images!))
             if let maxImages { urls = Array(urls.prefix(maxImages)); names = Array(names.prefix(maxImages)) }
