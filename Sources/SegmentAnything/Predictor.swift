@@ -323,11 +323,10 @@ public final class SAMPredictor {
         let (lowRes, iou) = model.maskDecoder.forward(imageEmbeddings: features, imagePE: model.promptEncoder.densePositionalEncoding(),
                                                       sparsePromptEmbeddings: sparse, densePromptEmbeddings: dense,
                                                       multimaskOutput: multimaskOutput, mode: .inference)
-        var masks = SAMModel.postprocessMasks(lowRes, inputSize: inputSize, originalSize: originalSize, imageSize: model.imageSize)
-        if !returnLogits {
-            let t = SAMModel.maskThreshold
-            masks = masks.map { $0 > t ? 1 : 0 }
-        }
+        // Binarised (logits > maskThreshold) in the resize's output pass unless logits are wanted.
+        let masks = SAMModel.postprocessMasks(lowRes, inputSize: inputSize, originalSize: originalSize,
+                                              imageSize: model.imageSize,
+                                              threshold: returnLogits ? nil : SAMModel.maskThreshold)
         return SAMPrediction(masks: masks, iouPredictions: iou, lowResLogits: lowRes, areLogits: returnLogits)
     }
 }
