@@ -328,19 +328,29 @@ public final class SAMModel: Module {
         precondition(masks.rank == 4, "SAMModel.postprocessMasks: expected masks (B, K, h, w), got \(masks.shape)")
         precondition(inputSize.height <= S && inputSize.width <= S && inputSize.height > 0 && inputSize.width > 0,
                      "SAMModel.postprocessMasks: input size \(inputSize) does not fit \(S)×\(S)")
+        // Every output value is written by the second resize.
+        var out = Tensor.empty([masks.shape[0], masks.shape[1], originalSize.height, originalSize.width])
+        out.data.withUnsafeMutableBufferPointer { ob in
+            postprocessMasks(masks, inputSize: inputSize, originalSize: originalSize, imageSize: S, threshold: threshold,
+                             into: ob.baseAddress!)
+        }
+        return out
+    }
+
+    /// `postprocessMasks` writing its (B, K, H, W) result at `out` (e.g. a slice of a bigger batch).
+    static func postprocessMasks(_ masks: Tensor, inputSize: ImageSize, originalSize: ImageSize, imageSize S: Int,
+                                 threshold: Float?, into out: UnsafeMutablePointer<Float>) {
+        precondition(masks.rank == 4, "SAMModel.postprocessMasks: expected masks (B, K, h, w), got \(masks.shape)")
         let n = masks.shape[0] * masks.shape[1], h = masks.shape[2], w = masks.shape[3]
         let Hi = inputSize.height, Wi = inputSize.width, Ho = originalSize.height, Wo = originalSize.width
-        // Axis tables: the first resize h → S (rows < Hi kept), w → S (columns < Wi kept).
         let rows1 = BilinearAxis(inSize: h, outSize: S, count: Hi), cols1 = BilinearAxis(inSize: w, outSize: S, count: Wi)
+        // Axis tables: the first resize h → S (rows < Hi kept), w → S (columns < Wi kept).
         let rows2 = BilinearAxis(inSize: Hi, outSize: Ho, count: Ho), cols2 = BilinearAxis(inSize: Wi, outSize: Wo, count: Wo)
-        // Every output value is written by the second resize.
-        var out = Tensor.empty([masks.shape[0], masks.shape[1], Ho, Wo])
         // jobs: (mask, block of output rows)
         let rowsPerBlock = Swift.max(8, Swift.min(Ho, (1 << 16) / Swift.max(1, Wo)))
         let blocks = (Ho + rowsPerBlock - 1) / rowsPerBlock
         masks.data.withUnsafeBufferPointer { mb in
-            out.data.withUnsafeMutableBufferPointer { ob in
-                let src = mb.baseAddress!, dst = ob.baseAddress!
+                let src = mb.baseAddress!, dst = out
                 parallelChunks(n * blocks, costPerItem: rowsPerBlock * Wo * 4, minimumWork: 1 << 16) { jobs in
                     var stream = BilinearStream(lowWidth: w, midWidth: Wi, outWidth: Wo)
                     for job in jobs {
@@ -350,9 +360,7 @@ public final class SAMModel: Module {
                     }
                     stream.deallocate()
                 }
-            }
         }
-        return out
     }
 
     /// `postprocessMasks` as the reference writes it, with plain loops: the full S×S resize, the

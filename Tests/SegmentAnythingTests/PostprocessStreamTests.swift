@@ -23,3 +23,31 @@ final class PostprocessStreamTests: XCTestCase {
         }
     }
 }
+
+extension SAMModelTests {
+    /// One batch of 5 same-structure prompts (3 decoder chunks of `SAMPredictor.promptChunk` = 2)
+    /// equals each prompt predicted alone: masks ≤ 1e-5 relative, IoU predictions and low-res
+    /// logits likewise, single-mask output too.
+    func testChunkedBatchEqualsSinglePrompts() throws {
+        let predictor = try predictorWithSyntheticEmbedding()
+        var prompts: [SAMPrompt] = []
+        for i in 0..<5 {
+            let x = Double(40 + 70 * i), y = Double(30 + 50 * i)
+            prompts.append(SAMPrompt(points: [PromptPoint(x: x, y: y)]))
+        }
+        for multimask in [true, false] {
+            let K = multimask ? 3 : 1
+            let all = try predictor.predict(prompts, multimaskOutput: multimask, returnLogits: true)
+            XCTAssertEqual(all.masks.shape, [5, K, 300, 400])
+            let n = K * 300 * 400, l = K * 256 * 256
+            for (b, p) in prompts.enumerated() {
+                let alone = try predictor.predict(points: p.points, multimaskOutput: multimask, returnLogits: true)
+                let slice = Tensor(shape: [1, K, 300, 400], data: Array(all.masks.data[(b * n)..<((b + 1) * n)]))
+                XCTAssertLessThanOrEqual(relativeError(alone.masks, slice), 1e-5, "prompt \(b)")
+                let low = Tensor(shape: [1, K, 256, 256], data: Array(all.lowResLogits.data[(b * l)..<((b + 1) * l)]))
+                XCTAssertLessThanOrEqual(relativeError(alone.lowResLogits, low), 1e-5, "prompt \(b) low-res")
+                for k in 0..<K { XCTAssertEqual(alone.iou(prompt: 0, index: k), all.iou(prompt: b, index: k), accuracy: 1e-5) }
+            }
+        }
+    }
+}
