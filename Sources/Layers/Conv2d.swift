@@ -249,8 +249,14 @@ public final class Conv2d: Module {
                                   _ yp: UnsafeMutablePointer<Float>, _ g: ConvGeometry, _ ep: ConvEpilogue) {
         let k = g.k, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C
         let (ox0, ox1) = g.validOutputColumns()
+        let fast3 = k == 3 && s == 1 && p == 1 && W >= 2
         parallelFor(g.B * C, costPerItem: g.L * g.kk * 2) { bc in
             let x = xp + bc * H * W, y = yp + bc * g.L, w = wp + (bc % C) * g.kk
+            if fast3 {
+                depthwise3x3Plane(x, w, y, H: H, W: W)
+                ep.apply(y, g.L, channel: bc % C, offset: bc * g.L)
+                return
+            }
             y.update(repeating: 0, count: g.L)
             for oy in 0..<Ho {
                 let yrow = y + oy * Wo
@@ -271,6 +277,68 @@ public final class Conv2d: Module {
                 }
             }
             ep.apply(y, g.L, channel: bc % C, offset: bc * g.L)
+        }
+    }
+
+    /// One plane of a 3×3, stride 1, padding 1 depthwise conv, register-blocked: each output row is
+    /// written once, its up to nine products summed in registers in the generic loop's order
+    /// (rows top to bottom, columns left to right, from 0), so the values are the generic path's.
+    /// x, y: (H, W), W ≥ 2; w: (3, 3).
+    @inline(__always)
+    private func depthwise3x3Plane(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                   H: Int, W: Int) {
+        for oy in 0..<H {
+            let yr = y + oy * W, mid = x + oy * W
+            let up: UnsafePointer<Float>? = oy > 0 ? x + (oy - 1) * W : nil
+            let down: UnsafePointer<Float>? = oy < H - 1 ? x + (oy + 1) * W : nil
+            // interior columns 1 ..< W−1: all three kernel columns inside the row
+            let b0 = w[3], b1 = w[4], b2 = w[5]
+            switch (up, down) {
+            case let (u?, d?):
+                let a0 = w[0], a1 = w[1], a2 = w[2], c0 = w[6], c1 = w[7], c2 = w[8]
+                for ox in 1..<(W - 1) {
+                    var acc: Float = 0
+                    acc += a0 * u[ox - 1]; acc += a1 * u[ox]; acc += a2 * u[ox + 1]
+                    acc += b0 * mid[ox - 1]; acc += b1 * mid[ox]; acc += b2 * mid[ox + 1]
+                    acc += c0 * d[ox - 1]; acc += c1 * d[ox]; acc += c2 * d[ox + 1]
+                    yr[ox] = acc
+                }
+            case let (u?, nil):
+                let a0 = w[0], a1 = w[1], a2 = w[2]
+                for ox in 1..<(W - 1) {
+                    var acc: Float = 0
+                    acc += a0 * u[ox - 1]; acc += a1 * u[ox]; acc += a2 * u[ox + 1]
+                    acc += b0 * mid[ox - 1]; acc += b1 * mid[ox]; acc += b2 * mid[ox + 1]
+                    yr[ox] = acc
+                }
+            case let (nil, d?):
+                let c0 = w[6], c1 = w[7], c2 = w[8]
+                for ox in 1..<(W - 1) {
+                    var acc: Float = 0
+                    acc += b0 * mid[ox - 1]; acc += b1 * mid[ox]; acc += b2 * mid[ox + 1]
+                    acc += c0 * d[ox - 1]; acc += c1 * d[ox]; acc += c2 * d[ox + 1]
+                    yr[ox] = acc
+                }
+            case (nil, nil):
+                for ox in 1..<(W - 1) {
+                    var acc: Float = 0
+                    acc += b0 * mid[ox - 1]; acc += b1 * mid[ox]; acc += b2 * mid[ox + 1]
+                    yr[ox] = acc
+                }
+            }
+            // edge columns 0 and W−1: the kernel column outside the row is skipped
+            @inline(__always) func taps(_ acc: inout Float, _ row: UnsafePointer<Float>?, _ ky: Int, _ ox: Int) {
+                guard let row else { return }
+                for kx in 0..<3 {
+                    let ix = ox - 1 + kx
+                    if ix >= 0 && ix < W { acc += w[ky * 3 + kx] * row[ix] }
+                }
+            }
+            var left: Float = 0, right: Float = 0
+            taps(&left, up, 0, 0); taps(&left, mid, 1, 0); taps(&left, down, 2, 0)
+            taps(&right, up, 0, W - 1); taps(&right, mid, 1, W - 1); taps(&right, down, 2, W - 1)
+            yr[0] = left
+            yr[W - 1] = right
         }
     }
 

@@ -69,6 +69,13 @@ public final class SAMAttention: Module {
         let B = q.shape[0], Nq = q.shape[1], Nk = k.shape[1]
         let I = internalDim, d = headDim, nh = heads
         let keep = mode.keepsActivations
+        if !keep, let f = fold(queries: Nq, keys: Nk) {
+            // Inference over many image tokens: the big side's projections folded away
+            // (SAMAttentionFolded.swift).
+            projected = nil
+            probabilities = nil
+            return forwardFolded(q: q, k: k, v: v, fold: f)
+        }
         let qp = qProj.forward(q, mode: mode)  // (B, Nq, I)
         let kp = kProj.forward(k, mode: mode)  // (B, Nk, I)
         let vp = vProj.forward(v, mode: mode)  // (B, Nk, I)

@@ -305,6 +305,9 @@ public final class SAMPredictor {
         return Tensor(shape: [prompts.count, 1, size.height, size.width], data: prompts.flatMap { $0.maskInput!.data })
     }
 
+    /// Prompts per decoder pass in `predictBatch`.
+    static let promptChunk = 2
+
     /// `predict_torch`: B prompts already in the encoder's input frame (`transform.applyCoords` /
     /// `applyBoxes`): points (B, N, 2) + labels, boxes (B, 4), mask inputs (B, 1, 256, 256).
     public func predictBatch(points: PromptPoints?, boxes: Tensor?, maskInputs: Tensor?,
@@ -319,15 +322,51 @@ public final class SAMPredictor {
         }
         let sizes = [points?.batchSize, boxes?.shape[0], maskInputs?.shape[0]].compactMap { $0 }
         if Set(sizes).count > 1 { throw SAMPredictorError.invalidPrompt("points, boxes and mask inputs disagree on the batch size: \(sizes)") }
-        let (sparse, dense) = model.promptEncoder.forward(points: points, boxes: boxes, masks: maskInputs, mode: .inference)
-        let (lowRes, iou) = model.maskDecoder.forward(imageEmbeddings: features, imagePE: model.promptEncoder.densePositionalEncoding(),
-                                                      sparsePromptEmbeddings: sparse, densePromptEmbeddings: dense,
-                                                      multimaskOutput: multimaskOutput, mode: .inference)
-        var masks = SAMModel.postprocessMasks(lowRes, inputSize: inputSize, originalSize: originalSize, imageSize: model.imageSize)
-        if !returnLogits {
-            let t = SAMModel.maskThreshold
-            masks = masks.map { $0 > t ? 1 : 0 }
+        let B = sizes.first ?? 1
+        // Prompts run through the decoder `promptChunk` at a time, each chunk's masks resized
+        // straight into the output: the decoder's (B, 4096, 256) intermediates stay a few MB
+        // instead of growing with B (the values are the same: prompts are independent).
+        let K = multimaskOutput ? model.maskDecoder.numMultimaskOutputs : 1
+        let lh = size.height, lw = size.width, H = originalSize.height, W = originalSize.width
+        var masks = Tensor.empty([B, K, H, W])
+        var iou = Tensor.empty([B, K])
+        var lowRes = Tensor.empty([B, K, lh, lw])
+        let imagePE = model.promptEncoder.densePositionalEncoding()
+        for start in stride(from: 0, to: B, by: Self.promptChunk) {
+            let end = Swift.min(B, start + Self.promptChunk), n = end - start
+            let chunkPoints = points.map { p in
+                PromptPoints(coords: p.coords.slicedRows(start..<end),
+                             labels: Array(p.labels[(start * p.pointsPerPrompt)..<(end * p.pointsPerPrompt)]))
+            }
+            let (sparse, dense) = model.promptEncoder.forward(points: chunkPoints, boxes: boxes?.slicedRows(start..<end),
+                                                              masks: maskInputs?.slicedRows(start..<end), mode: .inference)
+            let (low, q) = model.maskDecoder.forward(imageEmbeddings: features, imagePE: imagePE,
+                                                     sparsePromptEmbeddings: sparse, densePromptEmbeddings: dense,
+                                                     multimaskOutput: multimaskOutput, mode: .inference)
+            precondition(low.shape == [n, K, lh, lw] && q.shape == [n, K],
+                         "SAMPredictor.predictBatch: decoder returned \(low.shape), \(q.shape) for \(n) prompts")
+            lowRes.data.replaceSubrange((start * K * lh * lw)..<(end * K * lh * lw), with: low.data)
+            iou.data.replaceSubrange((start * K)..<(end * K), with: q.data)
+            // Binarised (logits > maskThreshold) in the resize's output pass unless logits are wanted.
+            masks.data.withUnsafeMutableBufferPointer { mb in
+                SAMModel.postprocessMasks(low, inputSize: inputSize, originalSize: originalSize, imageSize: model.imageSize,
+                                          threshold: returnLogits ? nil : SAMModel.maskThreshold,
+                                          into: mb.baseAddress! + start * K * H * W)
+            }
         }
         return SAMPrediction(masks: masks, iouPredictions: iou, lowResLogits: lowRes, areLogits: returnLogits)
+    }
+}
+
+extension Tensor {
+    /// Rows `range` of the first dimension: (n, ...) → (range.count, ...).
+    func slicedRows(_ range: Range<Int>) -> Tensor {
+        precondition(rank >= 1 && range.lowerBound >= 0 && range.upperBound <= shape[0],
+                     "Tensor.slicedRows: rows \(range) of a tensor of shape \(shape)")
+        let per = shape[0] == 0 ? 0 : count / shape[0]
+        var s = shape
+        s[0] = range.count
+        if range.count == shape[0] { return self }
+        return Tensor(shape: s, data: Array(data[(range.lowerBound * per)..<(range.upperBound * per)]))
     }
 }

@@ -317,38 +317,50 @@ public final class SAMModel: Module {
 
     /// `Sam.postprocess_masks`: masks (B, K, h, w) low-res logits → bilinear (align_corners=False)
     /// to S×S, crop to `inputSize` (the resized image before padding), bilinear to `originalSize`
-    /// → (B, K, H, W) logits. The first resize is computed only over the kept crop (the values
-    /// are the same), each output pixel from its four source pixels as PyTorch's CPU kernel does.
+    /// → (B, K, H, W) logits, or 0/1 (`value > threshold`) when `threshold` is given (the
+    /// predictor's binarisation, fused into the output pass). The first resize is computed only
+    /// over the kept crop (the values are the same), each output pixel from its four source pixels
+    /// with PyTorch's CPU kernel's arithmetic; both resizes run separably and streamed (see
+    /// `BilinearStream`): bit-identical to the per-pixel form, parallel over (mask, row block).
     public static func postprocessMasks(_ masks: Tensor, inputSize: ImageSize, originalSize: ImageSize,
-                                        imageSize S: Int = SAMPreprocessing.imageSize) -> Tensor {
+                                        imageSize S: Int = SAMPreprocessing.imageSize,
+                                        threshold: Float? = nil) -> Tensor {
         precondition(masks.rank == 4, "SAMModel.postprocessMasks: expected masks (B, K, h, w), got \(masks.shape)")
         precondition(inputSize.height <= S && inputSize.width <= S && inputSize.height > 0 && inputSize.width > 0,
                      "SAMModel.postprocessMasks: input size \(inputSize) does not fit \(S)×\(S)")
-        let n = masks.shape[0] * masks.shape[1], h = masks.shape[2], w = masks.shape[3]
-        let Hi = inputSize.height, Wi = inputSize.width, Ho = originalSize.height, Wo = originalSize.width
-        // Axis tables: the first resize h → S (rows < Hi kept), w → S (columns < Wi kept).
-        let rows1 = BilinearAxis(inSize: h, outSize: S, count: Hi), cols1 = BilinearAxis(inSize: w, outSize: S, count: Wi)
-        let rows2 = BilinearAxis(inSize: Hi, outSize: Ho, count: Ho), cols2 = BilinearAxis(inSize: Wi, outSize: Wo, count: Wo)
         // Every output value is written by the second resize.
-        var out = Tensor.empty([masks.shape[0], masks.shape[1], Ho, Wo])
-        masks.data.withUnsafeBufferPointer { mb in
-            out.data.withUnsafeMutableBufferPointer { ob in
-                let src = mb.baseAddress!, dst = ob.baseAddress!
-                // Masks are independent: split them across workers, each with its own
-                // mid: (Hi, Wi) scratch.
-                parallelChunks(n, costPerItem: Ho * Wo + Hi * Wi, minimumWork: 1 << 18) { range in
-                    var mid = [Float](repeating: 0, count: Hi * Wi)
-                    mid.withUnsafeMutableBufferPointer { tb in
-                        let t = tb.baseAddress!
-                        for i in range {
-                            bilinear(src + i * h * w, width: w, rows: rows1, cols: cols1, into: t)
-                            bilinear(UnsafePointer(t), width: Wi, rows: rows2, cols: cols2, into: dst + i * Ho * Wo)
-                        }
-                    }
-                }
-            }
+        var out = Tensor.empty([masks.shape[0], masks.shape[1], originalSize.height, originalSize.width])
+        out.data.withUnsafeMutableBufferPointer { ob in
+            postprocessMasks(masks, inputSize: inputSize, originalSize: originalSize, imageSize: S, threshold: threshold,
+                             into: ob.baseAddress!)
         }
         return out
+    }
+
+    /// `postprocessMasks` writing its (B, K, H, W) result at `out` (e.g. a slice of a bigger batch).
+    static func postprocessMasks(_ masks: Tensor, inputSize: ImageSize, originalSize: ImageSize, imageSize S: Int,
+                                 threshold: Float?, into out: UnsafeMutablePointer<Float>) {
+        precondition(masks.rank == 4, "SAMModel.postprocessMasks: expected masks (B, K, h, w), got \(masks.shape)")
+        let n = masks.shape[0] * masks.shape[1], h = masks.shape[2], w = masks.shape[3]
+        let Hi = inputSize.height, Wi = inputSize.width, Ho = originalSize.height, Wo = originalSize.width
+        let rows1 = BilinearAxis(inSize: h, outSize: S, count: Hi), cols1 = BilinearAxis(inSize: w, outSize: S, count: Wi)
+        // Axis tables: the first resize h → S (rows < Hi kept), w → S (columns < Wi kept).
+        let rows2 = BilinearAxis(inSize: Hi, outSize: Ho, count: Ho), cols2 = BilinearAxis(inSize: Wi, outSize: Wo, count: Wo)
+        // jobs: (mask, block of output rows)
+        let rowsPerBlock = Swift.max(8, Swift.min(Ho, (1 << 16) / Swift.max(1, Wo)))
+        let blocks = (Ho + rowsPerBlock - 1) / rowsPerBlock
+        masks.data.withUnsafeBufferPointer { mb in
+                let src = mb.baseAddress!, dst = out
+                parallelChunks(n * blocks, costPerItem: rowsPerBlock * Wo * 4, minimumWork: 1 << 16) { jobs in
+                    var stream = BilinearStream(lowWidth: w, midWidth: Wi, outWidth: Wo)
+                    for job in jobs {
+                        let i = job / blocks, r0 = (job % blocks) * rowsPerBlock, r1 = Swift.min(Ho, r0 + rowsPerBlock)
+                        stream.resize(src + i * h * w, rows1: rows1, cols1: cols1, rows2: rows2, cols2: cols2,
+                                      outputRows: r0..<r1, into: dst + i * Ho * Wo, threshold: threshold)
+                    }
+                    stream.deallocate()
+                }
+        }
     }
 
     /// `postprocessMasks` as the reference writes it, with plain loops: the full S×S resize, the
@@ -410,21 +422,85 @@ struct BilinearAxis {
     }
 }
 
-/// y (rows.count, cols.count) = bilinear samples of x (·, width): per output pixel
-/// (1−λr)·((1−λc)·x00 + λc·x01) + λr·((1−λc)·x10 + λc·x11). Parallel over output rows.
-func bilinear(_ x: UnsafePointer<Float>, width: Int, rows: BilinearAxis, cols: BilinearAxis,
-              into y: UnsafeMutablePointer<Float>) {
-    let H = rows.i0.count, W = cols.i0.count
-    rows.i0.withUnsafeBufferPointer { r0 in rows.i1.withUnsafeBufferPointer { r1 in rows.lambda.withUnsafeBufferPointer { rl in
-    cols.i0.withUnsafeBufferPointer { c0 in cols.i1.withUnsafeBufferPointer { c1 in cols.lambda.withUnsafeBufferPointer { cl in
-        parallelFor(H, costPerItem: W * 8) { r in
-            let top = x + r0[r] * width, bottom = x + r1[r] * width
-            let lr = rl[r], kr = 1 - lr
-            let out = y + r * W
-            for c in 0..<W {
-                let a = c0[c], b = c1[c], lc = cl[c], kc = 1 - lc
-                out[c] = kr * (kc * top[a] + lc * top[b]) + lr * (kc * bottom[a] + lc * bottom[b])
+/// Two chained bilinear resizes (low → mid → out) computed row by row: an output row is
+/// (1−λr)·top + λr·bottom of two mid rows already interpolated across (widths `outWidth`), a mid row
+/// is (1−λr)·top + λr·bottom of two low-res rows interpolated across (width `midWidth`). Each
+/// level keeps its last two rows, so rows are interpolated across once per job while the output
+/// rows advance (row indices only grow). Per value the arithmetic is the per-pixel
+/// `(1−λr)·((1−λc)·x00 + λc·x01) + λr·((1−λc)·x10 + λc·x11)`: the same floats.
+struct BilinearStream {
+    // low: 2 × (midWidth) low-res rows interpolated across, for low-res rows lowIndex
+    // mid: (midWidth) one mid row; midAcross: 2 × (outWidth) mid rows interpolated across
+    let lowWidth: Int, midWidth: Int, outWidth: Int
+    let low: UnsafeMutablePointer<Float>, mid: UnsafeMutablePointer<Float>, midAcross: UnsafeMutablePointer<Float>
+    var lowIndex = (-1, -1), midIndex = (-1, -1)
+    var source: UnsafePointer<Float>? = nil
+
+    init(lowWidth: Int, midWidth: Int, outWidth: Int) {
+        self.lowWidth = lowWidth; self.midWidth = midWidth; self.outWidth = outWidth
+        low = .allocate(capacity: 2 * midWidth)
+        mid = .allocate(capacity: midWidth)
+        midAcross = .allocate(capacity: 2 * outWidth)
+    }
+
+    func deallocate() { low.deallocate(); mid.deallocate(); midAcross.deallocate() }
+
+    /// y[c] = (1−λc)·x[i0[c]] + λc·x[i1[c]] for c < cols.count.
+    @inline(__always)
+    static func across(_ x: UnsafePointer<Float>, _ cols: BilinearAxis, _ y: UnsafeMutablePointer<Float>) {
+        cols.i0.withUnsafeBufferPointer { c0 in cols.i1.withUnsafeBufferPointer { c1 in cols.lambda.withUnsafeBufferPointer { cl in
+            for c in 0..<c0.count {
+                let lc = cl[c]
+                y[c] = (1 - lc) * x[c0[c]] + lc * x[c1[c]]
             }
+        } } }
+    }
+
+    /// y = (1−λ)·top + λ·bottom over n values (vectorised).
+    @inline(__always)
+    static func blend(_ top: UnsafePointer<Float>, _ bottom: UnsafePointer<Float>, _ lambda: Float,
+                      _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        let k = 1 - lambda
+        for c in 0..<n { y[c] = k * top[c] + lambda * bottom[c] }
+    }
+
+    /// Slot (0 or 1) holding row `r` at a level, computing it into the slot not holding the
+    /// other needed row `other` when missing.
+    @inline(__always)
+    static func slot(_ index: inout (Int, Int), _ r: Int, other: Int, _ compute: (Int) -> Void) -> Int {
+        if index.0 == r { return 0 }
+        if index.1 == r { return 1 }
+        let s = index.0 == other ? 1 : 0
+        if s == 0 { index.0 = r } else { index.1 = r }
+        compute(s)
+        return s
+    }
+
+    /// Output rows `outputRows` of one mask x: (h, lowWidth) into y: (Ho, outWidth), as logits or
+    /// thresholded to 0/1.
+    mutating func resize(_ x: UnsafePointer<Float>, rows1: BilinearAxis, cols1: BilinearAxis,
+                         rows2: BilinearAxis, cols2: BilinearAxis, outputRows: Range<Int>,
+                         into y: UnsafeMutablePointer<Float>, threshold: Float?) {
+        if source != x { lowIndex = (-1, -1); midIndex = (-1, -1); source = x }
+        let Wl = lowWidth, Wm = midWidth, Wo = outWidth
+        let low = low, mid = mid, midAcross = midAcross
+        var lowIndex = lowIndex
+        // The mid row m interpolated across into midAcross slot s.
+        func midRow(_ m: Int, _ s: Int) {
+            let a = rows1.i0[m], b = rows1.i1[m]
+            let sa = Self.slot(&lowIndex, a, other: b) { Self.across(x + a * Wl, cols1, low + $0 * Wm) }
+            let sb = Self.slot(&lowIndex, b, other: a) { Self.across(x + b * Wl, cols1, low + $0 * Wm) }
+            Self.blend(low + sa * Wm, low + sb * Wm, rows1.lambda[m], mid, Wm)
+            Self.across(mid, cols2, midAcross + s * Wo)
         }
-    } } } } } }
+        for r in outputRows {
+            let a = rows2.i0[r], b = rows2.i1[r]
+            let sa = Self.slot(&midIndex, a, other: b) { midRow(a, $0) }
+            let sb = Self.slot(&midIndex, b, other: a) { midRow(b, $0) }
+            let yr = y + r * Wo
+            Self.blend(midAcross + sa * Wo, midAcross + sb * Wo, rows2.lambda[r], yr, Wo)
+            if let t = threshold { for c in 0..<Wo { yr[c] = yr[c] > t ? 1 : 0 } }
+        }
+        self.lowIndex = lowIndex
+    }
 }
