@@ -346,4 +346,118 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
         let gridPoints = Set(MaskUtilities.pointGrid(16).map { "\($0.x * 512),\($0.y * 480)" })
         for m in fast.masks { XCTAssertTrue(gridPoints.contains("\(m.pointX),\(m.pointY)")) }
     }
+
+    // MARK: CLI
+
+    /// The built `samdistill` executable: `$SAMDISTILL_BIN`, or beside the test bundle.
+    static func executable() throws -> URL {
+        if let p = ProcessInfo.processInfo.environment["SAMDISTILL_BIN"] { return URL(fileURLWithPath: p) }
+        var dir = URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let u = dir.appendingPathComponent("samdistill")
+            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
+            dir = dir.deletingLastPathComponent()
+        }
+        throw FixtureError("samdistill executable not found beside the test bundle: build it (swift build --build-tests) or set SAMDISTILL_BIN")
+    }
+
+    static func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = try executable()
+        p.arguments = args
+        let o = Pipe(), e = Pipe()
+        p.standardOutput = o
+        p.standardError = e
+        try p.run()
+        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
+    }
+
+    func temporaryDirectory() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("samdistill-amg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        return dir
+    }
+
+    /// Bad flag combinations fail before any work, with a message naming the problem.
+    func testCLIRejectsBadCombinations() throws {
+        let dir = try temporaryDirectory()
+        let base = ["segment", "--checkpoint", try Fixture.mobileSAMCheckpoint().path, "--image", try TestData.photo("fruits.jpg").path,
+                    "--out", dir.appendingPathComponent("o.png").path]
+        let cases: [([String], String)] = [
+            (["--everything", "--point", "10,10"], "takes no --point/--box prompts"),
+            (["--everything", "--box", "0,0,10,10"], "takes no --point/--box prompts"),
+            (["--select-box", "0,0,10,10", "--point", "10,10"], "--select-box needs --everything"),
+            (["--select-point", "5,5"], "--select-point needs --everything"),
+            (["--fast", "--point", "10,10"], "--fast needs --everything"),
+            (["--points-per-side", "8"], "--points-per-side needs --everything"),
+            (["--everything", "--select-box", "0,0,10,10", "--select-point", "5,5"], "not both"),
+            (["--everything", "--points-per-side", "0"], "points per side must be at least 1"),
+            (["--everything", "--pred-iou-thresh", "1.5"], "predicted IoU threshold must be in [0, 1]"),
+            (["--everything", "--mask-out", dir.appendingPathComponent("m.png").path], "--mask-out with --everything"),
+            (["--everything", "--compare-full"], "add --fast"),
+            (["--everything", "--multimask"], "--multimask is for prompts"),
+            ([], "give at least one prompt"),
+        ]
+        for (extra, message) in cases {
+            let r = try Self.run(base + extra)
+            XCTAssertNotEqual(r.status, 0, "\(extra) should fail")
+            XCTAssertTrue(r.err.contains(message), "\(extra): expected '\(message)' in: \(r.err)")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), [], "nothing written")
+    }
+
+    /// `--everything` on a real photo: the JSON (written by temp file + rename over an older
+    /// one, no temp file left) lists SAM's records, every RLE decodes to a mask whose area and
+    /// box are the record's; the overlay has the image's size; --select-point writes the union
+    /// of the masks it hits as --mask-out, equal to the JSON's selection.
+    func testCLIEverythingWritesJSONAndSelection() throws {
+        let dir = try temporaryDirectory()
+        let json = dir.appendingPathComponent("everything.json"), overlay = dir.appendingPathComponent("overlay.png")
+        try Data("stale".utf8).write(to: json)
+        let photo = try TestData.photo("fruits.jpg")
+        let base = ["segment", "--checkpoint", try Fixture.mobileSAMCheckpoint().path, "--image", photo.path, "--everything",
+                    "--points-per-side", "4", "--json", json.path, "--out", overlay.path]
+        let r = try Self.run(base)
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir.path)), ["everything.json", "overlay.png"])
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
+        let records = try XCTUnwrap(object["masks"] as? [[String: Any]])
+        XCTAssertGreaterThan(records.count, 0)
+        XCTAssertEqual(object["decoded_prompts"] as? Int, 16)
+        var masks: [BinaryMask] = []
+        for record in records {
+            let rle = try JSONDecoder().decode(MaskRLE.self, from: try JSONSerialization.data(withJSONObject: try XCTUnwrap(record["segmentation"])))
+            XCTAssertEqual(rle.height, 480); XCTAssertEqual(rle.width, 512)
+            let m = rle.decode()
+            XCTAssertEqual(MaskRLE(m), rle, "decode then encode gives the RLE back")
+            XCTAssertEqual(record["area"] as? Int, m.area)
+            XCTAssertEqual(record["bbox"] as? [Int], MaskUtilities.box(of: m).xywh)
+            XCTAssertEqual(record["crop_box"] as? [Int], [0, 0, 512, 480])
+            let iou = try XCTUnwrap(record["predicted_iou"] as? Double), stability = try XCTUnwrap(record["stability_score"] as? Double)
+            XCTAssertGreaterThan(iou, 0.88); XCTAssertGreaterThanOrEqual(stability, 0.95)
+            XCTAssertEqual((record["point_coords"] as? [[Double]])?.first?.count, 2)
+            masks.append(m)
+        }
+        let picture = try ImageIO.read(overlay)
+        XCTAssertEqual(picture.width, 512); XCTAssertEqual(picture.height, 480)
+
+        // Select with a foreground point at the centre of the first mask's box.
+        let b = MaskUtilities.box(of: masks[0])
+        let point = PromptPoint(x: Double((b.x0 + b.x1) / 2), y: Double((b.y0 + b.y1) / 2))
+        let maskOut = dir.appendingPathComponent("selected.png")
+        let s = try Self.run(base + ["--select-point", "\(Int(point.x)),\(Int(point.y))", "--mask-out", maskOut.path])
+        XCTAssertEqual(s.status, 0, s.err)
+        let png = try ImageIO.read(maskOut)
+        let selected = BinaryMask(width: png.width, height: png.height, pixels: (0..<(png.width * png.height)).map { png.pixels[3 * $0] >= 128 })
+        let expected = try XCTUnwrap(MaskUtilities.selectByPoints(masks, points: [point]))
+        XCTAssertEqual(selected, expected.mask)
+        let again = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
+        let selection = try XCTUnwrap(again["selection"] as? [String: Any])
+        XCTAssertEqual(selection["masks"] as? [Int], expected.added)
+        let rle = try JSONDecoder().decode(MaskRLE.self, from: try JSONSerialization.data(withJSONObject: try XCTUnwrap(selection["segmentation"])))
+        XCTAssertEqual(rle.decode(), selected)
+    }
 }
