@@ -124,6 +124,15 @@ struct Segment: ParsableCommand {
     @Flag(help: "--everything: hierarchical mode, a coarse grid first, then only the grid points no confident mask covers.")
     var fast = false
 
+    @Option(help: "--fast: the coarse grid takes every Nth grid point per side (default 4).")
+    var fastStride: Int?
+
+    @Option(help: "--fast: a grid point is covered where a confident coarse mask's logit exceeds this (default 8.5; 0: anywhere inside the mask).")
+    var fastCoverLogit: Float?
+
+    @Option(help: "--fast: coarse masks with a predicted IoU of at least this are confident (default 0.88).")
+    var fastConfidentIou: Double?
+
     @Flag(help: "--everything --fast: also run the full grid and print the speedup and the mask agreement.")
     var compareFull = false
 
@@ -145,7 +154,13 @@ struct Segment: ParsableCommand {
         if let v = boxNmsThresh { o.boxNMSThresh = v }
         if let v = cropNLayers { o.cropNLayers = v }
         if let v = minMaskRegionArea { o.minMaskRegionArea = v }
-        if fast { o.hierarchical = HierarchicalOptions() }
+        if fast {
+            var h = HierarchicalOptions()
+            if let v = fastStride { h.stride = v }
+            if let v = fastCoverLogit { h.coverLogit = v }
+            if let v = fastConfidentIou { h.confidentIoU = v }
+            o.hierarchical = h
+        }
         return o
     }
 
@@ -155,6 +170,7 @@ struct Segment: ParsableCommand {
             ("--pred-iou-thresh", predIouThresh != nil), ("--stability-score-thresh", stabilityScoreThresh != nil),
             ("--box-nms-thresh", boxNmsThresh != nil), ("--crop-n-layers", cropNLayers != nil),
             ("--min-mask-region-area", minMaskRegionArea != nil), ("--fast", fast), ("--compare-full", compareFull),
+            ("--fast-stride", fastStride != nil), ("--fast-cover-logit", fastCoverLogit != nil), ("--fast-confident-iou", fastConfidentIou != nil),
             ("--select-box", selectBox != nil), ("--select-point", !selectPoints.isEmpty),
         ]
         if everything {
@@ -165,6 +181,10 @@ struct Segment: ParsableCommand {
             if multimask { throw ValidationError("--multimask is for prompts; --everything always decodes three masks per grid point") }
             if selectBox != nil && !selectPoints.isEmpty { throw ValidationError("give --select-box or --select-point, not both") }
             if compareFull && !fast { throw ValidationError("--compare-full compares --fast with the full grid: add --fast") }
+            if let (flag, _) = [("--fast-stride", fastStride != nil), ("--fast-cover-logit", fastCoverLogit != nil),
+                                ("--fast-confident-iou", fastConfidentIou != nil)].first(where: \.1), !fast {
+                throw ValidationError("\(flag) tunes --fast: add --fast")
+            }
             if maskOut != nil && selectBox == nil && selectPoints.isEmpty {
                 throw ValidationError("--mask-out with --everything writes the selected mask: add --select-box or --select-point")
             }

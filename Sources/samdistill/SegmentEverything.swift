@@ -93,6 +93,9 @@ extension Segment {
                 "decoded_prompts": result.decodedPrompts, "grid_points": result.gridPoints, "encoder_runs": result.encoderRuns,
                 "seconds": ["load": loadSeconds, "encode": result.encodeSeconds, "decode": result.decodeSeconds, "generate": generateSeconds],
             ]
+            if let h = options.hierarchical {
+                object["fast"] = ["stride": h.stride, "cover_logit": Double(h.coverLogit), "confident_iou": h.confidentIoU]
+            }
             if let comparison { object["comparison"] = comparison }
             if let selection {
                 var s: [String: Any] = ["segmentation": MaskRLE(selection.mask).jsonObject, "area": selection.mask.area,
