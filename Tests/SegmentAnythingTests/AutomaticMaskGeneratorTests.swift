@@ -399,6 +399,8 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
             (["--everything", "--pred-iou-thresh", "1.5"], "predicted IoU threshold must be in [0, 1]"),
             (["--everything", "--mask-out", dir.appendingPathComponent("m.png").path], "--mask-out with --everything"),
             (["--everything", "--compare-full"], "add --fast"),
+            (["--everything", "--fast-stride", "2"], "--fast-stride tunes --fast"),
+            (["--everything", "--fast", "--fast-stride", "1"], "coarse stride must be at least 2"),
             (["--everything", "--multimask"], "--multimask is for prompts"),
             ([], "give at least one prompt"),
         ]
