@@ -42,7 +42,7 @@ struct SegmentError: Error, CustomStringConvertible {
 
 struct Segment: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Segment an object in an image from point and box prompts (SAM / MobileSAM).",
+        abstract: "Segment an object from point and box prompts, or everything in an image (SAM / MobileSAM).",
         discussion: """
             Loads a SAM checkpoint (.pt/.pth or .safetensors; MobileSAM's TinyViT or SAM's ViT \
             encoder, detected from the file), encodes the image once, and predicts a mask for the \
@@ -51,6 +51,18 @@ struct Segment: ParsableCommand {
             Writes an overlay of the mask and the prompts (--out), optionally the mask as an 8-bit \
             0/255 PNG at the image's size (--mask-out) and a JSON summary (--json: score, bbox, \
             area, prompts, timings). Prints the load, encode and decode times.
+
+            --everything runs SAM's automatic mask generator instead of prompts: a grid of \
+            point prompts (--points-per-side², decoded in batches, three masks each), masks kept \
+            by predicted IoU and stability score, duplicates removed by box NMS, optionally on \
+            crops (--crop-n-layers) and with small holes and islands removed \
+            (--min-mask-region-area). --fast decodes a coarse grid (every 4th point per side) \
+            first and then only the grid points no confident mask covers. --json writes every \
+            mask as SAM's record (segmentation as uncompressed column-major RLE, area, bbox XYWH, \
+            predicted_iou, stability_score, point_coords, crop_box); the overlay colours every \
+            mask. --select-box / --select-point pick among the masks FastSAM-style: the mask with \
+            the highest IoU with the box, or the union of the masks hit by foreground points \
+            minus those hit by background points (--mask-out writes the selection).
             """)
 
     @Option(help: "The SAM weights (.pt, .pth or .safetensors).")
@@ -85,9 +97,107 @@ struct Segment: ParsableCommand {
     @Option(help: "Threads for OpenBLAS and the toolkit's own loops (default: all cores).")
     var threads: Int?
 
+    @Flag(help: "Segment everything: SAM's automatic mask generator over a grid of point prompts.")
+    var everything = false
+
+    @Option(help: "--everything: points per side of the grid (default 32).")
+    var pointsPerSide: Int?
+
+    @Option(help: "--everything: prompts decoded per batch (default 64).")
+    var pointsPerBatch: Int?
+
+    @Option(help: "--everything: keep masks with a predicted IoU above this (default 0.88).")
+    var predIouThresh: Double?
+
+    @Option(help: "--everything: keep masks with a stability score of at least this (default 0.95).")
+    var stabilityScoreThresh: Double?
+
+    @Option(help: "--everything: box IoU above which NMS removes a duplicate mask (default 0.7).")
+    var boxNmsThresh: Double?
+
+    @Option(help: "--everything: crop layers after the whole image, layer i with (2^i)² crops (default 0).")
+    var cropNLayers: Int?
+
+    @Option(help: "--everything: fill holes and remove islands smaller than this many pixels (default 0: off).")
+    var minMaskRegionArea: Int?
+
+    @Flag(help: "--everything: hierarchical mode, a coarse grid first, then only the grid points no confident mask covers.")
+    var fast = false
+
+    @Option(help: "--fast: the coarse grid takes every Nth grid point per side (default 4).")
+    var fastStride: Int?
+
+    @Option(help: "--fast: a grid point is covered where a confident coarse mask's logit exceeds this (default 8.5; 0: anywhere inside the mask).")
+    var fastCoverLogit: Float?
+
+    @Option(help: "--fast: coarse masks with a predicted IoU of at least this are confident (default 0.88).")
+    var fastConfidentIou: Double?
+
+    @Flag(help: "--everything --fast: also run the full grid and print the speedup and the mask agreement.")
+    var compareFull = false
+
+    @Option(help: ArgumentHelp("--everything: select the mask with the highest IoU with this box.", valueName: "x0,y0,x1,y1"))
+    var selectBox: BoxArgument?
+
+    @Option(name: .customLong("select-point"), parsing: .singleValue,
+            help: ArgumentHelp("--everything: select the masks hit by this point (label 1 adds, 0 removes). Repeatable.",
+                               valueName: "x,y[,label]"))
+    var selectPoints: [PointArgument] = []
+
+    /// The automatic mask generator's options from the flags (SAM's defaults where not given).
+    var generatorOptions: AutomaticMaskGeneratorOptions {
+        var o = AutomaticMaskGeneratorOptions()
+        if let v = pointsPerSide { o.pointsPerSide = v }
+        if let v = pointsPerBatch { o.pointsPerBatch = v }
+        if let v = predIouThresh { o.predIoUThresh = v }
+        if let v = stabilityScoreThresh { o.stabilityScoreThresh = v }
+        if let v = boxNmsThresh { o.boxNMSThresh = v }
+        if let v = cropNLayers { o.cropNLayers = v }
+        if let v = minMaskRegionArea { o.minMaskRegionArea = v }
+        if fast {
+            var h = HierarchicalOptions()
+            if let v = fastStride { h.stride = v }
+            if let v = fastCoverLogit { h.coverLogit = v }
+            if let v = fastConfidentIou { h.confidentIoU = v }
+            o.hierarchical = h
+        }
+        return o
+    }
+
     func validate() throws {
-        if points.isEmpty && box == nil {
-            throw ValidationError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
+        let everythingOnly: [(String, Bool)] = [
+            ("--points-per-side", pointsPerSide != nil), ("--points-per-batch", pointsPerBatch != nil),
+            ("--pred-iou-thresh", predIouThresh != nil), ("--stability-score-thresh", stabilityScoreThresh != nil),
+            ("--box-nms-thresh", boxNmsThresh != nil), ("--crop-n-layers", cropNLayers != nil),
+            ("--min-mask-region-area", minMaskRegionArea != nil), ("--fast", fast), ("--compare-full", compareFull),
+            ("--fast-stride", fastStride != nil), ("--fast-cover-logit", fastCoverLogit != nil), ("--fast-confident-iou", fastConfidentIou != nil),
+            ("--select-box", selectBox != nil), ("--select-point", !selectPoints.isEmpty),
+        ]
+        if everything {
+            if !points.isEmpty || box != nil {
+                throw ValidationError("--everything segments the whole image and takes no --point/--box prompts; "
+                                      + "pick among its masks with --select-point X,Y[,LABEL] or --select-box X0,Y0,X1,Y1")
+            }
+            if multimask { throw ValidationError("--multimask is for prompts; --everything always decodes three masks per grid point") }
+            if selectBox != nil && !selectPoints.isEmpty { throw ValidationError("give --select-box or --select-point, not both") }
+            if compareFull && !fast { throw ValidationError("--compare-full compares --fast with the full grid: add --fast") }
+            if let (flag, _) = [("--fast-stride", fastStride != nil), ("--fast-cover-logit", fastCoverLogit != nil),
+                                ("--fast-confident-iou", fastConfidentIou != nil)].first(where: \.1), !fast {
+                throw ValidationError("\(flag) tunes --fast: add --fast")
+            }
+            if maskOut != nil && selectBox == nil && selectPoints.isEmpty {
+                throw ValidationError("--mask-out with --everything writes the selected mask: add --select-box or --select-point")
+            }
+            do { try generatorOptions.validate() } catch let e as AutomaticMaskGeneratorError {
+                if case .invalidOptions(let why) = e { throw ValidationError(why) }
+            }
+        } else {
+            if let (flag, _) = everythingOnly.first(where: \.1) {
+                throw ValidationError("\(flag) needs --everything")
+            }
+            if points.isEmpty && box == nil {
+                throw ValidationError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1, or --everything")
+            }
         }
         for (flag, path) in [("--checkpoint", checkpoint), ("--image", image)] + (decoderCheckpoint.map { [("--decoder-checkpoint", $0)] } ?? []) {
             var isDirectory: ObjCBool = false
@@ -108,6 +218,7 @@ struct Segment: ParsableCommand {
             Threads.count = threads
             BLASThreads.set(threads)
         }
+        if everything { return try runEverything() }
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         let picture = try ImageIO.read(URL(fileURLWithPath: image))
         for p in points where p.point.x < 0 || p.point.y < 0 || p.point.x >= Double(picture.width) || p.point.y >= Double(picture.height) {
