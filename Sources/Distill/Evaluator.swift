@@ -200,6 +200,8 @@ public struct EvaluationReport: Codable, Sendable {
         s += "seed \(options.seed); \(options.multimask ? "multimask (top = highest predicted IoU, best3 = best of 3)" : "single-mask output"); "
         s += "two-point distance \(options.pointDistance) px; 95% intervals: percentile bootstrap over images, \(options.bootstrapSamples) resamples\n\n"
         if let groundTruth { s += groundTruth.markdown() + "\n" }
+        // Ground truth only (`--prompts none`): no protocol sections.
+        if summary.isEmpty && rows.isEmpty && groundTruth != nil { return s }
         s += "## Overall\n\n| prompt | metric | images | prompts | mIoU | 95% CI |\n|---|---|---:|---:|---:|---|\n"
         for m in summary {
             s += "| \(m.prompt) | \(m.metric) | \(m.images) | \(m.prompts) | \(String(format: "%.4f", m.miou)) | [\(String(format: "%.4f", m.ciLow)), \(String(format: "%.4f", m.ciHigh))] |\n"

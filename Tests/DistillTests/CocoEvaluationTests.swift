@@ -275,6 +275,8 @@ final class CocoEvaluationTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.err)
         let report = try JSONDecoder().decode(EvaluationReport.self, from: Data(contentsOf: json), snakeCase: true)
         XCTAssertTrue(report.summary.isEmpty, "--prompts none: ground truth only")
+        let mdText = try String(contentsOf: md, encoding: .utf8)
+        XCTAssertFalse(mdText.contains("## Overall"), "no empty protocol table with --prompts none: \(mdText)")
         let gt = try XCTUnwrap(report.groundTruth)
         XCTAssertEqual(gt.images.map(\.image), ["fruits.jpg", "messi5.jpg"])
         XCTAssertEqual(gt.crowdSkipped, 1)
