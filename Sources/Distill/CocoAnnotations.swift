@@ -352,20 +352,20 @@ public enum CocoMask {
         }
     }
 
-    /// `rleDecode`: column-major runs (zeros first) → a row-major mask. Runs past h·w are cut.
+    /// `rleDecode`: column-major runs (zeros first) → a row-major mask. Runs past h·w are cut and
+    /// a short total is padded with zeros, as pycocotools does; the decoding itself is `MaskRLE`'s.
     public static func decode(_ counts: [UInt32], height h: Int, width w: Int) -> BinaryMask {
-        // pixels: (h, w)
-        var pixels = [Bool](repeating: false, count: h * w)
-        var pos = 0, value = false
-        for c in counts {
-            let end = min(pos + Int(c), h * w)
-            if value {
-                for i in pos..<max(pos, end) { pixels[(i % h) * w + i / h] = true }
-            }
-            pos = end
-            value.toggle()
+        var left = h * w
+        var runs = counts.map { c -> Int in
+            let r = min(Int(c), left)
+            left -= r
+            return r
         }
-        return BinaryMask(width: w, height: h, pixels: pixels)
+        if left > 0 {
+            if runs.count % 2 == 1 { runs.append(0) }  // the next run would be 1s: an empty one first
+            runs.append(left)
+        }
+        return MaskRLE(height: h, width: w, counts: runs).decode()
     }
 
     /// `rleFrString`: counts from COCO's compressed string.

@@ -237,9 +237,11 @@ public final class Evaluator {
     public let options: EvaluationOptions
     private let teacher: SAMPredictor
     private let student: SAMPredictor
-    /// The teacher's side of each (image, protocol) already evaluated: its prompts and reference
-    /// masks, keyed by image name, protocol and a digest of the teacher embedding. Evaluating a
-    /// second student on the same images (before/after training) then decodes only the student.
+    /// Keep the teacher's side of each (image, protocol) evaluated — its prompts and reference
+    /// masks, keyed by image name, protocol and a digest of the teacher embedding — so that a
+    /// second student evaluated on the same images (before/after training) decodes only the
+    /// student. Off by default: it holds every reference mask (~1 MB per prompt at 1024²).
+    public var remembersTeacherMasks = false
     private var teacherMemo: [String: (prompts: [SAMPrompt], targets: [BinaryMask])] = [:]
 
     public init(model: SAMModel, options: EvaluationOptions) {
@@ -349,7 +351,7 @@ public final class Evaluator {
         try student.setEmbedding(image.studentEmbedding, originalSize: image.originalSize, inputSize: image.inputSize)
         defer { teacher.resetImage(); student.resetImage() }
         var ious: [String: [String: [Double]]] = [:]
-        let embeddingDigest = Self.digest(image.teacherEmbedding)
+        let embeddingDigest = remembersTeacherMasks ? Self.digest(image.teacherEmbedding) : 0
         for p in options.prompts {
             let key = "\(image.name)|\(p.rawValue)|\(image.originalSize.width)x\(image.originalSize.height)|\(embeddingDigest)"
             let memo = teacherMemo[key]
@@ -374,7 +376,7 @@ public final class Evaluator {
                     }
                 }
             }
-            if memo == nil { teacherMemo[key] = (prompts, targets) }
+            if memo == nil && remembersTeacherMasks { teacherMemo[key] = (prompts, targets) }
             ious[p.rawValue] = options.multimask ? ["top": top, "best3": best3] : ["single": single]
         }
         return ImageEvaluation(name: image.name, ious: ious)

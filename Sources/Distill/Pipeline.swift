@@ -142,6 +142,7 @@ public final class RunPipeline {
             if let evaluator { return evaluator }
             guard let t = config.teacher.checkpoint else { throw ConfigError(["teacher.checkpoint: required to evaluate (its prompt encoder and mask decoder decode both embeddings)"]) }
             let e = Evaluator(model: try SAMModel.load(contentsOf: URL(fileURLWithPath: t)), options: config.eval.evaluationOptions)
+            e.remembersTeacherMasks = true  // the final evaluation reuses the initial one's teacher masks
             evaluator = e
             return e
         }
@@ -169,7 +170,8 @@ public final class RunPipeline {
         }
         if config.eval.before {
             log("[2/5] eval: the initial student (\(config.initialisation.typeName)) on split \(config.eval.split)")
-            let initial = try Student.make(config)
+            // The trainer's student before `run` restores or trains anything: the initial weights.
+            let initial = trainer.student
             outcome.before = try evaluate("init", label: "initial student (\(config.initialisation.typeName))",
                                           student: { initial.forward($0, mode: .inference) }, imageSize: initial.imageSize)
         }
@@ -216,7 +218,7 @@ public final class RunPipeline {
     /// sections (changing the prompts evaluated must not retrain).
     static func trainingSettings(_ c: RunConfig) -> RunConfig {
         var t = c
-        t.eval.prompts = .init(); t.eval.split = "val"; t.eval.multimask = false; t.eval.before = true; t.eval.seed = 0
+        t.eval = EvalConfig()
         t.export = ExportConfig()
         return t
     }
