@@ -9,8 +9,13 @@ import Glibc
 /// returns it with `munmap` on free, so each such activation costs a page fault and a kernel
 /// zero-fill per 4 KiB page, every layer, every call: about 20% of the encoder's CPU time (perf:
 /// `clear_page_erms`, `exc_page_fault`, `unmap_page_range`). With mmap disabled and trimming
-/// raised, freed buffers stay in the heap and are reused at once. Peak RSS grows slightly (heap
-/// fragmentation; `bench encoder` 315 → 340 MiB).
+/// off, freed buffers stay in the heap and are reused at once. Peak RSS grows slightly (heap
+/// fragmentation; `bench encoder` 315 → 340 MiB), and the process keeps its peak heap until it
+/// exits. (A 2 GiB trim threshold was not enough: a TinyViT-5M training step frees ~4.5 GB at its
+/// end, which glibc gave back and the next step faulted in again: 11 → 6.3 s per step.)
+///
+/// Large buffers allocated on other threads (GCD workers, the trainer's prefetch thread) live in
+/// glibc's per-thread arenas, whose heaps are at most 64 MB: bigger ones are still mmap'd there.
 ///
 /// Applied once, lazily, by the first `Tensor(zeros:)` / `Tensor.empty` (every model allocates
 /// through them first); `SAMDISTILL_GLIBC_MMAP=1` leaves glibc's defaults alone.
@@ -26,8 +31,10 @@ public enum Allocator {
         let M_TRIM_THRESHOLD: Int32 = -1, M_MMAP_MAX: Int32 = -4  // <malloc.h>
         // No mmap-backed chunks: large buffers come from the heap and are reused after free.
         _ = mallopt(M_MMAP_MAX, 0)
-        // Keep up to 2 GiB of free heap top instead of returning it to the kernel on every free.
-        _ = mallopt(M_TRIM_THRESHOLD, Int32.max)
+        // Never return the free heap top to the kernel (-1 becomes SIZE_MAX in glibc's size_t
+        // threshold): a training step frees its whole working set (GBs) at the end and the next
+        // step needs it again; trimming it made every step re-fault and re-zero every page.
+        _ = mallopt(M_TRIM_THRESHOLD, -1)
         return true
         #else
         return false

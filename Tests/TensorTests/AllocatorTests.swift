@@ -4,6 +4,8 @@ import XCTest
 
 /// `Allocator` (glibc malloc settings applied by the first tensor allocation).
 final class AllocatorTests: XCTestCase {
+    nonisolated(unsafe) static var escaped: UnsafeMutableRawPointer?
+
     /// On glibc the settings are applied once a tensor exists (unless SAMDISTILL_GLIBC_MMAP=1),
     /// and large buffers still allocate, fill and free normally afterwards (heap, not mmap).
     func testTunedByFirstTensorAndLargeBuffersWork() {
@@ -19,5 +21,57 @@ final class AllocatorTests: XCTestCase {
             XCTAssertEqual(big.data[big.count - 1], Float(round))
             XCTAssertEqual(big.data[0], Float(round))
         }
+    }
+
+    /// A freed buffer bigger than 2 GiB at the top of the heap stays with the process (the trim
+    /// threshold is SIZE_MAX, not 2 GiB): a training step frees GBs at its end and needs them
+    /// again at once. The buffer is never touched, so it costs address space, not memory.
+    func testLargeFreedHeapTopIsNotReturnedToTheKernel() throws {
+        #if canImport(Glibc)
+        if ProcessInfo.processInfo.environment["SAMDISTILL_GLIBC_MMAP"] == "1" {
+            throw XCTSkip("SAMDISTILL_GLIBC_MMAP=1 leaves glibc's defaults alone")
+        }
+        XCTAssertTrue(Allocator.tuned)
+        let size = 5 << 29  // 2.5 GiB
+        let before = UInt(bitPattern: sbrk(0))
+        guard let p = malloc(size) else { return XCTFail("malloc of 2.5 GiB failed") }
+        Self.escaped = p  // else the optimiser drops the unused malloc/free pair
+        let grown = UInt(bitPattern: sbrk(0))
+        XCTAssertGreaterThan(grown - before, UInt(size / 2), "the buffer should come from the heap (brk), not mmap")
+        free(p)
+        Self.escaped = nil
+        let after = UInt(bitPattern: sbrk(0))
+        XCTAssertEqual(after, grown, "free gave \((grown - after) >> 20) MiB of heap top back to the kernel")
+        #endif
+    }
+
+    /// OpenBLAS's idle threads sleep almost at once (spin timeout 2^4 cycles) unless the user set
+    /// OPENBLAS_THREAD_TIMEOUT, and threaded GEMMs still agree with the reference afterwards.
+    func testBLASSpinTimeoutIsShortAndGemmStillCorrect() {
+        _ = Tensor(zeros: [1])
+        XCTAssertTrue(BLASThreads.spinConfigured)
+        if let user = ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"], let v = Int(user) {
+            XCTAssertEqual(BLASThreads.currentSpinTimeout, v)
+        } else {
+            XCTAssertEqual(BLASThreads.currentSpinTimeout, Int(BLASThreads.spinTimeout))
+        }
+        let saved = BLASThreads.current
+        BLASThreads.set(2)
+        defer { BLASThreads.set(saved) }
+        var rng = SeededRandom(seed: 3)
+        let m = 300, n = 280, k = 260  // large enough for OpenBLAS to use its threads
+        let a = Tensor.randomNormal([m, k], rng: &rng), b = Tensor.randomNormal([k, n], rng: &rng)
+        var c = Tensor(zeros: [m, n]), r = Tensor(zeros: [m, n])
+        a.data.withUnsafeBufferPointer { pa in b.data.withUnsafeBufferPointer { pb in
+            c.data.withUnsafeMutableBufferPointer { pc in
+                gemm(m: m, n: n, k: k, a: pa.baseAddress!, lda: k, b: pb.baseAddress!, ldb: n, c: pc.baseAddress!, ldc: n)
+            }
+            r.data.withUnsafeMutableBufferPointer { pr in
+                gemmReference(m: m, n: n, k: k, a: pa.baseAddress!, lda: k, b: pb.baseAddress!, ldb: n, c: pr.baseAddress!, ldc: n)
+            }
+        } }
+        var worst: Float = 0
+        for i in 0..<c.count { worst = max(worst, abs(c.data[i] - r.data[i])) }
+        XCTAssertLessThan(worst, 1e-3, "k = 260 sums of N(0,1) products: float32 rounding stays far below 1e-3")
     }
 }
