@@ -67,12 +67,16 @@ struct BenchTrain: ParsableCommand {
             optimiser.step(learningRate: 1e-4)
         }
         let peak = peakResidentMiB()
-        print(String(format: "train step  batch %d  %d×%d  threads %d: median %.3f s per step  peak RSS %.0f MiB (weights+inputs %.0f MiB)  loss %.5f",
-                     batch, imageSize, imageSize, Threads.count, seconds, peak, baseline, lastLoss))
+        // 77.5 GFLOP per 1024² image forward (as `bench encoder`); a training step counts forward +
+        // backward as 3 × forward (the backward of each product is two products of the same size).
+        let gflop = 3 * 77.5 * Double(batch) * Double(imageSize * imageSize) / Double(1024 * 1024)
+        print(String(format: "train step  batch %d  %d×%d  threads %d: median %.3f s per step  (%.1f GFLOP/s)  peak RSS %.0f MiB (weights+inputs %.0f MiB)  loss %.5f",
+                     batch, imageSize, imageSize, Threads.count, seconds, gflop / seconds, peak, baseline, lastLoss))
         if options.json {
             printJSON(["bench": "train", "batch": batch, "image_size": imageSize, "threads": Threads.count,
                        "seconds": seconds, "median_ms": seconds * 1e3, "peak_rss_mib": peak,
-                       "baseline_rss_mib": baseline, "loss": lastLoss, "weights": checkpoint ?? "random"])
+                       "baseline_rss_mib": baseline, "loss": lastLoss, "weights": checkpoint ?? "random",
+                       "gflop_per_step": gflop, "gflops": gflop / seconds])
         }
     }
 
