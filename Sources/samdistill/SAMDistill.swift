@@ -1,4 +1,5 @@
 import ArgumentParser
+import Tensor
 
 @main
 struct SAMDistill: ParsableCommand {
@@ -11,4 +12,10 @@ struct SAMDistill: ParsableCommand {
             matrix product goes through OpenBLAS.
             """,
         subcommands: [Run.self, Segment.self, Cache.self, Train.self, Eval.self, Export.self, Inspect.self, Bench.self])
+
+    /// Heap on transparent huge pages first (one re-exec; see `Allocator.reexecuteWithHugePages`).
+    static func main() {
+        Allocator.reexecuteWithHugePages()
+        main(nil)
+    }
 }
