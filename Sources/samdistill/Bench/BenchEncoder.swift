@@ -64,8 +64,7 @@ struct BenchEncoder: ParsableCommand {
             }
         }
         let peak = peakResidentMiB()
-        // 77.5 GFLOP per 1024² image (PyTorch's counter, 2 per MAC); scales with pixels.
-        let gflop = 77.5 * Double(batch) * Double(imageSize * imageSize) / Double(1024 * 1024) * (mode == .train ? 3 : 1)
+        let gflop = mobileSAMEncoderGFLOP(batch: batch, imageSize: imageSize, backward: mode == .train)
         print(String(format: "encoder %@  batch %d  %d×%d  threads %d: median %.3f s  (%.1f GFLOP/s%@)  peak RSS %.0f MiB (weights+input %.0f MiB)",
                      mode.rawValue, batch, imageSize, imageSize, Threads.count, seconds, gflop / seconds,
                      mode == .train ? ", counting backward as 2× forward" : "", peak, baseline))

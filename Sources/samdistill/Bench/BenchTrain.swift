@@ -67,9 +67,7 @@ struct BenchTrain: ParsableCommand {
             optimiser.step(learningRate: 1e-4)
         }
         let peak = peakResidentMiB()
-        // 77.5 GFLOP per 1024² image forward (as `bench encoder`); a training step counts forward +
-        // backward as 3 × forward (the backward of each product is two products of the same size).
-        let gflop = 3 * 77.5 * Double(batch) * Double(imageSize * imageSize) / Double(1024 * 1024)
+        let gflop = mobileSAMEncoderGFLOP(batch: batch, imageSize: imageSize, backward: true)
         print(String(format: "train step  batch %d  %d×%d  threads %d: median %.3f s per step  (%.1f GFLOP/s)  peak RSS %.0f MiB (weights+inputs %.0f MiB)  loss %.5f",
                      batch, imageSize, imageSize, Threads.count, seconds, gflop / seconds, peak, baseline, lastLoss))
         if options.json {
