@@ -158,16 +158,17 @@ public final class ConvStudent: Module {
         return head.forward(x, mode: mode)
     }
 
-    /// dEmbedding: (B, out, S/16, S/16) -> dImage: (B, in, S, S)
+    /// dEmbedding: (B, out, S/16, S/16) -> dImage: (B, in, S, S), or an empty tensor (shape [0])
+    /// with `imageGradient: false`.
     @discardableResult
-    public func backward(_ dy: Tensor) -> Tensor {
+    public func backward(_ dy: Tensor, imageGradient: Bool = true) -> Tensor {
         guard let s0 = stemOut, upOut.count == upsample.count else {
             preconditionFailure("ConvStudent.backward without a training-mode forward")
         }
         var g = head.backward(dy)
         for (k, u) in upsample.enumerated().reversed() { g = u.backward(Activation.relu.backward(g, input: upOut[k])) }
         for s in stages.reversed() { for b in s.reversed() { g = b.backward(g) } }
-        g = stemConv.backward(stemBN.backward(Activation.relu.backward(g, input: s0)))
+        g = stemConv.backward(stemBN.backward(Activation.relu.backward(g, input: s0)), inputGradient: imageGradient)
         stemOut = nil; upOut = []
         return g
     }
@@ -240,12 +241,13 @@ public final class Student: Module {
         }
     }
 
-    /// dEmbedding -> dImage; accumulates every parameter gradient.
+    /// dEmbedding -> dImage (an empty tensor with `imageGradient: false`, as training uses it);
+    /// accumulates every parameter gradient.
     @discardableResult
-    public func backward(_ dy: Tensor) -> Tensor {
+    public func backward(_ dy: Tensor, imageGradient: Bool = true) -> Tensor {
         switch network {
-        case .tinyViT(let m): m.backward(dy)
-        case .conv(let m): m.backward(dy)
+        case .tinyViT(let m): m.backward(dy, imageGradient: imageGradient)
+        case .conv(let m): m.backward(dy, imageGradient: imageGradient)
         }
     }
 

@@ -172,7 +172,7 @@ public final class Trainer {
                 }
                 lossSum += l.value
                 if A > 1 { l.gradient.scale(by: 1 / Float(A)) }
-                student.backward(l.gradient)
+                student.backward(l.gradient, imageGradient: false)
                 cursor += B
                 microIndex += 1
             }

@@ -68,21 +68,31 @@ public enum Activation: String, Codable, Sendable {
         }
     }
 
-    /// dx = dy ⊙ f'(x)
-    public func backward(_ dy: Tensor, input x: Tensor) -> Tensor {
+    /// dx = dy ⊙ f'(x). `output`, when given, must be f(x) as the forward computed it: GELU then
+    /// takes Φ(x) = f(x) / x instead of evaluating erf (`FastMath.geluDerivative(_:gelu:)`).
+    public func backward(_ dy: Tensor, input x: Tensor, output y: Tensor? = nil) -> Tensor {
         precondition(dy.shape == x.shape, "\(self).backward: dy \(dy.shape) vs input \(x.shape)")
+        precondition(y == nil || y!.shape == x.shape, "\(self).backward: output \(y!.shape) vs input \(x.shape)")
         var dx = Tensor.empty(x.shape)
         let n = x.count
+        let out = y ?? Tensor(zeros: [0])
         dx.data.withUnsafeMutableBufferPointer { o in
             x.data.withUnsafeBufferPointer { xp in
                 dy.data.withUnsafeBufferPointer { g in
-                    let op = o.baseAddress!, xv = xp.baseAddress!, gv = g.baseAddress!
-                    switch self {
-                    case .gelu:
-                        parallelChunks(n, costPerItem: 8) { r in
-                            FastMath.geluBackward(gv + r.lowerBound, xv + r.lowerBound, op + r.lowerBound, r.count)
+                    out.data.withUnsafeBufferPointer { yb in
+                        let op = o.baseAddress!, xv = xp.baseAddress!, gv = g.baseAddress!, yv = yb.baseAddress
+                        switch self {
+                        case .gelu:
+                            parallelChunks(n, costPerItem: 8) { r in
+                                let i = r.lowerBound
+                                if y != nil {
+                                    FastMath.geluBackward(gv + i, xv + i, gelu: yv! + i, op + i, r.count)
+                                } else {
+                                    FastMath.geluBackward(gv + i, xv + i, op + i, r.count)
+                                }
+                            }
+                        case .relu: parallelChunks(n) { r in for i in r { op[i] = xv[i] > 0 ? gv[i] : 0 } }
                         }
-                    case .relu: parallelChunks(n) { r in for i in r { op[i] = xv[i] > 0 ? gv[i] : 0 } }
                     }
                 }
             }

@@ -132,20 +132,22 @@ public final class Conv2d: Module {
         return y
     }
 
-    /// dy: (B, O, Ho, Wo) -> dx: (B, C, H, W); accumulates dW and db.
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// dy: (B, O, Ho, Wo) -> dx: (B, C, H, W); accumulates dW and db. With `inputGradient: false`
+    /// (a first layer, whose input is the image) dx is not computed and an empty tensor (shape [0])
+    /// is returned: no dcols GEMM, no col2im.
+    public func backward(_ dy: Tensor, inputGradient: Bool = true) -> Tensor {
         guard let x = input else { preconditionFailure("\(name).backward without a training-mode forward") }
         let geo = ConvGeometry(x.shape, outputChannels: outputChannels, kernel: kernelSize, stride: stride,
                                padding: padding, groups: groups, layer: name)
         precondition(dy.shape == [geo.B, geo.O, geo.Ho, geo.Wo],
                      "\(name).backward: expected dy of shape \([geo.B, geo.O, geo.Ho, geo.Wo]), got \(dy.shape)")
-        var dx = Tensor(zeros: x.shape)
+        var dx = Tensor(zeros: inputGradient ? x.shape : [0])
         x.data.withUnsafeBufferPointer { xb in
             dy.data.withUnsafeBufferPointer { gb in
                 dx.data.withUnsafeMutableBufferPointer { db in
                     weight.value.data.withUnsafeBufferPointer { wb in
                         weight.grad.data.withUnsafeMutableBufferPointer { gwb in
-                            let xp = xb.baseAddress!, gp = gb.baseAddress!, dxp = db.baseAddress!
+                            let xp = xb.baseAddress!, gp = gb.baseAddress!, dxp = inputGradient ? db.baseAddress! : nil
                             let wp = wb.baseAddress!, gw = gwb.baseAddress!
                             switch path {
                             case .depthwise: depthwiseBackward(xp, wp, gp, dxp, gw, geo)
@@ -167,13 +169,28 @@ public final class Conv2d: Module {
 
     // MARK: GEMM paths (pointwise, im2col)
 
-    /// Blocked: jobs are (image, block of output columns), a block being whole output rows sized
+    /// Pointwise without an epilogue: whole-map GEMMs. Otherwise blocked: jobs are (image, block of output columns), a block being whole output rows sized
     /// so that its column matrix and output stay in cache; each worker builds its block's columns
     /// (im2col path) and runs single-threaded GEMMs on them, then the epilogue on the fresh output.
     private func gemmForward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ yp: UnsafeMutablePointer<Float>,
                              _ g: ConvGeometry, _ ep: ConvEpilogue) {
         let pointwise = path == .pointwise
         let K = g.Cg * g.kk, L = g.L, Og = g.Og, CK = g.C * g.kk
+        if pointwise && ep.isEmpty {
+            // Nothing to apply while the output is in cache (training): one GEMM per image and
+            // group on the whole map, threaded by OpenBLAS. Blocks would run single-threaded GEMMs
+            // with a short inner dimension (64 for MBConv's expansion) at ~20 GFLOP/s per core;
+            // whole-map GEMMs run at ~95 GFLOP/s on two.
+            for b in 0..<g.B {
+                let xi = xp + b * g.C * L, yi = yp + b * g.O * L
+                for gr in 0..<g.groups {
+                    // y_g (Og, L) = W_g (Og, Cg) · x_g (Cg, L)
+                    gemm(m: Og, n: L, k: K, a: wp + gr * Og * K, lda: K, b: xi + gr * K * L, ldb: L,
+                         c: yi + gr * Og * L, ldc: L)
+                }
+            }
+            return
+        }
         // block: whole output rows, ≥ 512 columns, about 2¹⁸ values of columns or output
         let target = Swift.max(512, (1 << 18) / Swift.max(CK, g.O))
         let rowsPerBlock = Swift.max(1, Swift.min(g.Ho, target / g.Wo))
@@ -208,23 +225,24 @@ public final class Conv2d: Module {
         }
     }
 
+    /// dxp nil: no input gradient.
     private func gemmBackward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ gp: UnsafePointer<Float>,
-                              _ dxp: UnsafeMutablePointer<Float>, _ gw: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+                              _ dxp: UnsafeMutablePointer<Float>?, _ gw: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
         let pointwise = path == .pointwise
         let K = g.Cg * g.kk, L = g.L, Og = g.Og
-        // cols, dcols: (C·k·k, Ho·Wo) for one image (unused on the pointwise path)
+        // cols, dcols: (C·k·k, Ho·Wo) for one image (unused on the pointwise path; dcols also without dx)
         let n = pointwise ? 0 : g.C * g.kk * L
-        var cols = [Float](repeating: 0, count: n), dcols = [Float](repeating: 0, count: n)
+        var cols = [Float](repeating: 0, count: n), dcols = [Float](repeating: 0, count: dxp == nil ? 0 : n)
         cols.withUnsafeMutableBufferPointer { cb in
             dcols.withUnsafeMutableBufferPointer { dcb in
                 for b in 0..<g.B {
-                    let xi = xp + b * g.C * g.H * g.W, dxi = dxp + b * g.C * g.H * g.W, gi = gp + b * g.O * L
-                    let src: UnsafePointer<Float>, dst: UnsafeMutablePointer<Float>
+                    let xi = xp + b * g.C * g.H * g.W, dxi = dxp.map { $0 + b * g.C * g.H * g.W }, gi = gp + b * g.O * L
+                    let src: UnsafePointer<Float>, dst: UnsafeMutablePointer<Float>?
                     if pointwise {
                         src = xi; dst = dxi
                     } else {
                         im2col(xi, cb.baseAddress!, g)
-                        src = UnsafePointer(cb.baseAddress!); dst = dcb.baseAddress!
+                        src = UnsafePointer(cb.baseAddress!); dst = dxi == nil ? nil : dcb.baseAddress!
                     }
                     for gr in 0..<g.groups {
                         let dyg = gi + gr * Og * L
@@ -232,10 +250,12 @@ public final class Conv2d: Module {
                         gemm(transB: true, m: Og, n: K, k: L, a: dyg, lda: L, b: src + gr * K * L, ldb: L,
                              beta: 1, c: gw + gr * Og * K, ldc: K)
                         // dcols_g (Cg·k·k, L) = W_gᵀ (Cg·k·k, Og) · dy_g (Og, L)
-                        gemm(transA: true, m: K, n: L, k: Og, a: wp + gr * Og * K, lda: K, b: dyg, ldb: L,
-                             c: dst + gr * K * L, ldc: L)
+                        if let dst {
+                            gemm(transA: true, m: K, n: L, k: Og, a: wp + gr * Og * K, lda: K, b: dyg, ldb: L,
+                                 c: dst + gr * K * L, ldc: L)
+                        }
                     }
-                    if !pointwise { col2im(UnsafePointer(dcb.baseAddress!), dxi, g) }
+                    if !pointwise, let dxi { col2im(UnsafePointer(dcb.baseAddress!), dxi, g) }
                 }
             }
         }
@@ -344,8 +364,9 @@ public final class Conv2d: Module {
 
     /// dx[iy, ix] += w · dy[oy, ox]; dW[c, ky, kx] += Σ dy[oy, ox] · x[iy, ix] (per-plane partials,
     /// then summed over the batch).
+    /// dxp nil: no input gradient.
     private func depthwiseBackward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ gp: UnsafePointer<Float>,
-                                   _ dxp: UnsafeMutablePointer<Float>, _ gw: UnsafeMutablePointer<Float>,
+                                   _ dxp: UnsafeMutablePointer<Float>?, _ gw: UnsafeMutablePointer<Float>,
                                    _ g: ConvGeometry) {
         let k = g.k, kk = g.kk, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C
         let (ox0, ox1) = g.validOutputColumns()
@@ -354,26 +375,29 @@ public final class Conv2d: Module {
         partial.withUnsafeMutableBufferPointer { pb in
             let pp = pb.baseAddress!
             parallelFor(g.B * C, costPerItem: g.L * kk * 4) { bc in
-                let x = xp + bc * H * W, dx = dxp + bc * H * W, dy = gp + bc * g.L
+                let x = xp + bc * H * W, dx = dxp.map { $0 + bc * H * W }, dy = gp + bc * g.L
                 let w = wp + (bc % C) * kk, dw = pp + bc * kk
                 for oy in 0..<Ho {
                     let grow = dy + oy * Wo
                     for ky in 0..<k {
                         let iy = oy * s - p + ky
                         if iy < 0 || iy >= H { continue }
-                        let xrow = x + iy * W, dxrow = dx + iy * W
+                        let xrow = x + iy * W, dxrow = dx.map { $0 + iy * W }
                         for kx in 0..<k {
                             let wv = w[ky * k + kx], lo = ox0[kx], hi = ox1[kx]
                             if lo >= hi { continue }
                             var acc: Float = 0
                             if s == 1 {
-                                let xs = xrow + (kx - p), dxs = dxrow + (kx - p)
-                                for ox in lo..<hi { dxs[ox] += wv * grow[ox] }
+                                let xs = xrow + (kx - p)
+                                if let dxrow {
+                                    let dxs = dxrow + (kx - p)
+                                    for ox in lo..<hi { dxs[ox] += wv * grow[ox] }
+                                }
                                 acc = ConvReductions.dot(grow + lo, xs + lo, hi - lo)
                             } else {
                                 for ox in lo..<hi {
                                     let ix = ox * s - p + kx
-                                    dxrow[ix] += wv * grow[ox]; acc += grow[ox] * xrow[ix]
+                                    dxrow?[ix] += wv * grow[ox]; acc += grow[ox] * xrow[ix]
                                 }
                             }
                             dw[ky * k + kx] += acc

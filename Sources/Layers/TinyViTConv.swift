@@ -69,8 +69,10 @@ public final class Conv2dBN: Module {
         return (fw, fb)
     }
 
-    /// dy: (B, O, Ho, Wo) -> dx: (B, I, H, W)
-    public func backward(_ dy: Tensor) -> Tensor { conv.backward(bn.backward(dy)) }
+    /// dy: (B, O, Ho, Wo) -> dx: (B, I, H, W), or an empty tensor without `inputGradient` (`Conv2d.backward`).
+    public func backward(_ dy: Tensor, inputGradient: Bool = true) -> Tensor {
+        conv.backward(bn.backward(dy), inputGradient: inputGradient)
+    }
 }
 
 /// TinyViT's `PatchEmbed`: `seq.0` Conv2d_BN(in, embed/2, 3, s2, p1), GELU, `seq.2`
@@ -84,8 +86,9 @@ public final class PatchEmbed: Module {
     /// `seq.2`
     public let conv2: Conv2dBN
 
-    // a: (B, embed/2, H/2, W/2) pre-GELU activation, kept for backward
-    private var preActivation: Tensor?
+    // a, g: (B, embed/2, H/2, W/2) pre- and post-GELU activations, kept for backward (g is
+    // also conv2's kept input: one buffer)
+    private var preActivation: Tensor?, activation: Tensor?
 
     public init(inputChannels: Int, embedDim: Int) {
         self.inputChannels = inputChannels
@@ -101,19 +104,23 @@ public final class PatchEmbed: Module {
         precondition(x.rank == 4 && x.shape[1] == inputChannels,
                      "PatchEmbed(\(inputChannels)→\(embedDim)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
         if mode.foldsBatchNorm {
-            preActivation = nil
+            preActivation = nil; activation = nil
             return conv2.forward(conv1.forward(x, mode: mode, residual: nil, activation: .gelu), mode: mode)
         }
         let a = conv1.forward(x, mode: mode)
-        preActivation = mode.keepsActivations ? a : nil
-        return conv2.forward(Activation.gelu.forward(a), mode: mode)
+        let g = Activation.gelu.forward(a)
+        if mode.keepsActivations { preActivation = a; activation = g } else { preActivation = nil; activation = nil }
+        return conv2.forward(g, mode: mode)
     }
 
-    /// dy: (B, embed, H/4, W/4) -> dx: (B, in, H, W)
-    public func backward(_ dy: Tensor) -> Tensor {
-        guard let a = preActivation else { preconditionFailure("PatchEmbed.backward without a training-mode forward") }
-        preActivation = nil
-        return conv1.backward(Activation.gelu.backward(conv2.backward(dy), input: a))
+    /// dy: (B, embed, H/4, W/4) -> dx: (B, in, H, W), or an empty tensor (shape [0]) without
+    /// `inputGradient` (the image's gradient is rarely wanted: its GEMM and col2im are skipped).
+    public func backward(_ dy: Tensor, inputGradient: Bool = true) -> Tensor {
+        guard let a = preActivation, let g = activation else {
+            preconditionFailure("PatchEmbed.backward without a training-mode forward")
+        }
+        preActivation = nil; activation = nil
+        return conv1.backward(Activation.gelu.backward(conv2.backward(dy), input: a, output: g), inputGradient: inputGradient)
     }
 }
 
@@ -128,8 +135,10 @@ public final class MBConv: Module {
     public let conv2: Conv2dBN
     public let conv3: Conv2dBN
 
-    // a1, a2: (B, hidden, H, W), a3: (B, C, H, W) pre-GELU activations (a3 after the residual add)
+    // a1, a2: (B, hidden, H, W), a3: (B, C, H, W) pre-GELU activations (a3 after the residual add);
+    // g1, g2, g3: their GELUs (g1, g2 are also conv2's and conv3's kept inputs, g3 the output)
     private var a1: Tensor?, a2: Tensor?, a3: Tensor?
+    private var g1: Tensor?, g2: Tensor?, g3: Tensor?
 
     /// The reference adds the input back, so `outputChannels` must equal `inputChannels`.
     public init(inputChannels: Int, outputChannels: Int, expandRatio: Float) {
@@ -153,27 +162,32 @@ public final class MBConv: Module {
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == inputChannels,
                      "MBConv(\(inputChannels), hidden \(hiddenChannels)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
+        a1 = nil; a2 = nil; a3 = nil; g1 = nil; g2 = nil; g3 = nil
         if mode.foldsBatchNorm {
-            a1 = nil; a2 = nil; a3 = nil
-            let g1 = conv1.forward(x, mode: mode, residual: nil, activation: .gelu)
-            let g2 = conv2.forward(g1, mode: mode, residual: nil, activation: .gelu)
-            return conv3.forward(g2, mode: mode, residual: x, activation: .gelu)
+            let f1 = conv1.forward(x, mode: mode, residual: nil, activation: .gelu)
+            let f2 = conv2.forward(f1, mode: mode, residual: nil, activation: .gelu)
+            return conv3.forward(f2, mode: mode, residual: x, activation: .gelu)
         }
         let h1 = conv1.forward(x, mode: mode)
-        let h2 = conv2.forward(Activation.gelu.forward(h1), mode: mode)
-        var h3 = conv3.forward(Activation.gelu.forward(h2), mode: mode)
+        let o1 = Activation.gelu.forward(h1)
+        let h2 = conv2.forward(o1, mode: mode)
+        let o2 = Activation.gelu.forward(h2)
+        var h3 = conv3.forward(o2, mode: mode)
         h3.add(x)
-        if mode.keepsActivations { a1 = h1; a2 = h2; a3 = h3 } else { a1 = nil; a2 = nil; a3 = nil }
-        return Activation.gelu.forward(h3)
+        let y = Activation.gelu.forward(h3)
+        if mode.keepsActivations { a1 = h1; a2 = h2; a3 = h3; g1 = o1; g2 = o2; g3 = y }
+        return y
     }
 
     /// dy: (B, C, H, W) -> dx: (B, C, H, W)
     public func backward(_ dy: Tensor) -> Tensor {
-        guard let h1 = a1, let h2 = a2, let h3 = a3 else { preconditionFailure("MBConv.backward without a training-mode forward") }
-        a1 = nil; a2 = nil; a3 = nil
-        let d3 = Activation.gelu.backward(dy, input: h3)  // gradient at the residual sum
-        let d2 = Activation.gelu.backward(conv3.backward(d3), input: h2)
-        let d1 = Activation.gelu.backward(conv2.backward(d2), input: h1)
+        guard let h1 = a1, let h2 = a2, let h3 = a3, let o1 = g1, let o2 = g2, let o3 = g3 else {
+            preconditionFailure("MBConv.backward without a training-mode forward")
+        }
+        a1 = nil; a2 = nil; a3 = nil; g1 = nil; g2 = nil; g3 = nil
+        let d3 = Activation.gelu.backward(dy, input: h3, output: o3)  // gradient at the residual sum
+        let d2 = Activation.gelu.backward(conv3.backward(d3), input: h2, output: o2)
+        let d1 = Activation.gelu.backward(conv2.backward(d2), input: h1, output: o1)
         var dx = conv1.backward(d1)
         dx.add(d3)
         return dx
@@ -197,8 +211,9 @@ public final class PatchMerging: Module {
     public let conv2: Conv2dBN
     public let conv3: Conv2dBN
 
-    // a1, a2: (B, out, ·, ·) pre-GELU activations; inputShape: the layout of x for dx
-    private var a1: Tensor?, a2: Tensor?
+    // a1, a2: (B, out, ·, ·) pre-GELU activations, g1, g2 their GELUs (conv2's and conv3's kept
+    // inputs); inputShape: the layout of x for dx
+    private var a1: Tensor?, a2: Tensor?, g1: Tensor?, g2: Tensor?
     private var inputShape: [Int] = []
 
     public init(inputResolution: (height: Int, width: Int), dim: Int, outputDim: Int, stride: Int? = nil) {
@@ -239,31 +254,35 @@ public final class PatchMerging: Module {
                          "\(name): expected input of shape (B, \(inputResolution.height * inputResolution.width), \(dim)) or (B, \(dim), H, W), got \(x.shape)")
             map = x
         }
+        a1 = nil; a2 = nil; g1 = nil; g2 = nil; inputShape = []
         if mode.foldsBatchNorm {
-            a1 = nil; a2 = nil; inputShape = []
-            let g1 = conv1.forward(map, mode: mode, residual: nil, activation: .gelu)
-            let g2 = conv2.forward(g1, mode: mode, residual: nil, activation: .gelu)
-            return ConvLayout.mapToTokens(conv3.forward(g2, mode: mode))
+            let f1 = conv1.forward(map, mode: mode, residual: nil, activation: .gelu)
+            let f2 = conv2.forward(f1, mode: mode, residual: nil, activation: .gelu)
+            return ConvLayout.mapToTokens(conv3.forward(f2, mode: mode))
         }
         let h1 = conv1.forward(map, mode: mode)
-        let h2 = conv2.forward(Activation.gelu.forward(h1), mode: mode)
-        let y = conv3.forward(Activation.gelu.forward(h2), mode: mode)
-        if mode.keepsActivations { a1 = h1; a2 = h2; inputShape = x.shape } else { a1 = nil; a2 = nil; inputShape = [] }
+        let o1 = Activation.gelu.forward(h1)
+        let h2 = conv2.forward(o1, mode: mode)
+        let o2 = Activation.gelu.forward(h2)
+        let y = conv3.forward(o2, mode: mode)
+        if mode.keepsActivations { a1 = h1; a2 = h2; g1 = o1; g2 = o2; inputShape = x.shape }
         return ConvLayout.mapToTokens(y)
     }
 
     /// dy: (B, Ho·Wo, out) -> dx in the input's layout ((B, H·W, dim) or (B, dim, H, W))
     public func backward(_ dy: Tensor) -> Tensor {
-        guard let h1 = a1, let h2 = a2 else { preconditionFailure("\(name).backward without a training-mode forward") }
+        guard let h1 = a1, let h2 = a2, let o1 = g1, let o2 = g2 else {
+            preconditionFailure("\(name).backward without a training-mode forward")
+        }
         let Ho = h2.shape[2], Wo = h2.shape[3]
         precondition(dy.shape == [h2.shape[0], Ho * Wo, outputDim],
                      "\(name).backward: expected dy of shape \([h2.shape[0], Ho * Wo, outputDim]), got \(dy.shape)")
-        a1 = nil; a2 = nil
+        a1 = nil; a2 = nil; g1 = nil; g2 = nil
         let tokensInput = inputShape.count == 3
         inputShape = []
         let d3 = conv3.backward(ConvLayout.tokensToMap(dy, height: Ho, width: Wo))
-        let d2 = conv2.backward(Activation.gelu.backward(d3, input: h2))
-        let dmap = conv1.backward(Activation.gelu.backward(d2, input: h1))
+        let d2 = conv2.backward(Activation.gelu.backward(d3, input: h2, output: o2))
+        let dmap = conv1.backward(Activation.gelu.backward(d2, input: h1, output: o1))
         return tokensInput ? ConvLayout.mapToTokens(dmap) : dmap
     }
 }

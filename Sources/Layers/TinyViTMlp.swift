@@ -14,8 +14,8 @@ public final class TinyViTMlp: Module {
     public let fc1: Linear
     public let fc2: Linear
 
-    // h: (..., hidden) fc1's output before GELU, kept for backward
-    private var hidden: Tensor?
+    // h: (..., hidden) fc1's output before GELU, a = GELU(h) (also fc2's kept input); kept for backward
+    private var hidden: Tensor?, activation: Tensor?
 
     /// As the reference: `hiddenFeatures` and `outputFeatures` default to `inputFeatures`.
     public init(inputFeatures: Int, hiddenFeatures: Int? = nil, outputFeatures: Int? = nil) {
@@ -38,18 +38,20 @@ public final class TinyViTMlp: Module {
         }
         // h: (..., hidden)
         let h = fc1.forward(norm.forward(x, mode: mode), mode: mode)
+        let a = Activation.gelu.forward(h)
         hidden = mode.keepsActivations ? h : nil
-        return fc2.forward(Activation.gelu.forward(h), mode: mode)
+        activation = mode.keepsActivations ? a : nil
+        return fc2.forward(a, mode: mode)
     }
 
     /// dy: (B, N, out) -> dx: (B, N, in); accumulates every parameter gradient.
     public func backward(_ dy: Tensor) -> Tensor {
-        guard let h = hidden else { preconditionFailure("TinyViTMlp.backward without a training-mode forward") }
+        guard let h = hidden, let a = activation else { preconditionFailure("TinyViTMlp.backward without a training-mode forward") }
         var expected = h.shape
         expected[expected.count - 1] = outputFeatures
         precondition(dy.shape == expected, "TinyViTMlp.backward: dy \(dy.shape) does not match the forward's output \(expected)")
-        hidden = nil
+        hidden = nil; activation = nil
         let da = fc2.backward(dy)
-        return norm.backward(fc1.backward(Activation.gelu.backward(da, input: h)))
+        return norm.backward(fc1.backward(Activation.gelu.backward(da, input: h, output: a)))
     }
 }

@@ -186,9 +186,10 @@ public final class TinyViT: Module {
     }
 
     /// dEmbedding: (B, neck, R, R) -> dImage: (B, 3, S, S); accumulates every parameter gradient.
-    /// With `frozenUnits` > 0 it stops before the frozen units and returns an empty tensor (shape [0]).
+    /// With `frozenUnits` > 0 it stops before the frozen units and returns an empty tensor (shape [0]);
+    /// so it does with `imageGradient: false` (training: the first conv's input gradient is skipped).
     @discardableResult
-    public func backward(_ dy: Tensor) -> Tensor {
+    public func backward(_ dy: Tensor, imageGradient: Bool = true) -> Tensor {
         var g = ConvLayout.mapToTokens(neck.backward(dy))  // (B, L, C)
         for (i, s) in stages.enumerated().reversed() {
             if i + 2 < frozenUnits { return Tensor(zeros: [0]) }
@@ -199,6 +200,6 @@ public final class TinyViT: Module {
         if let d = convStage.downsample { g = d.backward(g) }
         for b in convStage.blocks.reversed() { g = b.backward(g) }
         if frozenUnits > 0 { return Tensor(zeros: [0]) }
-        return patchEmbed.backward(g)
+        return patchEmbed.backward(g, inputGradient: imageGradient)
     }
 }

@@ -77,6 +77,15 @@ final class ConvTests: XCTestCase {
         _ = conv.forward(x, mode: .training)
         _ = conv.backward(dy)
         XCTAssertLessThanOrEqual(relativeError(conv.weight.grad, once * 2), 1e-6, "accumulation \(label)", file: file, line: line)
+
+        // Without the input gradient: nothing returned, the same parameter gradients (bit for bit).
+        conv.zeroGradients()
+        _ = conv.forward(x, mode: .training)
+        XCTAssertEqual(conv.backward(dy, inputGradient: false).shape, [0], label, file: file, line: line)
+        XCTAssertEqual(conv.weight.grad.data, once.data, "dW without dx \(label)", file: file, line: line)
+        if let b = conv.bias {
+            XCTAssertLessThanOrEqual(relativeError(b.grad, r.dBias), 1e-5, "db without dx \(label)", file: file, line: line)
+        }
     }
 
     func testConvKernelsMatchNaiveReference() {

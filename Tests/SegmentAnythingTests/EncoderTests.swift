@@ -61,6 +61,16 @@ final class EncoderTests: XCTestCase {
         config.neckChannels = f.int("neck_channels")
         let model = TinyViT(config)
         try checkEncoder(f, model, forward: { model.forward($0, mode: $1) }, backward: { model.backward($0) })
+
+        // Without the image gradient (as the trainer runs it): an empty result, the same parameter
+        // gradients bit for bit (only the first conv's dx GEMM and col2im are skipped).
+        let full = model.namedParameters().map { ($0.0, $0.1.grad) }
+        model.zeroGradients()
+        _ = model.forward(f["x"], mode: .training)
+        XCTAssertEqual(model.backward(f["dy"], imageGradient: false).shape, [0])
+        for ((k, p), (_, g)) in zip(model.namedParameters(), full) where p.isTrainable {
+            XCTAssertEqual(p.grad.data, g.data, "gradient of \(k) without the image gradient")
+        }
     }
 
     func testSmallViTMatchesPyTorch() throws {

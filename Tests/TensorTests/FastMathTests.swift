@@ -55,17 +55,40 @@ final class FastMathTests: XCTestCase {
         XCTAssertEqual(lanes([-30, -100], FastMath.gelu), [0, 0])
     }
 
+    /// GELU' from the forward's output (Φ = GELU(x) / x, no erf): absolute error ≤ 5e-7 against the
+    /// Double formula on [−12, 12], near zero (down to denormals and ±0, where Φ(0) = ½ is taken)
+    /// and in the far tails.
+    func testGeluDerivativeFromOutputMatchesDouble() {
+        let tiny: [Float] = [0, -0.0, 1e-3, -1e-3, 1e-6, -1e-6, 1e-19, -1e-19, 1e-21, -1e-21,
+                             Float.leastNormalMagnitude, -Float.leastNonzeroMagnitude]
+        let xs = grid(-12, 12, 240_011) + tiny + [-30, -100, 30, 100]
+        var worst: Double = 0
+        for xf in xs {
+            let d = Double(FastMath.geluDerivative(xf, gelu: FastMath.gelu(xf)))
+            let x = Double(xf)
+            let exact = 0.5 * (1 + Foundation.erf(x / 2.0.squareRoot())) + x * Foundation.exp(-0.5 * x * x) / (2 * Double.pi).squareRoot()
+            XCTAssertFalse(d.isNaN, "NaN at \(xf)")
+            worst = max(worst, abs(d - exact))
+        }
+        XCTAssertLessThan(worst, 5e-7, "gelu' from output: worst absolute error \(worst)")
+    }
+
     /// The array kernels equal the scalar functions (whatever the vectoriser makes of them).
     func testArrayKernels() {
         var rng = SeededRandom(seed: 3)
         let n = 1003
         let x = (0..<n).map { _ in rng.normal() * 3 }, g = (0..<n).map { _ in rng.normal() }
-        var dx = [Float](repeating: .nan, count: n), y = dx, yb = dx, yr = dx, e = dx
+        var dx = [Float](repeating: .nan, count: n), y = dx, yb = dx, yr = dx, e = dx, dxFromOutput = dx
         var sum: Float = 0
         x.withUnsafeBufferPointer { xb in g.withUnsafeBufferPointer { gb in
             let xp = xb.baseAddress!, gp = gb.baseAddress!
             dx.withUnsafeMutableBufferPointer { FastMath.geluBackward(gp, xp, $0.baseAddress!, n) }
             y.withUnsafeMutableBufferPointer { FastMath.gelu(xp, $0.baseAddress!, n) }
+            y.withUnsafeBufferPointer { ybp in
+                dxFromOutput.withUnsafeMutableBufferPointer {
+                    FastMath.geluBackward(gp, xp, gelu: ybp.baseAddress!, $0.baseAddress!, n)
+                }
+            }
             yb = x; yb.withUnsafeMutableBufferPointer { FastMath.geluInPlace($0.baseAddress!, bias: 0.25, n) }
             yr = x; yr.withUnsafeMutableBufferPointer { FastMath.geluInPlace($0.baseAddress!, adding: gp, bias: 0.25, n) }
             e = x; sum = e.withUnsafeMutableBufferPointer { FastMath.expShiftedInPlace($0.baseAddress!, 2, n) }
@@ -74,6 +97,7 @@ final class FastMathTests: XCTestCase {
         for i in 0..<n {
             XCTAssertEqual(dx[i], g[i] * FastMath.geluDerivative(x[i]))
             XCTAssertEqual(y[i], FastMath.gelu(x[i]))
+            XCTAssertEqual(dxFromOutput[i], g[i] * FastMath.geluDerivative(x[i], gelu: y[i]))
             XCTAssertEqual(yb[i], FastMath.gelu(x[i] + 0.25))
             XCTAssertEqual(yr[i], FastMath.gelu(x[i] + g[i] + 0.25))
             XCTAssertEqual(e[i], FastMath.exp(x[i] - 2))

@@ -60,7 +60,7 @@ struct BenchEncoder: ParsableCommand {
             seconds = medianSeconds(repeats: options.repeats) {
                 model.zeroGradients()
                 _ = model.forward(x, mode: .training)
-                model.backward(dy)
+                model.backward(dy, imageGradient: false)
             }
         }
         let peak = peakResidentMiB()

@@ -63,7 +63,7 @@ struct BenchTrain: ParsableCommand {
             let y = model.forward(x, mode: .training)
             let loss = mseLoss(y, target)
             lastLoss = loss.value
-            model.backward(loss.gradient)
+            model.backward(loss.gradient, imageGradient: false)
             optimiser.step(learningRate: 1e-4)
         }
         let peak = peakResidentMiB()
@@ -95,7 +95,7 @@ struct BenchTrain: ParsableCommand {
             let y = student.forward(x, mode: .training)
             let loss = cfg.loss.evaluate(y, target, regions: regions)
             lastLoss = loss.value
-            student.backward(loss.gradient)
+            student.backward(loss.gradient, imageGradient: false)
             if let m = cfg.optimizer.maxGradNorm { _ = clipGradientNorm(params, maxNorm: m) }
             optimiser.step(learningRate: cfg.schedule.lr(at: 0))
         }
