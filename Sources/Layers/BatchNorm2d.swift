@@ -11,6 +11,12 @@ import Tensor
 /// - otherwise (`eval()`): normalises with the running statistics (a per-channel affine map).
 /// Backward follows whichever statistics the forward used: through the batch statistics in
 /// training, a per-channel scale in eval mode.
+///
+/// `forward(_:mode:activation:)` applies an activation to the normalised output in the same pass
+/// (MBConv's and PatchMerging's Conv2d_BN → GELU): BN's own output is then never stored, backward
+/// takes the gradient at the activation's output and recomputes the pre-activation x̂·γ + β (the
+/// same float expression as the forward) for f', and forms f'·dy inside the pass that sums the
+/// per-channel reductions: two passes over the stage-0 maps fewer in forward and two in backward.
 public final class BatchNorm2d: Module {
     public let channels: Int
     public let eps: Float
@@ -25,10 +31,13 @@ public final class BatchNorm2d: Module {
     public let runningVar: Parameter
 
     // xhat: (B, C, H, W) normalised input; rstd: (C) 1/sqrt(var + eps) of the statistics used;
-    // usedBatchStatistics: which backward applies. Kept for backward only.
+    // usedBatchStatistics: which backward applies; activation, activated: the fused activation and
+    // its output (B, C, H, W). Kept for backward only.
     private var xhat: Tensor?
     private var rstd: [Float] = []
     private var usedBatchStatistics = false
+    private var activation: Activation?
+    private var activated: Tensor?
 
     public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1, weightInit: Float = 1) {
         self.channels = channels
@@ -45,7 +54,10 @@ public final class BatchNorm2d: Module {
     }
 
     /// x: (B, C, H, W) -> y: (B, C, H, W)
-    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
+    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor { forward(x, mode: mode, activation: nil) }
+
+    /// x: (B, C, H, W) -> y = activation(BN(x)): (B, C, H, W). `backward` then takes dL/dy.
+    public func forward(_ x: Tensor, mode: ForwardMode, activation act: Activation?) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == channels,
                      "BatchNorm2d(\(channels)): expected input of shape (B, \(channels), H, W), got \(x.shape)")
         let B = x.shape[0], C = channels, HW = x.shape[2] * x.shape[3], n = B * HW
@@ -96,7 +108,7 @@ public final class BatchNorm2d: Module {
                         bias.value.data.withUnsafeBufferPointer { bb in
                             let xp = xb.baseAddress!, yp = yb.baseAddress!, hp = hb.baseAddress
                             let w = wb.baseAddress!, bv = bb.baseAddress!
-                            parallelFor(B * C, costPerItem: HW * 2) { bc in
+                            parallelFor(B * C, costPerItem: HW * (act == nil ? 2 : 6)) { bc in
                                 let c = bc % C, o = bc * HW
                                 let m = mean[c], s = scale[c], a = s * w[c], shift = bv[c] - m * a
                                 if keep {
@@ -104,6 +116,12 @@ public final class BatchNorm2d: Module {
                                     for i in 0..<HW { h[i] = (xp[o + i] - m) * s; yp[o + i] = h[i] * w[c] + bv[c] }
                                 } else {
                                     for i in 0..<HW { yp[o + i] = xp[o + i] * a + shift }
+                                }
+                                // the activation on the plane while it is in cache
+                                switch act {
+                                case .gelu: FastMath.geluInPlace(yp + o, HW)
+                                case .relu: for i in 0..<HW where yp[o + i] < 0 { yp[o + i] = 0 }
+                                case nil: break
                                 }
                             }
                         }
@@ -113,8 +131,9 @@ public final class BatchNorm2d: Module {
         }
         if keep {
             xhat = xh; rstd = scale; usedBatchStatistics = mode.batchStatistics
+            activation = act; activated = act == nil ? nil : y
         } else {
-            xhat = nil; rstd = []
+            xhat = nil; rstd = []; activation = nil; activated = nil
         }
         return y
     }
@@ -122,42 +141,60 @@ public final class BatchNorm2d: Module {
     /// dy: (B, C, H, W) -> dx; dW += Σ dy·x̂, dB += Σ dy.
     /// Batch statistics: dx = w·rstd·(dy − mean(dy) − x̂·mean(dy·x̂)) per channel.
     /// Running statistics: dx = w·rstd·dy.
+    /// After a forward with an activation f, dy is the gradient at f's output: the formulas above
+    /// apply to dy·f'(x̂·w + b), formed plane by plane in the reductions' pass (into dx's buffer).
     public func backward(_ dy: Tensor) -> Tensor {
         guard let xh = xhat else { preconditionFailure("BatchNorm2d.backward without a training-mode forward") }
         precondition(dy.shape == xh.shape, "BatchNorm2d(\(channels)).backward: dy \(dy.shape) vs input \(xh.shape)")
         let B = xh.shape[0], C = channels, HW = xh.shape[2] * xh.shape[3], n = B * HW
-        // sumDy, sumDyXhat: (C)
+        // sumDy, sumDyXhat: (C) over the gradient at BN's output
         var sumDy = [Double](repeating: 0, count: C), sumDyXhat = [Double](repeating: 0, count: C)
+        // dx: (B, C, H, W); with an activation it first holds dy·f' (BN's output gradient)
         var dx = Tensor.empty(xh.shape)
-        let batch = usedBatchStatistics, rs = rstd
+        let batch = usedBatchStatistics, rs = rstd, act = activation
+        let y = activated ?? Tensor(zeros: [0])
         dy.data.withUnsafeBufferPointer { gb in
             xh.data.withUnsafeBufferPointer { hb in
-                let g = gb.baseAddress!, h = hb.baseAddress!
-                sumDy.withUnsafeMutableBufferPointer { s1b in
-                    sumDyXhat.withUnsafeMutableBufferPointer { s2b in
-                        let s1 = s1b.baseAddress!, s2 = s2b.baseAddress!
-                        parallelFor(C, costPerItem: n * 2) { c in
-                            var t1: Double = 0, t2: Double = 0
-                            for b in 0..<B {
-                                let o = (b * C + c) * HW
-                                t1 += Double(ConvReductions.sum(g + o, HW))
-                                t2 += Double(ConvReductions.dot(g + o, h + o, HW))
-                            }
-                            s1[c] = t1; s2[c] = t2
-                        }
-                    }
-                }
                 dx.data.withUnsafeMutableBufferPointer { ob in
-                    weight.value.data.withUnsafeBufferPointer { wb in
-                        let out = ob.baseAddress!, w = wb.baseAddress!
-                        let m1 = sumDy.map { Float($0 / Double(n)) }, m2 = sumDyXhat.map { Float($0 / Double(n)) }
-                        parallelFor(B * C, costPerItem: HW * 2) { bc in
-                            let c = bc % C, o = bc * HW, a = w[c] * rs[c]
-                            if batch {
-                                let mg = m1[c], mgx = m2[c]
-                                for i in 0..<HW { out[o + i] = a * (g[o + i] - mg - h[o + i] * mgx) }
-                            } else {
-                                for i in 0..<HW { out[o + i] = a * g[o + i] }
+                    y.data.withUnsafeBufferPointer { yb in
+                        weight.value.data.withUnsafeBufferPointer { wb in
+                            bias.value.data.withUnsafeBufferPointer { bb in
+                                let h = hb.baseAddress!, out = ob.baseAddress!, w = wb.baseAddress!
+                                let yp = yb.baseAddress, bv = bb.baseAddress!, dyp = gb.baseAddress!
+                                // g: the gradient at BN's output (dy, or dy·f' written into dx)
+                                let g = act == nil ? dyp : UnsafePointer(out)
+                                sumDy.withUnsafeMutableBufferPointer { s1b in
+                                    sumDyXhat.withUnsafeMutableBufferPointer { s2b in
+                                        let s1 = s1b.baseAddress!, s2 = s2b.baseAddress!
+                                        parallelFor(C, costPerItem: n * (act == nil ? 2 : 6)) { c in
+                                            var t1: Double = 0, t2: Double = 0
+                                            for b in 0..<B {
+                                                let o = (b * C + c) * HW
+                                                switch act {
+                                                case .gelu:
+                                                    FastMath.geluBackward(dyp + o, normalized: h + o, scale: w[c], shift: bv[c],
+                                                                          gelu: yp! + o, out + o, HW)
+                                                case .relu:
+                                                    for i in 0..<HW { out[o + i] = yp![o + i] > 0 ? dyp[o + i] : 0 }
+                                                case nil: break
+                                                }
+                                                t1 += Double(ConvReductions.sum(g + o, HW))
+                                                t2 += Double(ConvReductions.dot(g + o, h + o, HW))
+                                            }
+                                            s1[c] = t1; s2[c] = t2
+                                        }
+                                    }
+                                }
+                                let m1 = sumDy.map { Float($0 / Double(n)) }, m2 = sumDyXhat.map { Float($0 / Double(n)) }
+                                parallelFor(B * C, costPerItem: HW * 2) { bc in
+                                    let c = bc % C, o = bc * HW, a = w[c] * rs[c]
+                                    let mg = batch ? m1[c] : 0, mgx = batch ? m2[c] : 0
+                                    if act == nil {
+                                        for i in 0..<HW { out[o + i] = a * (dyp[o + i] - mg - h[o + i] * mgx) }
+                                    } else {  // in place over dy·f' (a loop of its own: no overlap check)
+                                        for i in 0..<HW { out[o + i] = a * (out[o + i] - mg - h[o + i] * mgx) }
+                                    }
+                                }
                             }
                         }
                     }
@@ -168,7 +205,7 @@ public final class BatchNorm2d: Module {
             weight.grad.data[c] += Float(sumDyXhat[c])
             bias.grad.data[c] += Float(sumDy[c])
         }
-        xhat = nil; rstd = []
+        xhat = nil; rstd = []; activation = nil; activated = nil
         return dx
     }
 }

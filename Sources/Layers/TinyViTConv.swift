@@ -39,16 +39,18 @@ public final class Conv2dBN: Module {
 
     /// y = activation(BN(conv(x)) + residual), residual: (B, O, Ho, Wo) or nil. Inference runs the
     /// folded conv with the bias, residual and activation fused into the conv's output pass
-    /// (nothing kept). Other modes run conv and BatchNorm as layers (kept for `backward`, which
-    /// covers conv and BatchNorm only: callers that pass a residual or an activation keep what
-    /// their own backward needs, as MBConv does).
+    /// (nothing kept). Other modes run conv and BatchNorm as layers, kept for `backward`. Without a
+    /// residual the activation runs inside BatchNorm's pass and `backward` covers it (dy is then the
+    /// gradient at the activation's output); with a residual, `backward` covers conv and BatchNorm
+    /// only and the caller keeps what the residual and activation need (as MBConv's last conv does).
     public func forward(_ x: Tensor, mode: ForwardMode, residual: Tensor?, activation: Activation?) -> Tensor {
         if mode.foldsBatchNorm {
             let (w, b) = foldedParameters()
             return conv.forwardInference(x, weight: w, bias: b, residual: residual, activation: activation)
         }
+        guard let residual else { return bn.forward(conv.forward(x, mode: mode), mode: mode, activation: activation) }
         var y = bn.forward(conv.forward(x, mode: mode), mode: mode)
-        if let residual { y.add(residual) }
+        y.add(residual)
         if let activation { activation.apply(&y) }
         return y
     }
@@ -86,10 +88,6 @@ public final class PatchEmbed: Module {
     /// `seq.2`
     public let conv2: Conv2dBN
 
-    // a, g: (B, embed/2, H/2, W/2) pre- and post-GELU activations, kept for backward (g is
-    // also conv2's kept input: one buffer)
-    private var preActivation: Tensor?, activation: Tensor?
-
     public init(inputChannels: Int, embedDim: Int) {
         self.inputChannels = inputChannels
         self.embedDim = embedDim
@@ -103,24 +101,14 @@ public final class PatchEmbed: Module {
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == inputChannels,
                      "PatchEmbed(\(inputChannels)→\(embedDim)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
-        if mode.foldsBatchNorm {
-            preActivation = nil; activation = nil
-            return conv2.forward(conv1.forward(x, mode: mode, residual: nil, activation: .gelu), mode: mode)
-        }
-        let a = conv1.forward(x, mode: mode)
-        let g = Activation.gelu.forward(a)
-        if mode.keepsActivations { preActivation = a; activation = g } else { preActivation = nil; activation = nil }
-        return conv2.forward(g, mode: mode)
+        // conv1's GELU runs inside its BatchNorm pass (and its backward), in every mode
+        return conv2.forward(conv1.forward(x, mode: mode, residual: nil, activation: .gelu), mode: mode)
     }
 
     /// dy: (B, embed, H/4, W/4) -> dx: (B, in, H, W), or an empty tensor (shape [0]) without
     /// `inputGradient` (the image's gradient is rarely wanted: its GEMM and col2im are skipped).
     public func backward(_ dy: Tensor, inputGradient: Bool = true) -> Tensor {
-        guard let a = preActivation, let g = activation else {
-            preconditionFailure("PatchEmbed.backward without a training-mode forward")
-        }
-        preActivation = nil; activation = nil
-        return conv1.backward(Activation.gelu.backward(conv2.backward(dy), input: a, output: g), inputGradient: inputGradient)
+        conv1.backward(conv2.backward(dy), inputGradient: inputGradient)
     }
 }
 
@@ -135,10 +123,9 @@ public final class MBConv: Module {
     public let conv2: Conv2dBN
     public let conv3: Conv2dBN
 
-    // a1, a2: (B, hidden, H, W), a3: (B, C, H, W) pre-GELU activations (a3 after the residual add);
-    // g1, g2, g3: their GELUs (g1, g2 are also conv2's and conv3's kept inputs, g3 the output)
-    private var a1: Tensor?, a2: Tensor?, a3: Tensor?
-    private var g1: Tensor?, g2: Tensor?, g3: Tensor?
+    // a3: (B, C, H, W) the residual sum before the last GELU, g3 its GELU (the output), kept for
+    // backward; conv1's and conv2's GELUs run inside their BatchNorm passes (and backward).
+    private var a3: Tensor?, g3: Tensor?
 
     /// The reference adds the input back, so `outputChannels` must equal `inputChannels`.
     public init(inputChannels: Int, outputChannels: Int, expandRatio: Float) {
@@ -162,33 +149,23 @@ public final class MBConv: Module {
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == inputChannels,
                      "MBConv(\(inputChannels), hidden \(hiddenChannels)): expected input of shape (B, \(inputChannels), H, W), got \(x.shape)")
-        a1 = nil; a2 = nil; a3 = nil; g1 = nil; g2 = nil; g3 = nil
-        if mode.foldsBatchNorm {
-            let f1 = conv1.forward(x, mode: mode, residual: nil, activation: .gelu)
-            let f2 = conv2.forward(f1, mode: mode, residual: nil, activation: .gelu)
-            return conv3.forward(f2, mode: mode, residual: x, activation: .gelu)
-        }
-        let h1 = conv1.forward(x, mode: mode)
-        let o1 = Activation.gelu.forward(h1)
-        let h2 = conv2.forward(o1, mode: mode)
-        let o2 = Activation.gelu.forward(h2)
+        a3 = nil; g3 = nil
+        let o1 = conv1.forward(x, mode: mode, residual: nil, activation: .gelu)
+        let o2 = conv2.forward(o1, mode: mode, residual: nil, activation: .gelu)
+        if mode.foldsBatchNorm { return conv3.forward(o2, mode: mode, residual: x, activation: .gelu) }
         var h3 = conv3.forward(o2, mode: mode)
         h3.add(x)
         let y = Activation.gelu.forward(h3)
-        if mode.keepsActivations { a1 = h1; a2 = h2; a3 = h3; g1 = o1; g2 = o2; g3 = y }
+        if mode.keepsActivations { a3 = h3; g3 = y }
         return y
     }
 
     /// dy: (B, C, H, W) -> dx: (B, C, H, W)
     public func backward(_ dy: Tensor) -> Tensor {
-        guard let h1 = a1, let h2 = a2, let h3 = a3, let o1 = g1, let o2 = g2, let o3 = g3 else {
-            preconditionFailure("MBConv.backward without a training-mode forward")
-        }
-        a1 = nil; a2 = nil; a3 = nil; g1 = nil; g2 = nil; g3 = nil
+        guard let h3 = a3, let o3 = g3 else { preconditionFailure("MBConv.backward without a training-mode forward") }
+        a3 = nil; g3 = nil
         let d3 = Activation.gelu.backward(dy, input: h3, output: o3)  // gradient at the residual sum
-        let d2 = Activation.gelu.backward(conv3.backward(d3), input: h2, output: o2)
-        let d1 = Activation.gelu.backward(conv2.backward(d2), input: h1, output: o1)
-        var dx = conv1.backward(d1)
+        var dx = conv1.backward(conv2.backward(conv3.backward(d3)))
         dx.add(d3)
         return dx
     }
@@ -211,10 +188,9 @@ public final class PatchMerging: Module {
     public let conv2: Conv2dBN
     public let conv3: Conv2dBN
 
-    // a1, a2: (B, out, ·, ·) pre-GELU activations, g1, g2 their GELUs (conv2's and conv3's kept
-    // inputs); inputShape: the layout of x for dx
-    private var a1: Tensor?, a2: Tensor?, g1: Tensor?, g2: Tensor?
-    private var inputShape: [Int] = []
+    // inputShape: the layout of x for dx, outputShape: conv3's output map (B, out, Ho, Wo) ([] when
+    // nothing is kept); conv1's and conv2's GELUs run inside their BatchNorm passes (and backward)
+    private var inputShape: [Int] = [], outputShape: [Int] = []
 
     public init(inputResolution: (height: Int, width: Int), dim: Int, outputDim: Int, stride: Int? = nil) {
         self.inputResolution = inputResolution
@@ -254,35 +230,23 @@ public final class PatchMerging: Module {
                          "\(name): expected input of shape (B, \(inputResolution.height * inputResolution.width), \(dim)) or (B, \(dim), H, W), got \(x.shape)")
             map = x
         }
-        a1 = nil; a2 = nil; g1 = nil; g2 = nil; inputShape = []
-        if mode.foldsBatchNorm {
-            let f1 = conv1.forward(map, mode: mode, residual: nil, activation: .gelu)
-            let f2 = conv2.forward(f1, mode: mode, residual: nil, activation: .gelu)
-            return ConvLayout.mapToTokens(conv3.forward(f2, mode: mode))
-        }
-        let h1 = conv1.forward(map, mode: mode)
-        let o1 = Activation.gelu.forward(h1)
-        let h2 = conv2.forward(o1, mode: mode)
-        let o2 = Activation.gelu.forward(h2)
+        let o1 = conv1.forward(map, mode: mode, residual: nil, activation: .gelu)
+        let o2 = conv2.forward(o1, mode: mode, residual: nil, activation: .gelu)
         let y = conv3.forward(o2, mode: mode)
-        if mode.keepsActivations { a1 = h1; a2 = h2; g1 = o1; g2 = o2; inputShape = x.shape }
+        inputShape = mode.keepsActivations ? x.shape : []
+        outputShape = mode.keepsActivations ? y.shape : []
         return ConvLayout.mapToTokens(y)
     }
 
     /// dy: (B, Ho·Wo, out) -> dx in the input's layout ((B, H·W, dim) or (B, dim, H, W))
     public func backward(_ dy: Tensor) -> Tensor {
-        guard let h1 = a1, let h2 = a2, let o1 = g1, let o2 = g2 else {
-            preconditionFailure("\(name).backward without a training-mode forward")
-        }
-        let Ho = h2.shape[2], Wo = h2.shape[3]
-        precondition(dy.shape == [h2.shape[0], Ho * Wo, outputDim],
-                     "\(name).backward: expected dy of shape \([h2.shape[0], Ho * Wo, outputDim]), got \(dy.shape)")
-        a1 = nil; a2 = nil; g1 = nil; g2 = nil
+        guard outputShape.count == 4 else { preconditionFailure("\(name).backward without a training-mode forward") }
+        let B = outputShape[0], Ho = outputShape[2], Wo = outputShape[3]
+        precondition(dy.shape == [B, Ho * Wo, outputDim],
+                     "\(name).backward: expected dy of shape \([B, Ho * Wo, outputDim]), got \(dy.shape)")
         let tokensInput = inputShape.count == 3
-        inputShape = []
-        let d3 = conv3.backward(ConvLayout.tokensToMap(dy, height: Ho, width: Wo))
-        let d2 = conv2.backward(Activation.gelu.backward(d3, input: h2, output: o2))
-        let dmap = conv1.backward(Activation.gelu.backward(d2, input: h1, output: o1))
+        inputShape = []; outputShape = []
+        let dmap = conv1.backward(conv2.backward(conv3.backward(ConvLayout.tokensToMap(dy, height: Ho, width: Wo))))
         return tokensInput ? ConvLayout.mapToTokens(dmap) : dmap
     }
 }

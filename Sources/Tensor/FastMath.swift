@@ -110,6 +110,14 @@ public enum FastMath {
         for i in 0..<n { dx[i] = dy[i] * geluDerivative(x[i], gelu: y[i]) }
     }
 
+    /// dx[i] = dy[i] · GELU'(v) with v = xhat[i]·scale + shift recomputed (BatchNorm's output, the
+    /// same float expression its forward evaluated) and y[i] = GELU(v) (distinct buffers).
+    public static func geluBackward(_ dy: UnsafePointer<Float>, normalized xhat: UnsafePointer<Float>, scale: Float,
+                                    shift: Float, gelu y: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+                                    _ n: Int) {
+        for i in 0..<n { dx[i] = dy[i] * geluDerivative(xhat[i] * scale + shift, gelu: y[i]) }
+    }
+
     /// y[i] = e^(y[i] − m) in place; returns Σ y[i] (4 partial sums).
     public static func expShiftedInPlace(_ y: UnsafeMutablePointer<Float>, _ m: Float, _ n: Int) -> Float {
         for i in 0..<n { y[i] = exp(y[i] - m) }

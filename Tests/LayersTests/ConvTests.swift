@@ -169,6 +169,37 @@ final class ConvTests: XCTestCase {
         }
     }
 
+    /// BatchNorm with its activation fused (the MBConv / PatchMerging / PatchEmbed path): finite
+    /// differences, and the same values as BatchNorm followed by the activation as a separate layer,
+    /// bit for bit (the fused passes evaluate the same float expressions, f' from the output as
+    /// `Activation.backward(_:input:output:)`), forward, dx and parameter gradients.
+    func testBatchNorm2dWithFusedActivation() {
+        var rng = SeededRandom(seed: 47)
+        for mode in [ForwardMode.training, .evaluationWithGradients] {
+            for act in [Activation.gelu, .relu] {
+                let fused = BatchNorm2d(4), plain = BatchNorm2d(4)
+                randomiseConvParameters(fused, rng: &rng)
+                for ((_, p), (_, q)) in zip(fused.namedParameters(), plain.namedParameters()) { q.value = p.value }
+                let x = Tensor.randomNormal([3, 4, 5, 6], std: 1.5, rng: &rng).map { $0 + 0.5 }
+                let dy = Tensor.randomNormal(x.shape, rng: &rng)
+                let y = fused.forward(x, mode: mode, activation: act)
+                let h = plain.forward(x, mode: mode)
+                let yPlain = act.forward(h)
+                XCTAssertEqual(y.data, yPlain.data, "\(act) \(mode): forward")
+                fused.zeroGradients(); plain.zeroGradients()
+                let dx = fused.backward(dy)
+                let dxPlain = plain.backward(act.backward(dy, input: h, output: yPlain))
+                XCTAssertEqual(dx.data, dxPlain.data, "\(act) \(mode): dx")
+                XCTAssertEqual(fused.weight.grad.data, plain.weight.grad.data, "\(act) \(mode): dγ")
+                XCTAssertEqual(fused.bias.grad.data, plain.bias.grad.data, "\(act) \(mode): dβ")
+                if act == .gelu {
+                    finiteDifferences(fused, input: x, forward: { fused.forward($0, mode: mode, activation: act) },
+                                      backward: { fused.backward($0) })
+                }
+            }
+        }
+    }
+
     func testConv2dBNFiniteDifferences() {
         var rng = SeededRandom(seed: 44)
         for (mode, g) in [(ForwardMode.training, 1), (.evaluationWithGradients, 1), (.training, 4)] {
