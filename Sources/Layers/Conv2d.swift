@@ -141,7 +141,8 @@ public final class Conv2d: Module {
                                padding: padding, groups: groups, layer: name)
         precondition(dy.shape == [geo.B, geo.O, geo.Ho, geo.Wo],
                      "\(name).backward: expected dy of shape \([geo.B, geo.O, geo.Ho, geo.Wo]), got \(dy.shape)")
-        var dx = Tensor(zeros: inputGradient ? x.shape : [0])
+        // the pointwise GEMM writes every dx value (beta 0); col2im and the depthwise loops accumulate
+        var dx = inputGradient ? (path == .pointwise ? Tensor.empty(x.shape) : Tensor(zeros: x.shape)) : Tensor(zeros: [0])
         x.data.withUnsafeBufferPointer { xb in
             dy.data.withUnsafeBufferPointer { gb in
                 dx.data.withUnsafeMutableBufferPointer { db in

@@ -140,7 +140,7 @@ public final class MaskDecoder: Module {
         let (hs, keys) = transformer.forward(imageEmbedding: src, imagePE: imagePE, pointEmbedding: tokens, mode: mode)
 
         // Upscale the image side: (B, C, h, w) → (B, C/8, 4h, 4w)
-        var up = upscaleConv1.forward(mapFromTokens(keys, height: h, width: w), mode: mode)
+        var up = upscaleConv1.forward(ConvLayout.tokensToMap(keys, height: h, width: w), mode: mode)
         up = Activation.gelu.forward(upscaleNorm.forward(up, mode: mode))
         up = Activation.gelu.forward(upscaleConv2.forward(up, mode: mode))
         let D = C / 8, P = up.shape[2] * up.shape[3], K = outputs.count

@@ -25,49 +25,6 @@ func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> Strin
     return out
 }
 
-/// (B, C, H, W) → (B, H·W, C): `flatten(2).permute(0, 2, 1)`.
-func tokensFromMap(_ x: Tensor) -> Tensor {
-    precondition(x.rank == 4, "tokensFromMap: expected (B, C, H, W), got \(x.shape)")
-    let B = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
-    var out = Tensor(zeros: [B, P, C])
-    x.data.withUnsafeBufferPointer { xb in
-        out.data.withUnsafeMutableBufferPointer { ob in
-            let xp = xb.baseAddress!, op = ob.baseAddress!
-            // blocks of 64 pixels per work item, all channels
-            let blocks = (P + 63) / 64
-            parallelFor(B * blocks, costPerItem: 64 * C) { job in
-                let b = job / blocks, p0 = (job % blocks) * 64, p1 = Swift.min(P, p0 + 64)
-                for c in 0..<C {
-                    let src = xp + (b * C + c) * P
-                    for p in p0..<p1 { op[(b * P + p) * C + c] = src[p] }
-                }
-            }
-        }
-    }
-    return out
-}
-
-/// (B, H·W, C) → (B, C, H, W): `transpose(1, 2).view(b, c, h, w)`.
-func mapFromTokens(_ x: Tensor, height H: Int, width W: Int) -> Tensor {
-    precondition(x.rank == 3 && x.shape[1] == H * W, "mapFromTokens: expected (B, \(H * W), C), got \(x.shape)")
-    let B = x.shape[0], P = H * W, C = x.shape[2]
-    var out = Tensor(zeros: [B, C, H, W])
-    x.data.withUnsafeBufferPointer { xb in
-        out.data.withUnsafeMutableBufferPointer { ob in
-            let xp = xb.baseAddress!, op = ob.baseAddress!
-            let blocks = (C + 7) / 8
-            parallelFor(B * blocks, costPerItem: 8 * P) { job in
-                let b = job / blocks, c0 = (job % blocks) * 8, c1 = Swift.min(C, c0 + 8)
-                for c in c0..<c1 {
-                    let dst = op + (b * C + c) * P
-                    for p in 0..<P { dst[p] = xp[(b * P + p) * C + c] }
-                }
-            }
-        }
-    }
-    return out
-}
-
 /// `TwoWayAttentionBlock`: (1) self-attention of the sparse tokens, (2) tokens → image
 /// cross-attention, (3) MLP on the tokens, (4) image → tokens cross-attention; each followed by a
 /// residual add and a LayerNorm. With `skipFirstLayerPE` the first self-attention gets no
@@ -187,9 +144,10 @@ public final class TwoWayTransformer: Module {
                      "\(name): imagePE \(imagePE.shape) does not fit the image embedding \(imageEmbedding.shape)")
         precondition(pointEmbedding.rank == 3 && pointEmbedding.shape[0] == imageEmbedding.shape[0] && pointEmbedding.shape[2] == C,
                      "\(name): expected a point embedding of shape (\(imageEmbedding.shape[0]), N, \(C)), got \(pointEmbedding.shape)")
-        let keyPE = tokensFromMap(imagePE)  // (B or 1, HW, C)
+        // (B, C, H, W) → (B, H·W, C): `flatten(2).permute(0, 2, 1)` (ConvLayout's tiled transpose)
+        let keyPE = ConvLayout.mapToTokens(imagePE)  // (B or 1, HW, C)
         var queries = pointEmbedding
-        var keys = tokensFromMap(imageEmbedding)  // (B, HW, C)
+        var keys = ConvLayout.mapToTokens(imageEmbedding)  // (B, HW, C)
         for layer in layers {
             (queries, keys) = layer.forward(queries: queries, keys: keys, queryPE: pointEmbedding, keyPE: keyPE, mode: mode)
         }
