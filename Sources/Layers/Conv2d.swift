@@ -170,9 +170,10 @@ public final class Conv2d: Module {
 
     // MARK: GEMM paths (pointwise, im2col)
 
-    /// Pointwise without an epilogue: whole-map GEMMs. Otherwise blocked: jobs are (image, block of output columns), a block being whole output rows sized
-    /// so that its column matrix and output stay in cache; each worker builds its block's columns
-    /// (im2col path) and runs single-threaded GEMMs on them, then the epilogue on the fresh output.
+    /// Pointwise without an epilogue (training): whole-map GEMMs. Otherwise blocked: jobs are
+    /// (image, block of output columns), a block being whole output rows sized so that its column
+    /// matrix and output stay in cache; each worker builds its block's columns (im2col path) and
+    /// runs single-threaded GEMMs on them, then the epilogue on the fresh output.
     private func gemmForward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ yp: UnsafeMutablePointer<Float>,
                              _ g: ConvGeometry, _ ep: ConvEpilogue) {
         let pointwise = path == .pointwise
@@ -181,7 +182,7 @@ public final class Conv2d: Module {
             // Nothing to apply while the output is in cache (training): one GEMM per image and
             // group on the whole map, threaded by OpenBLAS. Blocks would run single-threaded GEMMs
             // with a short inner dimension (64 for MBConv's expansion) at ~20 GFLOP/s per core;
-            // whole-map GEMMs run at ~95 GFLOP/s on two.
+            // whole-map GEMMs run at ~90 GFLOP/s on two.
             for b in 0..<g.B {
                 let xi = xp + b * g.C * L, yi = yp + b * g.O * L
                 for gr in 0..<g.groups {

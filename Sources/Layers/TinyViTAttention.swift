@@ -123,8 +123,8 @@ public final class TinyViTAttention: Module {
         let t = qkv.forward(xn, mode: mode)
         // p: (B', H, N, N) scores, then probabilities
         var p = Tensor.empty([Bw, H, N, N])
-        // o: (B', N, H·d) heads concatenated (zero-filled: the products accumulate, see below)
-        var o = Tensor(zeros: [Bw, N, dh])
+        // o: (B', N, H·d) heads concatenated
+        var o = Tensor.empty([Bw, N, dh])
         let bias = denseBias()
         t.data.withUnsafeBufferPointer { tb in
             p.data.withUnsafeMutableBufferPointer { pb in
@@ -133,9 +133,9 @@ public final class TinyViTAttention: Module {
                         let tp = tb.baseAddress!, pp = pb.baseAddress!, op = ob.baseAddress!, bp = bb.baseAddress!
                         // One job per (window, head), all its steps in cache; windows run on the
                         // workers with single-threaded GEMMs (49×49×32 products are too small to split).
-                        // Every product accumulates (beta 1) onto a zero- or bias-filled buffer: for
-                        // these small outputs OpenBLAS's beta-0 path is 5–30% slower than a fill plus
-                        // beta 1 (measured per shape, Experiments/performance/results.md, session 4).
+                        // The (N, N) products accumulate (beta 1) onto a buffer filled in cache just
+                        // before: OpenBLAS's beta-0 path is ~1.2× slower for them (`bench gemm`,
+                        // attention rows).
                         parallelChunksSerialBLAS(Bw * H) { jobs in
                             for bh in jobs {
                                 let b = bh / H, h = bh % H
@@ -149,7 +149,7 @@ public final class TinyViTAttention: Module {
                                 for i in 0..<N { softmaxRow(S + i * N, N) }
                                 // O_h (N, d) = P (N, N) · v (N, d), into its head's columns (row stride dh)
                                 gemm(m: N, n: d, k: N, a: S, lda: N, b: q + 2 * kd, ldb: ld,
-                                     beta: 1, c: op + b * N * dh + h * d, ldc: dh)
+                                     c: op + b * N * dh + h * d, ldc: dh)
                             }
                         }
                     }
@@ -178,10 +178,9 @@ public final class TinyViTAttention: Module {
         // dO: (B', N, H·d)
         let dO = proj.backward(dy)
         // dS: (B', H, N, N) dL/dP, then dL/dS
-        var dS = Tensor(zeros: [Bw, H, N, N])
-        // dT: (B', N, ld) gradient of the qkv output; every entry is written once below, by products
-        // accumulating onto zeros (beta 1: faster than beta 0 here, as in forward)
-        var dT = Tensor(zeros: t.shape)
+        var dS = Tensor.empty([Bw, H, N, N])
+        // dT: (B', N, ld) gradient of the qkv output; every entry is written below (beta 0)
+        var dT = Tensor.empty(t.shape)
         // Bias-table gradient per head, accumulated in Double: (H, offsets)
         var tableGrad = [Double](repeating: 0, count: H * O)
         t.data.withUnsafeBufferPointer { tb in
@@ -199,19 +198,19 @@ public final class TinyViTAttention: Module {
                                     let q = tp + b * N * ld + h * hs, v = q + 2 * kd
                                     let P = pp + bh * NN, S = sp + bh * NN
                                     let dq = dtp + b * N * ld + h * hs
-                                    // dP (N, N) = dO_h (N, d) · vᵀ (d, N)
+                                    // dP (N, N) = dO_h (N, d) · vᵀ (d, N), onto zeros filled in cache (beta 1, as in forward)
+                                    S.update(repeating: 0, count: NN)
                                     gemm(transB: true, m: N, n: N, k: d, a: gO, lda: dh, b: v, ldb: ld, beta: 1, c: S, ldc: N)
                                     // dv (N, d) = Pᵀ (N, N) · dO_h (N, d)
                                     gemm(transA: true, m: N, n: d, k: N, a: P, lda: N, b: gO, ldb: dh,
-                                         beta: 1, c: dq + 2 * kd, ldc: ld)
+                                         c: dq + 2 * kd, ldc: ld)
                                     // dS = P ⊙ (dP − rowsum(dP ⊙ P))
                                     for i in 0..<N { softmaxRowBackward(P + i * N, S + i * N, N) }
                                     // dq (N, kd) = scale · dS (N, N) · k (N, kd)
-                                    gemm(m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q + kd, ldb: ld,
-                                         beta: 1, c: dq, ldc: ld)
+                                    gemm(m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q + kd, ldb: ld, c: dq, ldc: ld)
                                     // dk (N, kd) = scale · dSᵀ (N, N) · q (N, kd)
                                     gemm(transA: true, m: N, n: kd, k: N, alpha: scale, a: S, lda: N, b: q, ldb: ld,
-                                         beta: 1, c: dq + kd, ldc: ld)
+                                         c: dq + kd, ldc: ld)
                                 }
                             }
                             // Bias table: sum dS over windows per head (dense, Double), then scatter.
