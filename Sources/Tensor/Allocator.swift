@@ -18,37 +18,21 @@ import Foundation
 /// Large buffers allocated on other threads (GCD workers, the trainer's prefetch thread) live in
 /// glibc's per-thread arenas, whose heaps are at most 64 MB: bigger ones are still mmap'd there.
 ///
-/// Applied once, lazily, by the first `Tensor(zeros:)` / `Tensor.empty` (every model allocates
-/// through them first); `SAMDISTILL_GLIBC_MMAP=1` leaves glibc's defaults alone.
+/// Huge pages: Debian's kernels give transparent huge pages only to memory marked with
+/// `madvise(MADV_HUGEPAGE)`, and glibc marks its heap only when the process starts with
+/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc ≥ 2.35), which `Runtime.prepareEnvironment`
+/// sets before its re-exec. Measured on the 2-core machine, A/B alternated, `bench train`
+/// (TinyViT-5M, batch 2), same peak RSS: 1 thread, CPU time 12.35 / 13.00 → 12.07 / 12.62 s
+/// (~3%); 2 threads within that machine's noise. Small, so it rides on the one re-exec.
+///
+/// Applied once by `Runtime.configure`; `SAMDISTILL_GLIBC_MMAP=1` leaves glibc's defaults alone.
 public enum Allocator {
-    /// Transparent huge pages for the heap. Debian's kernels give THP only to memory marked with
-    /// `madvise(MADV_HUGEPAGE)`, and glibc marks its heap only when the process starts with
-    /// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc ≥ 2.35), which the dynamic loader reads
-    /// before `main`. A training step's working set is 4.6 GB; on 2 MB pages the first step
-    /// faults 512× less often and TLB misses drop. Measured on the 2-core machine, A/B alternated,
-    /// `bench train` (TinyViT-5M, batch 2), same peak RSS: 1 thread, CPU time 12.35 / 13.00 →
-    /// 12.07 / 12.62 s (~3%); 2 threads, wall: 9.14 / 8.89 → 8.15 / 7.90 s with the variable set
-    /// by hand, but 7.56 / 7.37 → 7.01 / 7.80 s through this re-exec, i.e. within that machine's
-    /// noise. Small, so it is one re-exec and nothing more.
-    ///
-    /// The command-line tool calls this first thing: it re-executes the process once
-    /// (`/proc/self/exe`, same arguments) with the tunable added, unless it is there already,
-    /// `SAMDISTILL_HUGE_PAGES=0` or `SAMDISTILL_GLIBC_MMAP=1` is set, or exec fails (then it
-    /// simply carries on). A glibc that does not know the tunable ignores it.
-    public static func reexecuteWithHugePages() {
-        #if canImport(Glibc)
-        let env = ProcessInfo.processInfo.environment
-        if env["SAMDISTILL_HUGE_PAGES"] == "0" || env["SAMDISTILL_GLIBC_MMAP"] == "1" { return }
-        let tunables = env["GLIBC_TUNABLES"] ?? ""
-        if tunables.contains("glibc.malloc.hugetlb") { return }
-        let value = tunables.isEmpty ? "glibc.malloc.hugetlb=1" : tunables + ":glibc.malloc.hugetlb=1"
-        setenv("GLIBC_TUNABLES", value, 1)
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
-        #endif
-    }
+    /// Applies the settings once; true when they are in effect (false: not glibc, or disabled).
+    @discardableResult
+    public static func apply() -> Bool { tuned }
 
     /// True once the settings were applied (false: not glibc, or disabled by the environment).
-    public static let tuned: Bool = {
+    static let tuned: Bool = {
         #if canImport(Glibc)
         if let v = getenv("SAMDISTILL_GLIBC_MMAP"), String(cString: v) == "1" { return false }
         // mallopt is declared in <malloc.h>, which the Glibc module does not export: look it up.

@@ -49,38 +49,13 @@ public func gemmReference(transA: Bool = false, transB: Bool = false,
 }
 
 /// BLAS thread control (OpenBLAS). Our own parallel loops and OpenBLAS's threads never run
-/// at the same time: kernels either call `gemm` or split work themselves.
+/// at the same time: kernels either call `gemm` or split work themselves. The process-wide count
+/// is set by `Runtime.configure(threads:)`; kernels change it only around serial-BLAS sections.
 public enum BLASThreads {
-    public static func set(_ n: Int) {
-        _ = spinConfigured
-        openblas_set_num_threads(Int32(n))
-    }
+    public static func set(_ n: Int) { openblas_set_num_threads(Int32(n)) }
     public static var current: Int { Int(openblas_get_num_threads()) }
 
-    /// log2 of the cycles an idle OpenBLAS thread spins (calling `sched_yield`) before it sleeps,
-    /// unless `OPENBLAS_THREAD_TIMEOUT` is set: OpenBLAS's default is 28 (~0.1 s). Between two
-    /// GEMMs the toolkit runs its own parallel loops on every core, and a spinning BLAS thread
-    /// takes turns with them: 13% of a training step's samples were in `sched_yield` and the
-    /// scheduler. With 4 (the smallest OpenBLAS accepts) the thread sleeps almost at once;
-    /// `bench train` 6.3 → 5.3 s per step on the 2-core machine (Experiments/performance).
-    public static let spinTimeout: Int32 = 4
-
-    /// True once OpenBLAS runs with `spinTimeout` (or the user's `OPENBLAS_THREAD_TIMEOUT`).
-    /// OpenBLAS reads its environment when the library loads, before `main`: the variable is
-    /// set, re-read, and the thread pool restarted. Applied by the first tensor allocation and
-    /// by `set(_:)`, before any threaded GEMM.
-    public static let spinConfigured: Bool = {
-        if getenv("OPENBLAS_THREAD_TIMEOUT") == nil {
-            setenv("OPENBLAS_THREAD_TIMEOUT", String(spinTimeout), 0)
-            openblas_read_env()
-            let threads = openblas_get_num_threads()
-            _ = blas_thread_shutdown_()
-            openblas_set_num_threads(threads)
-        }
-        return true
-    }()
-
-    /// The spin timeout OpenBLAS uses now (log2 of cycles).
+    /// The spin timeout OpenBLAS uses now (log2 of cycles; `Runtime.spinTimeout`).
     public static var currentSpinTimeout: Int { Int(openblas_thread_timeout()) }
 }
 

@@ -1,12 +1,15 @@
 import Dispatch
 import Foundation
 
-/// Worker count for the toolkit's own parallel loops: `SAMDISTILL_THREADS` or the core count.
+/// Worker count for the toolkit's own parallel loops, set by `Runtime.configure(threads:)`.
 public enum Threads {
-    nonisolated(unsafe) public static var count: Int = {
+    nonisolated(unsafe) public static var count: Int = defaultCount
+
+    /// `SAMDISTILL_THREADS` or the core count.
+    public static var defaultCount: Int {
         if let s = ProcessInfo.processInfo.environment["SAMDISTILL_THREADS"], let n = Int(s), n > 0 { return n }
         return ProcessInfo.processInfo.activeProcessorCount
-    }()
+    }
 }
 
 /// Runs `body(range)` over `0..<n` split into contiguous chunks, in parallel when the work

@@ -16,8 +16,6 @@ public struct Tensor: Sendable {
     }
 
     public init(zeros shape: [Int]) {
-        _ = Allocator.tuned
-        _ = BLASThreads.spinConfigured
         self.shape = shape
         self.data = [Float](repeating: 0, count: shape.reduce(1, *))
     }
@@ -31,8 +29,6 @@ public struct Tensor: Sendable {
     /// written before it is read). Zero-filling a 67 MB activation costs as much as a GELU pass;
     /// use `Tensor(zeros:)` where a kernel accumulates into its output.
     public static func empty(_ shape: [Int]) -> Tensor {
-        _ = Allocator.tuned
-        _ = BLASThreads.spinConfigured
         let n = shape.reduce(1, *)
         return Tensor(shape: shape, data: [Float](unsafeUninitializedCapacity: n) { _, count in count = n })
     }

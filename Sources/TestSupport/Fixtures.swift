@@ -41,6 +41,19 @@ public struct Fixture {
         return url
     }
 
+    /// The built `samdistill` executable: `$SAMDISTILL_BIN`, or beside the test bundle
+    /// (.build/<configuration>/).
+    public static func samdistillExecutable() throws -> URL {
+        if let p = ProcessInfo.processInfo.environment["SAMDISTILL_BIN"] { return URL(fileURLWithPath: p) }
+        var dir = URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let u = dir.appendingPathComponent("samdistill")
+            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
+            dir = dir.deletingLastPathComponent()
+        }
+        throw FixtureError("samdistill executable not found beside the test bundle: build it (swift build --build-tests) or set SAMDISTILL_BIN")
+    }
+
     public subscript(_ key: String) -> Tensor {
         guard let t = tensors[key] else { fatalError("fixture \(name) has no tensor '\(key)' (it has \(tensors.count) tensors)") }
         return t

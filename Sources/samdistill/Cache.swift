@@ -26,6 +26,8 @@ struct Cache: ParsableCommand {
             tiny teachers the tests use).
             """)
 
+    @OptionGroup var runtime: RuntimeOptions
+
     @Option(help: "A run config (YAML): takes the folder from data.images, the output from data.train[0], the teacher from teacher.checkpoint, views / split / dtype from data.*, the seed from seed. Explicit flags override it.")
     var config: String?
 

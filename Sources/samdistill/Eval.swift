@@ -70,8 +70,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Write the report as Markdown.")
     var markdown: String?
 
-    @Option(help: "Threads for OpenBLAS and the toolkit's own loops (default: all cores).")
-    var threads: Int?
+    @OptionGroup var runtime: RuntimeOptions
 
     func parsedPrompts() throws -> [PromptProtocol] {
         if prompts.trimmingCharacters(in: .whitespaces) == "none" { return [] }
@@ -101,14 +100,9 @@ struct Eval: ParsableCommand {
                 throw ValidationError("--images: no such folder: \(images)")
             }
         }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func run() throws {
-        if let threads {
-            Threads.count = threads
-            BLASThreads.set(threads)
-        }
         var options = EvaluationOptions()
         options.prompts = try parsedPrompts()
         options.pointsPerImage = pointsPerImage

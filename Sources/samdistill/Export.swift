@@ -16,6 +16,8 @@ struct Export: ParsableCommand {
             `samdistill segment --checkpoint OUT` runs from the one file. The write is atomic.
             """)
 
+    @OptionGroup var runtime: RuntimeOptions
+
     @Argument(help: "A training checkpoint or a weights file (.safetensors, .pt, .pth).")
     var checkpoint: String
 

@@ -15,6 +15,8 @@ struct Inspect: ParsableCommand {
             and for a feature cache the number of complete rows per split.
             """)
 
+    @OptionGroup var runtime: RuntimeOptions
+
     @Argument(help: "The weights file (.pt, .pth or .safetensors).")
     var file: String
 

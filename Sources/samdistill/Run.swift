@@ -28,14 +28,12 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("set"), help: "Override one key: key.path=value (repeatable).")
     var overrides: [String] = []
 
-    @Option(help: "Threads for OpenBLAS and the toolkit's own loops (default: all cores).")
-    var threads: Int?
+    @OptionGroup var runtime: RuntimeOptions
 
     @Flag(help: "No progress lines.")
     var quiet = false
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         do {
             _ = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
         } catch let e as ConfigError {
@@ -44,10 +42,6 @@ struct Run: ParsableCommand {
     }
 
     func run() throws {
-        if let threads {
-            Threads.count = threads
-            BLASThreads.set(threads)
-        }
         let cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
         let pipeline = RunPipeline(config: cfg, configName: config)
         pipeline.showsProgress = !quiet

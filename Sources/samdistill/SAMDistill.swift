@@ -11,11 +11,18 @@ struct SAMDistill: ParsableCommand {
             the teacher → export weights. Every layer has a hand-written backward pass; every \
             matrix product goes through OpenBLAS.
             """,
-        subcommands: [Run.self, Segment.self, Cache.self, Train.self, Eval.self, Export.self, Inspect.self, Bench.self])
+        subcommands: [Run.self, Segment.self, Cache.self, Train.self, Eval.self, Export.self, Inspect.self, Bench.self, RuntimeInfo.self])
 
-    /// Heap on transparent huge pages first (one re-exec; see `Allocator.reexecuteWithHugePages`).
+    /// The runtime first: the environment OpenBLAS and glibc read at load (kernel, spin, huge
+    /// pages; one re-exec), then threads and allocator from the subcommand's options, once.
     static func main() {
-        Allocator.reexecuteWithHugePages()
-        main(nil)
+        Runtime.prepareEnvironment()
+        do {
+            var command = try parseAsRoot()
+            Runtime.configure(threads: (command as? RuntimeConfigured)?.runtime.threads)
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
     }
 }

@@ -94,8 +94,7 @@ struct Segment: ParsableCommand {
     @Option(help: "Also write a JSON summary (score, bbox, area, prompts, timings).")
     var json: String?
 
-    @Option(help: "Threads for OpenBLAS and the toolkit's own loops (default: all cores).")
-    var threads: Int?
+    @OptionGroup var runtime: RuntimeOptions
 
     @Flag(help: "Segment everything: SAM's automatic mask generator over a grid of point prompts.")
     var everything = false
@@ -210,14 +209,9 @@ struct Segment: ParsableCommand {
                 throw ValidationError("\(flag): \(path) must be a .png file")
             }
         }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func run() throws {
-        if let threads {
-            Threads.count = threads
-            BLASThreads.set(threads)
-        }
         if everything { return try runEverything() }
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         let picture = try ImageIO.read(URL(fileURLWithPath: image))

@@ -7,10 +7,6 @@ import Tensor
 /// selection among the generated masks.
 extension Segment {
     func runEverything() throws {
-        if let threads {
-            Threads.count = threads
-            BLASThreads.set(threads)
-        }
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         let picture = try ImageIO.read(URL(fileURLWithPath: image))
         let selectionPoints = selectPoints.map(\.point)

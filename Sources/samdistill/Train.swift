@@ -13,6 +13,8 @@ struct Train: ParsableCommand {
             config.yaml (resolved), metrics.jsonl, loss.svg and checkpoints/.
             """)
 
+    @OptionGroup var runtime: RuntimeOptions
+
     @Argument(help: "The run config (YAML).")
     var config: String
 

@@ -97,16 +97,7 @@ enum CacheTestSupport {
 
     /// The built `samdistill` executable: `$SAMDISTILL_BIN`, or beside the test bundle
     /// (.build/<configuration>/).
-    static func executable() throws -> URL {
-        if let p = ProcessInfo.processInfo.environment["SAMDISTILL_BIN"] { return URL(fileURLWithPath: p) }
-        var dir = URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<4 {
-            let u = dir.appendingPathComponent("samdistill")
-            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw FixtureError("samdistill executable not found beside the test bundle: build it (swift build --build-tests) or set SAMDISTILL_BIN")
-    }
+    static func executable() throws -> URL { try Fixture.samdistillExecutable() }
 
     /// The natural photos of `Scripts/fetch-data` (which `Scripts/test` runs): missing is a
     /// failure with instructions, never a silent skip.

@@ -351,16 +351,7 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
     // MARK: CLI
 
     /// The built `samdistill` executable: `$SAMDISTILL_BIN`, or beside the test bundle.
-    static func executable() throws -> URL {
-        if let p = ProcessInfo.processInfo.environment["SAMDISTILL_BIN"] { return URL(fileURLWithPath: p) }
-        var dir = URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<4 {
-            let u = dir.appendingPathComponent("samdistill")
-            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw FixtureError("samdistill executable not found beside the test bundle: build it (swift build --build-tests) or set SAMDISTILL_BIN")
-    }
+    static func executable() throws -> URL { try Fixture.samdistillExecutable() }
 
     static func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
         let p = Process()

@@ -2,18 +2,17 @@ import Foundation
 import Tensor
 import XCTest
 
-/// `Allocator` (glibc malloc settings applied by the first tensor allocation).
+/// `Allocator` and `Runtime.configure` (glibc malloc settings, OpenBLAS spin timeout).
 final class AllocatorTests: XCTestCase {
     nonisolated(unsafe) static var escaped: UnsafeMutableRawPointer?
 
-    /// On glibc the settings are applied once a tensor exists (unless SAMDISTILL_GLIBC_MMAP=1),
-    /// and large buffers still allocate, fill and free normally afterwards (heap, not mmap).
-    func testTunedByFirstTensorAndLargeBuffersWork() {
-        let t = Tensor(zeros: [4])
-        XCTAssertEqual(t.count, 4)
+    /// On glibc `Runtime.configure` applies the settings (unless SAMDISTILL_GLIBC_MMAP=1), and
+    /// large buffers still allocate, fill and free normally afterwards (heap, not mmap).
+    func testTunedByConfigureAndLargeBuffersWork() {
+        Runtime.configure()
         #if canImport(Glibc)
         let disabled = ProcessInfo.processInfo.environment["SAMDISTILL_GLIBC_MMAP"] == "1"
-        XCTAssertEqual(Allocator.tuned, !disabled)
+        XCTAssertEqual(Allocator.apply(), !disabled)
         #endif
         for round in 0..<3 {
             var big = Tensor.empty([40 << 20 / 4])  // 40 MB: above glibc's largest mmap threshold
@@ -31,7 +30,8 @@ final class AllocatorTests: XCTestCase {
         if ProcessInfo.processInfo.environment["SAMDISTILL_GLIBC_MMAP"] == "1" {
             throw XCTSkip("SAMDISTILL_GLIBC_MMAP=1 leaves glibc's defaults alone")
         }
-        XCTAssertTrue(Allocator.tuned)
+        Runtime.configure()
+        XCTAssertTrue(Allocator.apply())
         let size = 5 << 29  // 2.5 GiB
         guard let p = malloc(size) else { return XCTFail("malloc of 2.5 GiB failed") }
         Self.escaped = p  // else the optimiser drops the unused malloc/free pair
@@ -48,12 +48,11 @@ final class AllocatorTests: XCTestCase {
     /// OpenBLAS's idle threads sleep almost at once (spin timeout 2^4 cycles) unless the user set
     /// OPENBLAS_THREAD_TIMEOUT, and threaded GEMMs still agree with the reference afterwards.
     func testBLASSpinTimeoutIsShortAndGemmStillCorrect() {
-        _ = Tensor(zeros: [1])
-        XCTAssertTrue(BLASThreads.spinConfigured)
+        Runtime.configure()
         if let user = ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"], let v = Int(user) {
             XCTAssertEqual(BLASThreads.currentSpinTimeout, v)
         } else {
-            XCTAssertEqual(BLASThreads.currentSpinTimeout, Int(BLASThreads.spinTimeout))
+            XCTAssertEqual(BLASThreads.currentSpinTimeout, Runtime.spinTimeout)
         }
         let saved = BLASThreads.current
         BLASThreads.set(2)

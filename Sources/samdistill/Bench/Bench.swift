@@ -7,8 +7,7 @@ struct BenchOptions: ParsableArguments {
     @Flag(help: "Also print one JSON object with every figure on the last line.")
     var json = false
 
-    @Option(help: "Threads for OpenBLAS and the toolkit's own loops (default: all cores).")
-    var threads: Int?
+    @OptionGroup var runtime: RuntimeOptions
 
     @Option(help: "Timed repetitions per measurement (the median is reported).")
     var repeats = 5
@@ -17,16 +16,13 @@ struct BenchOptions: ParsableArguments {
     var cpuTime = false
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         if repeats < 1 { throw ValidationError("--repeats must be at least 1") }
     }
 
+    /// The clock, and the runtime line every benchmark prints first (CPU, OpenBLAS kernel, threads).
     func apply() {
         BenchClock.usesCPUTime = cpuTime
-        if let threads {
-            Threads.count = threads
-            BLASThreads.set(threads)
-        }
+        print("runtime: \(Runtime.summary)")
     }
 }
 
@@ -65,7 +61,6 @@ func medianSeconds(repeats: Int, _ body: () -> Void) -> Double {
     return times[times.count / 2]
 }
 
-/// Prints `object` as one JSON line.
 /// GFLOP of MobileSAM's encoder (TinyViT-5M) for `batch` images of `imageSize`²: 77.5 per 1024²
 /// image forward (PyTorch's counter, 2 per MAC), scaled by pixels; with `backward`, 3 × forward
 /// (the backward of each product is two products of the same size).
@@ -73,7 +68,9 @@ func mobileSAMEncoderGFLOP(batch: Int, imageSize: Int, backward: Bool) -> Double
     77.5 * Double(batch) * Double(imageSize * imageSize) / Double(1024 * 1024) * (backward ? 3 : 1)
 }
 
+/// Prints `object` as one JSON line, with the runtime's fields (kernel, CPU) added.
 func printJSON(_ object: [String: Any]) {
+    let object = object.merging(Runtime.fields) { mine, _ in mine }
     if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
        let s = String(data: data, encoding: .utf8) {
         print(s)

@@ -1,0 +1,32 @@
+import ArgumentParser
+import Tensor
+
+/// Options every subcommand takes: the process's runtime (`Runtime` in Tensor), applied once by
+/// `main` before the subcommand runs.
+struct RuntimeOptions: ParsableArguments {
+    @Option(help: "Worker threads for OpenBLAS and the toolkit's own loops (default: SAMDISTILL_THREADS, else all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+}
+
+/// A subcommand with runtime options (every one that computes).
+protocol RuntimeConfigured {
+    var runtime: RuntimeOptions { get }
+}
+
+extension Run: RuntimeConfigured {}
+extension Segment: RuntimeConfigured {}
+extension Cache: RuntimeConfigured {}
+extension Train: RuntimeConfigured {}
+extension Eval: RuntimeConfigured {}
+extension Export: RuntimeConfigured {}
+extension Inspect: RuntimeConfigured {}
+extension RuntimeInfo: RuntimeConfigured {}
+extension BenchGemm: RuntimeConfigured { var runtime: RuntimeOptions { options.runtime } }
+extension BenchLayers: RuntimeConfigured { var runtime: RuntimeOptions { options.runtime } }
+extension BenchEncoder: RuntimeConfigured { var runtime: RuntimeOptions { options.runtime } }
+extension BenchDecoder: RuntimeConfigured { var runtime: RuntimeOptions { options.runtime } }
+extension BenchTrain: RuntimeConfigured { var runtime: RuntimeOptions { options.runtime } }
