@@ -6,24 +6,14 @@ import Foundation
 /// Process-wide malloc settings for a program whose working set is a few large, short-lived
 /// buffers (activations of 16–64 MB, allocated and freed every layer).
 ///
-/// glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh `mmap` and
-/// returns it with `munmap` on free, so each such activation costs a page fault and a kernel
-/// zero-fill per 4 KiB page, every layer, every call: about 20% of the encoder's CPU time (perf:
-/// `clear_page_erms`, `exc_page_fault`, `unmap_page_range`). With mmap disabled and trimming
-/// off, freed buffers stay in the heap and are reused at once. Peak RSS grows slightly (heap
-/// fragmentation; `bench encoder` 315 → 340 MiB), and the process keeps its peak heap until it
-/// exits. (A 2 GiB trim threshold was not enough: a TinyViT-5M training step frees ~4.5 GB at its
-/// end, which glibc gave back and the next step faulted in again: 11 → 6.3 s per step.)
-///
-/// Large buffers allocated on other threads (GCD workers, the trainer's prefetch thread) live in
-/// glibc's per-thread arenas, whose heaps are at most 64 MB: bigger ones are still mmap'd there.
-///
-/// Huge pages: Debian's kernels give transparent huge pages only to memory marked with
-/// `madvise(MADV_HUGEPAGE)`, and glibc marks its heap only when the process starts with
-/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc ≥ 2.35), which `Runtime.prepareEnvironment`
-/// sets before its re-exec. Measured on the 2-core machine, A/B alternated, `bench train`
-/// (TinyViT-5M, batch 2), same peak RSS: 1 thread, CPU time 12.35 / 13.00 → 12.07 / 12.62 s
-/// (~3%); 2 threads within that machine's noise. Small, so it rides on the one re-exec.
+/// glibc serves every allocation above its mmap threshold with a fresh `mmap` and returns it with
+/// `munmap` on free, so each activation costs a page fault and a kernel zero-fill per page, every
+/// layer, every call. With mmap'd chunks disabled and trimming off, freed buffers stay in the heap
+/// and are reused at once; the process keeps its peak heap until it exits. (Large buffers
+/// allocated on other threads live in glibc's per-thread arenas, whose heaps are at most 64 MB:
+/// bigger ones are still mmap'd there.) Huge pages for the heap are an environment setting that
+/// `Runtime.prepareEnvironment` makes before its re-exec. Measurements:
+/// Experiments/performance/results.md (sessions 2–4).
 ///
 /// Applied once by `Runtime.configure`; `SAMDISTILL_GLIBC_MMAP=1` leaves glibc's defaults alone.
 public enum Allocator {

@@ -13,13 +13,13 @@ import Glibc
 ///    (`/proc/self/exe`, same arguments). What it sets, each only when the user has not:
 ///    - `OPENBLAS_CORETYPE`: a better kernel when OpenBLAS's detection falls short (`BLASKernel`);
 ///    - `OPENBLAS_THREAD_TIMEOUT=4`: idle OpenBLAS threads sleep at once instead of spinning 2^28
-///      cycles, taking turns with the toolkit's own parallel loops (13% of a training step's
-///      samples were in `sched_yield`; `bench train` 6.3 → 5.3 s per step on the 2-core machine);
+///      cycles and taking turns with the toolkit's own parallel loops;
 ///    - `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`: glibc madvises its heap for transparent huge
-///      pages (Debian's kernels are madvise-only); a training step's 4.6 GB working set faults
-///      512× less often (`Allocator`). `SAMDISTILL_HUGE_PAGES=0` leaves it out.
+///      pages (Debian's kernels are madvise-only; `Allocator`). `SAMDISTILL_HUGE_PAGES=0` leaves it out.
+///    The measurements behind each: Experiments/performance/results.md.
 /// 2. `configure(threads:)`, once the subcommand's options are parsed: the thread count of OpenBLAS
-///    and of the toolkit's loops, and the malloc settings (`Allocator.apply`).
+///    and of the toolkit's loops, and the malloc settings (`Allocator.apply`); the one-line notice
+///    when samdistill overrode OpenBLAS's kernel detection goes to stderr here (not for `--help`).
 ///
 /// A library user (and the tests) call `configure` alone and get OpenBLAS's own kernel choice;
 /// `configure` then sets the spin timeout in-process (re-read environment, pool restarted).
@@ -48,7 +48,6 @@ public enum Runtime {
             if let choice = env[choiceVariable].flatMap(BLASKernel.Choice.init(encoded:)),
                choice.kernel.lowercased() == BLASKernel.current.lowercased() {
                 kernelChoice = choice
-                FileHandle.standardError.write(Data((choice.notice + "\n").utf8))
             }
             return
         }
@@ -98,7 +97,13 @@ public enum Runtime {
         }
         BLASThreads.set(Threads.count)
         _ = Allocator.apply()
+        if let choice = kernelChoice, !noticePrinted {
+            noticePrinted = true
+            FileHandle.standardError.write(Data((choice.notice + "\n").utf8))
+        }
     }
+
+    nonisolated(unsafe) static var noticePrinted = false
 
     /// Where the kernel came from: "samdistill" (forced after measuring), "OPENBLAS_CORETYPE"
     /// (the user's) or "OpenBLAS" (its own detection).
