@@ -1,15 +1,15 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependency direction (DESIGN.md): Tensor ← Layers ← SegmentAnything ← Distill ← samdistill,
-// with Optim (← Tensor) used by Distill. C libraries come from Debian through pkg-config.
+// Dependency direction (ARCHITECTURE.md): Tensor ← Layers ← SegmentAnything ← Distill ← samdistill,
+// with Optim (← Tensor, Layers for `Parameter`) used by Distill. C libraries come from Debian
+// through pkg-config.
 //
 // Release builds target the CPU they are built on (`-target-cpu native`): the toolkit is built
-// from source where it runs, and the elementwise kernels (GELU, exp, BatchNorm, LayerNorm,
-// depthwise convolutions) vectorise to AVX2 instead of SSE2: a TinyViT-5M training step 7.05–7.69 →
-// 6.68–6.70 s in three alternated pairs (Experiments/performance/results.md). Results are the same
-// up to float rounding: Swift never fuses a·b + c into FMA on its own, so only the summation order
-// of vectorised reductions changes. SAMDISTILL_PORTABLE=1 at build time gives a binary for any x86-64.
+// from source where it runs, and the elementwise kernels vectorise to the CPU's widest vectors.
+// Results are the same up to float rounding (Swift never fuses a·b + c into FMA on its own; only
+// the summation order of vectorised reductions changes). SAMDISTILL_PORTABLE=1 at build time gives
+// a binary for any x86-64. Measurements: Experiments/performance/results.md (session 4).
 let portable = Context.environment["SAMDISTILL_PORTABLE"] == "1"
 let optimised: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"] + (portable ? [] : ["-target-cpu", "native"]),
                                               .when(configuration: .release))]
