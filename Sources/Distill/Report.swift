@@ -271,10 +271,12 @@ public struct VisualReport {
         var s = "<h2>Worst cases first</h2>\n<p>\(n) prompts evaluated on \(images) image\(images == 1 ? "" : "s"). "
         s += n <= w.count + b.count ? "All \(n) are shown, lowest IoU first.</p>\n"
             : "Shown: the \(w.count) with the lowest IoU (lowest first), then the \(b.count) with the highest (highest first); the other \(n - w.count - b.count) are left out.</p>\n"
-        s += "<p class=\"meta\">Left: the teacher's mask <span class=\"key\" style=\"background:#1e64ff\"></span>; right: the student's, "
-        s += "<span class=\"key\" style=\"background:#1e64ff\"></span>agreeing <span class=\"key\" style=\"background:#ff2020\"></span>extra pixels "
-        s += "<span class=\"key\" style=\"background:#ffd200\"></span>missed pixels. Prompt: <span class=\"key\" style=\"background:#00dc00\"></span>foreground point or box "
-        s += "<span class=\"key\" style=\"background:#ff2020\"></span>background point. Photos \(Self.thumbnailWidth) px wide; IoUs are computed at full resolution.</p>\n"
+        func key(_ c: RGB, _ text: String) -> String {
+            "<span class=\"key\" style=\"background:\(String(format: "#%02x%02x%02x", c.0, c.1, c.2))\"></span>\(text)"
+        }
+        s += "<p class=\"meta\">Left, the teacher's mask: \(key(Self.blue, "its pixels")). Right, the student's against it: \(key(Self.blue, "agreeing"))"
+        s += "\(key(Self.red, "extra pixels"))\(key(Self.yellow, "missed pixels")). Prompt: \(key(Self.green, "foreground point or box"))"
+        s += "\(key(Self.red, "background point")). Photos \(Self.thumbnailWidth) px wide; IoUs are computed at full resolution.</p>\n"
         s += "<div class=\"panels\" id=\"worst\">\n"
         for p in w { s += try panel(p) }
         s += "</div>\n"
@@ -291,10 +293,9 @@ public struct VisualReport {
         let size = ImageSize(height: p.teacherMask.height, width: p.teacherMask.width)
         let photo = photos[p.image].flatMap { $0.size == size ? $0 : nil }
             ?? RGBImage(width: size.width, height: size.height, pixels: [UInt8](repeating: 128, count: size.width * size.height * 3))
-        let blue: RGB = (30, 100, 255), red: RGB = (255, 32, 32), yellow: RGB = (255, 210, 0)
-        var left = Self.overlay(photo, outline: teacher) { teacher[$0] ? blue : nil }
+        var left = Self.overlay(photo, outline: teacher) { teacher[$0] ? Self.blue : nil }
         var right = Self.overlay(photo, outline: student) { i in
-            teacher[i] && student[i] ? blue : student[i] ? red : teacher[i] ? yellow : nil
+            teacher[i] && student[i] ? Self.blue : student[i] ? Self.red : teacher[i] ? Self.yellow : nil
         }
         Self.draw(p.prompt, scale: Double(size.width) / Double(p.frame.width), on: &left)
         Self.draw(p.prompt, scale: Double(size.width) / Double(p.frame.width), on: &right)
@@ -307,6 +308,7 @@ public struct VisualReport {
     }
 
     typealias RGB = (UInt8, UInt8, UInt8)
+    static let blue: RGB = (30, 100, 255), red: RGB = (255, 32, 32), yellow: RGB = (255, 210, 0), green: RGB = (0, 220, 0)
 
     /// The photo with `colour(pixel)` blended in at half strength and solid on `outline`'s edge.
     static func overlay(_ photo: RGBImage, outline: [Bool], colour: (Int) -> RGB?) -> RGBImage {
@@ -338,8 +340,8 @@ public struct VisualReport {
             let x0 = Int((b.x0 * scale).rounded()), y0 = Int((b.y0 * scale).rounded())
             let x1 = Int((b.x1 * scale).rounded()), y1 = Int((b.y1 * scale).rounded())
             for t in 0..<2 {
-                for x in x0...max(x0, x1) { paint(x, y0 + t, (0, 220, 0)); paint(x, y1 - t, (0, 220, 0)) }
-                for y in y0...max(y0, y1) { paint(x0 + t, y, (0, 220, 0)); paint(x1 - t, y, (0, 220, 0)) }
+                for x in x0...max(x0, x1) { paint(x, y0 + t, green); paint(x, y1 - t, green) }
+                for y in y0...max(y0, y1) { paint(x0 + t, y, green); paint(x1 - t, y, green) }
             }
         }
         for p in prompt.points {
@@ -347,7 +349,7 @@ public struct VisualReport {
             for dy in -6...6 {
                 for dx in -6...6 {
                     let r = Double(dx * dx + dy * dy).squareRoot()
-                    if r <= 4.5 { paint(Int(cx) + dx, Int(cy) + dy, p.label == 1 ? (0, 220, 0) : (255, 32, 32)) } else if r <= 6 { paint(Int(cx) + dx, Int(cy) + dy, (255, 255, 255)) }
+                    if r <= 4.5 { paint(Int(cx) + dx, Int(cy) + dy, p.label == 1 ? green : red) } else if r <= 6 { paint(Int(cx) + dx, Int(cy) + dy, (255, 255, 255)) }
                 }
             }
         }
