@@ -139,7 +139,7 @@ struct Eval: ParsableCommand {
         let encode = try studentWeights.makeEncoder()
         let model = try SAMModel.load(contentsOf: URL(fileURLWithPath: teacher))
         let evaluator = Evaluator(model: model, options: options)
-        evaluator.keepsReportSamples = report != nil
+        evaluator.keepsReportSamples = self.report != nil
         let report: EvaluationReport
         if let cache {
             let reader = try CacheReader(URL(fileURLWithPath: cache))
