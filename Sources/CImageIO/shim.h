@@ -316,3 +316,84 @@ static inline int samio_jpeg_decode(const unsigned char *data, size_t size, long
     jpeg_destroy_decompress(&cinfo);
     return SAMIO_OK;
 }
+
+/// JPEG output into a growable malloc'd buffer (the PNG encoder's pattern; libjpeg's own
+/// jpeg_mem_dest cannot be freed reliably after an error).
+typedef struct {
+    struct jpeg_destination_mgr base;
+    unsigned char *out;
+    size_t capacity;
+} samio_jpeg_destination;
+
+static inline void samio_jpeg_init_destination(j_compress_ptr cinfo) {
+    samio_jpeg_destination *d = (samio_jpeg_destination *)cinfo->dest;
+    d->base.next_output_byte = d->out;
+    d->base.free_in_buffer = d->capacity;
+}
+
+static inline boolean samio_jpeg_empty_buffer(j_compress_ptr cinfo) {
+    samio_jpeg_destination *d = (samio_jpeg_destination *)cinfo->dest;
+    unsigned char *grown = (unsigned char *)realloc(d->out, d->capacity * 2);
+    if (!grown) ERREXIT1(cinfo, JERR_OUT_OF_MEMORY, 0);
+    d->out = grown;
+    d->base.next_output_byte = grown + d->capacity;  // the whole old buffer is full
+    d->base.free_in_buffer = d->capacity;
+    d->capacity *= 2;
+    return TRUE;
+}
+
+static inline void samio_jpeg_term_destination(j_compress_ptr cinfo) { (void)cinfo; }
+
+/// Encodes 8-bit RGB rows (`width * 3` bytes each) as a baseline JPEG at `quality` (1...100),
+/// 4:2:0 chroma (libjpeg's defaults). On success `*out_data` (free with `samio_free`) holds
+/// `*out_size` bytes.
+static inline int samio_jpeg_encode(const unsigned char *pixels, int width, int height, int quality,
+                                    unsigned char **out_data, size_t *out_size, char *message) {
+    *out_data = NULL;
+    *out_size = 0;
+    message[0] = 0;
+    if (width <= 0 || height <= 0 || quality < 1 || quality > 100) {
+        samio_set_message(message, "", "JPEG encoder: bad size or quality");
+        return SAMIO_UNSUPPORTED;
+    }
+    struct jpeg_compress_struct cinfo;
+    samio_jpeg_error err;
+    samio_jpeg_destination dest;  // in memory (its address escaped), so current after a longjmp
+    memset(&cinfo, 0, sizeof cinfo);
+    memset(&err, 0, sizeof err);
+    memset(&dest, 0, sizeof dest);
+    cinfo.err = jpeg_std_error(&err.base);
+    err.base.error_exit = samio_jpeg_error_exit;
+    err.base.output_message = samio_jpeg_output_message;
+    err.message = message;
+    dest.capacity = 65536;
+    dest.out = (unsigned char *)malloc(dest.capacity);
+    if (!dest.out) { samio_set_message(message, "", "out of memory"); return SAMIO_NO_MEMORY; }
+    dest.base.init_destination = samio_jpeg_init_destination;
+    dest.base.empty_output_buffer = samio_jpeg_empty_buffer;
+    dest.base.term_destination = samio_jpeg_term_destination;
+    if (setjmp(err.jump)) {
+        free(dest.out);
+        jpeg_destroy_compress(&cinfo);
+        return SAMIO_NO_MEMORY;
+    }
+    jpeg_create_compress(&cinfo);
+    cinfo.dest = &dest.base;
+    cinfo.image_width = (JDIMENSION)width;
+    cinfo.image_height = (JDIMENSION)height;
+    cinfo.input_components = 3;
+    cinfo.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&cinfo);
+    jpeg_set_quality(&cinfo, quality, TRUE);
+    jpeg_start_compress(&cinfo, TRUE);
+    size_t stride = (size_t)width * 3;
+    while (cinfo.next_scanline < cinfo.image_height) {
+        JSAMPROW row = (JSAMPROW)(pixels + (size_t)cinfo.next_scanline * stride);
+        jpeg_write_scanlines(&cinfo, &row, 1);
+    }
+    jpeg_finish_compress(&cinfo);
+    *out_size = dest.capacity - dest.base.free_in_buffer;
+    *out_data = dest.out;
+    jpeg_destroy_compress(&cinfo);
+    return SAMIO_OK;
+}

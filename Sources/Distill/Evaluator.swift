@@ -63,10 +63,13 @@ public struct EvaluationImage: Sendable {
     /// The frame (mask size) and the resized image's size inside the S×S input.
     public var originalSize: ImageSize
     public var inputSize: ImageSize
+    /// The photo in the frame (originalSize), for the visual report; nil when none is kept.
+    public var photo: RGBImage?
 
-    public init(name: String, teacherEmbedding: Tensor, studentEmbedding: Tensor, originalSize: ImageSize, inputSize: ImageSize) {
+    public init(name: String, teacherEmbedding: Tensor, studentEmbedding: Tensor, originalSize: ImageSize, inputSize: ImageSize,
+                photo: RGBImage? = nil) {
         self.name = name; self.teacherEmbedding = teacherEmbedding; self.studentEmbedding = studentEmbedding
-        self.originalSize = originalSize; self.inputSize = inputSize
+        self.originalSize = originalSize; self.inputSize = inputSize; self.photo = photo
     }
 }
 
@@ -74,6 +77,7 @@ public struct EvaluationImage: Sendable {
 public struct ImageEvaluation: Codable, Sendable {
     public var name: String
     public var ious: [String: [String: [Double]]]
+    public init(name: String, ious: [String: [String: [Double]]]) { self.name = name; self.ious = ious }
 }
 
 /// What `samdistill eval` reports.
@@ -243,6 +247,12 @@ public final class Evaluator {
     /// student. Off by default: it holds every reference mask (~1 MB per prompt at 1024²).
     public var remembersTeacherMasks = false
     private var teacherMemo: [String: (prompts: [SAMPrompt], targets: [BinaryMask])] = [:]
+    /// Keep what the visual report shows (`VisualReport`): per evaluated prompt a `PromptSample`
+    /// (masks at thumbnail size, run-length encoded) and per image its photo thumbnail. Off by
+    /// default for memory, like `remembersTeacherMasks`; the caller empties them between students.
+    public var keepsReportSamples = false
+    public var reportSamples: [PromptSample] = []
+    public var reportPhotos: [String: RGBImage] = [:]
 
     public init(model: SAMModel, options: EvaluationOptions) {
         precondition(options.pointsPerImage > 0, "Evaluator: pointsPerImage must be positive, got \(options.pointsPerImage)")
@@ -352,6 +362,11 @@ public final class Evaluator {
         defer { teacher.resetImage(); student.resetImage() }
         var ious: [String: [String: [Double]]] = [:]
         let embeddingDigest = remembersTeacherMasks ? Self.digest(image.teacherEmbedding) : 0
+        let thumbnail = VisualReport.thumbnailSize(for: image.originalSize)
+        if keepsReportSamples, let photo = image.photo {
+            precondition(photo.size == image.originalSize, "Evaluator: the photo of \(image.name) is \(photo.size), its frame \(image.originalSize)")
+            reportPhotos[image.name] = VisualReport.downscale(photo, to: thumbnail)
+        }
         for p in options.prompts {
             let key = "\(image.name)|\(p.rawValue)|\(image.originalSize.width)x\(image.originalSize.height)|\(embeddingDigest)"
             let memo = teacherMemo[key]
@@ -368,11 +383,19 @@ public final class Evaluator {
                 let s = try student.predict(chunk, multimaskOutput: options.multimask)
                 for b in 0..<chunk.count {
                     let target = targets[start + b]
+                    // The student's mask compared: its single one, or with multimask its top one.
+                    let shown = s.mask(prompt: b, index: options.multimask ? s.bestIndex(prompt: b) : 0)
+                    let iou = shown.iou(target)
                     if options.multimask {
-                        top.append(s.mask(prompt: b, index: s.bestIndex(prompt: b)).iou(target))
+                        top.append(iou)
                         best3.append((0..<s.masksPerPrompt).map { s.mask(prompt: b, index: $0).iou(target) }.max()!)
                     } else {
-                        single.append(s.mask(prompt: b, index: 0).iou(target))
+                        single.append(iou)
+                    }
+                    if keepsReportSamples {
+                        reportSamples.append(PromptSample(image: image.name, frame: image.originalSize, promptType: p, prompt: chunk[b],
+                                                          iou: iou, teacherMask: RunLengthMask(target, size: thumbnail),
+                                                          studentMask: RunLengthMask(shown, size: thumbnail)))
                     }
                 }
             }
@@ -405,8 +428,9 @@ public final class Evaluator {
             let e = encode(b.images)
             seconds += Date().timeIntervalSince(t0)
             let name = try cache.source(of: r) + "#\(try cache.row(r).view)"
+            let photo = keepsReportSamples ? Self.photo(b.images, valid: b.validSizes[0], mean: cache.pixelMean, std: cache.pixelStd) : nil
             out.append(try evaluate(EvaluationImage(name: name, teacherEmbedding: b.embeddings, studentEmbedding: e,
-                                                    originalSize: b.validSizes[0], inputSize: b.validSizes[0])))
+                                                    originalSize: b.validSizes[0], inputSize: b.validSizes[0], photo: photo)))
         }
         return (out, seconds)
     }
@@ -420,7 +444,8 @@ public final class Evaluator {
         }
         var out: [ImageEvaluation] = [], ss = 0.0, ts = 0.0
         for (i, u) in urls.enumerated() {
-            let pre = SAMPreprocessing.preprocess(try ImageIO.read(u), size: model.imageSize)
+            let photo = try ImageIO.read(u)
+            let pre = SAMPreprocessing.preprocess(photo, size: model.imageSize)
             var t0 = Date()
             let te = model.encode(pre.input)
             ts += Date().timeIntervalSince(t0)
@@ -428,9 +453,26 @@ public final class Evaluator {
             let se = encode(pre.input)
             ss += Date().timeIntervalSince(t0)
             out.append(try evaluate(EvaluationImage(name: names?[i] ?? u.lastPathComponent, teacherEmbedding: te, studentEmbedding: se,
-                                                    originalSize: pre.originalSize, inputSize: pre.inputSize)))
+                                                    originalSize: pre.originalSize, inputSize: pre.inputSize,
+                                                    photo: keepsReportSamples ? photo : nil)))
         }
         return (out, ss, ts)
+    }
+
+    /// The 8-bit photo of a cached view: its normalised input (1, 3, S, S) mapped back
+    /// (v · std + mean, rounded: exact for the cache's bytes) over the valid region.
+    static func photo(_ input: Tensor, valid: ImageSize, mean: [Float], std: [Float]) -> RGBImage {
+        let S = input.shape[3], W = valid.width, H = valid.height
+        var pixels = [UInt8](repeating: 0, count: W * H * 3)
+        for c in 0..<3 {
+            for y in 0..<H {
+                for x in 0..<W {
+                    let v = input.data[(c * S + y) * S + x] * std[c] + mean[c]
+                    pixels[(y * W + x) * 3 + c] = UInt8(clamping: Int(v.rounded()))
+                }
+            }
+        }
+        return RGBImage(width: W, height: H, pixels: pixels)
     }
 
     /// The JPEG/PNG files under `dir` (recursive), sorted by relative path: (urls, relative names).

@@ -11,7 +11,8 @@ import Tensor
 //   training settings, is skipped when the final checkpoint is there, and is refused when
 //   output_dir holds a run of other settings;
 // - eval: the initial student (eval.before) and the final one, on the cache's eval.split →
-//   eval-init.{json,md}, eval-final.{json,md};
+//   eval-init.{json,md}, eval-final.{json,md}, and after the final one the visual report
+//   report/index.html (`VisualReport`: masks, mIoU table beside the initial one, curves);
 // - export: the final checkpoint → export.path (with the teacher's prompt encoder and mask decoder
 //   when export.full).
 // Eval and export outputs are written atomically; `pipeline.json` in output_dir records, per
@@ -54,6 +55,7 @@ public final class RunPipeline {
         config.export.path.hasPrefix("/") ? URL(fileURLWithPath: config.export.path) : runDirectory.appendingPathComponent(config.export.path)
     }
     public func evalURL(_ name: String, _ ext: String) -> URL { runDirectory.appendingPathComponent("eval-\(name).\(ext)") }
+    public var reportURL: URL { runDirectory.appendingPathComponent("report/index.html") }
 
     /// What a run produced.
     public struct Outcome {
@@ -147,17 +149,21 @@ public final class RunPipeline {
             return e
         }
         let evalDigestBase = Self.digest(trainDigest + (try Self.evaluationSettings(config).yaml()))
-        func evaluate(_ name: String, label: String, student encode: (Tensor) -> Tensor, imageSize: Int) throws -> EvaluationReport {
+        // withReport: also write report/index.html (part of the step's outputs).
+        func evaluate(_ name: String, label: String, withReport: Bool = false, student encode: (Tensor) -> Tensor, imageSize: Int) throws -> EvaluationReport {
             let digest = Self.digest(evalDigestBase + name)
             let json = evalURL(name, "json"), md = evalURL(name, "md")
-            if upToDate("eval-\(name)", digest, outputs: [json, md]),
+            if upToDate("eval-\(name)", digest, outputs: [json, md] + (withReport ? [reportURL] : [])),
                let r = try? EvaluationReport.read(json: Data(contentsOf: json)) {
                 outcome.skipped.append("eval-\(name)")
                 log("      eval (\(label)): \(json.lastPathComponent) is up to date")
                 return r
             }
             let t0 = Date()
-            let r = try makeEvaluator().evaluateCache(reader, split: split, maxImages: config.eval.maxImages, student: encode, studentImageSize: imageSize)
+            let evaluator = try makeEvaluator()
+            evaluator.keepsReportSamples = withReport
+            defer { evaluator.reportSamples = []; evaluator.reportPhotos = [:] }
+            let r = try evaluator.evaluateCache(reader, split: split, maxImages: config.eval.maxImages, student: encode, studentImageSize: imageSize)
             guard !r.images.isEmpty else {
                 throw ExportError(file: config.data.train[0], reason: "no complete rows in split '\(config.eval.split)' to evaluate (set data.val_list or data.val_fraction, or eval.split)")
             }
@@ -165,6 +171,12 @@ public final class RunPipeline {
                                           options: config.eval.evaluationOptions, images: r.images, studentSeconds: r.studentSeconds)
             try AtomicFile.write(try report.json(), to: json)
             try AtomicFile.write(Data(report.markdown().utf8), to: md)
+            if withReport {
+                let metrics = FileManager.default.fileExists(atPath: trainer.metricsURL.path) ? trainer.metricsURL : nil
+                try VisualReport(evaluation: report, baseline: outcome.before, samples: evaluator.reportSamples, photos: evaluator.reportPhotos,
+                                 metrics: metrics, finalStep: trainer.totalSteps).write(to: reportURL.deletingLastPathComponent())
+                log("      report: \(reportURL.path)")
+            }
             try record("eval-\(name)", digest: digest, seconds: Date().timeIntervalSince(t0))
             return report
         }
@@ -195,7 +207,7 @@ public final class RunPipeline {
         // 4. eval of the final student
         log("[4/5] eval: the trained student (\(finalCheckpoint.lastPathComponent)) on split \(config.eval.split)")
         let finalWeights = try EncoderWeights.read(finalCheckpoint)
-        outcome.after = try evaluate("final", label: "trained student (\(finalCheckpoint.lastPathComponent))",
+        outcome.after = try evaluate("final", label: "trained student (\(finalCheckpoint.lastPathComponent))", withReport: true,
                                      student: try finalWeights.makeEncoder(), imageSize: finalWeights.imageSize)
 
         // 5. export

@@ -90,7 +90,7 @@ public struct ImageIOError: Error, Equatable, CustomStringConvertible {
 }
 
 /// Decoding (PNG, JPEG) to `RGBImage` exactly as PIL's `Image.open(path).convert("RGB")` does,
-/// and PNG encoding for masks and overlays.
+/// PNG encoding for masks and overlays, JPEG encoding for the report's photos.
 ///
 /// PIL conventions reproduced (checked against Pillow 13 by Tests/SegmentAnythingTests/ImageTests):
 /// - The format is sniffed from the first bytes (PNG signature, JPEG `FF D8 FF`), never the extension.
@@ -258,16 +258,31 @@ public enum ImageIO {
     }
 
     static func encodePNG(_ pixels: [UInt8], width: Int, height: Int, channels: Int, file: String) throws -> Data {
+        try encoded("PNG", file: file) { out, size, message in
+            pixels.withUnsafeBufferPointer { samio_png_encode($0.baseAddress, Int32(width), Int32(height), Int32(channels), out, size, message) }
+        }
+    }
+
+    /// JPEG bytes for an RGB image: baseline, libjpeg's defaults (4:2:0 chroma), `quality` 1...100.
+    public static func encodeJPEG(_ image: RGBImage, quality: Int = 85) throws -> Data {
+        try encoded("JPEG", file: "<memory>") { out, size, message in
+            image.pixels.withUnsafeBufferPointer {
+                samio_jpeg_encode($0.baseAddress, Int32(image.width), Int32(image.height), Int32(quality), out, size, message)
+            }
+        }
+    }
+
+    /// Runs one of the C encoders (which malloc their output) and copies the bytes out.
+    static func encoded(_ format: String, file: String,
+                        _ encode: (UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>, UnsafeMutablePointer<Int>, UnsafeMutablePointer<CChar>) -> Int32) throws -> Data {
         var out: UnsafeMutablePointer<UInt8>?
         var size = 0
         var message = [CChar](repeating: 0, count: Int(SAMIO_MESSAGE_LENGTH))
-        let status = pixels.withUnsafeBufferPointer { p in
-            samio_png_encode(p.baseAddress, Int32(width), Int32(height), Int32(channels), &out, &size, &message)
-        }
+        let status = message.withUnsafeMutableBufferPointer { encode(&out, &size, $0.baseAddress!) }
         defer { samio_free(out) }
         guard status == Int32(SAMIO_OK.rawValue), let out else {
             let text = String(decoding: message.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw ImageIOError(file: file, kind: .writeFailed, reason: "cannot encode PNG: \(text)")
+            throw ImageIOError(file: file, kind: .writeFailed, reason: "cannot encode \(format): \(text)")
         }
         return Data(bytes: out, count: size)
     }

@@ -25,7 +25,10 @@ struct Eval: ParsableCommand {
             decoder with the student's and with the teacher's embedding; mIoU against the \
             ground-truth masks, overall and by object size (small < 32², medium < 96², large, by \
             the annotation's area), with 95% bootstrap intervals over images. Only the annotated \
-            images are evaluated; --prompts runs on them too (--prompts none: ground truth only).
+            images are evaluated; --prompts runs on them too (--prompts none: ground truth only). \
+            --report DIR writes DIR/index.html, one self-contained page (opens offline): the mIoU \
+            table, the teacher's and the student's masks on each photo with the prompt and the IoU \
+            (the 24 worst and 4 best prompts), and with --metrics a training run's loss and mIoU curves.
             """)
 
     @Option(help: "The student: a training checkpoint, an exported student or a SAM/MobileSAM checkpoint (.safetensors/.pt).")
@@ -70,6 +73,12 @@ struct Eval: ParsableCommand {
     @Option(help: "Write the report as Markdown.")
     var markdown: String?
 
+    @Option(help: "Write a visual report (HTML, images embedded) to DIR/index.html.")
+    var report: String?
+
+    @Option(help: "A training run's metrics.jsonl: its loss and mIoU curves go into the --report page.")
+    var metrics: String?
+
     @OptionGroup var runtime: RuntimeOptions
 
     func parsedPrompts() throws -> [PromptProtocol] {
@@ -100,6 +109,16 @@ struct Eval: ParsableCommand {
                 throw ValidationError("--images: no such folder: \(images)")
             }
         }
+        if let report {
+            if annotations != nil { throw ValidationError("--report is not implemented with --annotations (its ground-truth panels are not kept): evaluate the same --images without --annotations") }
+            var d: ObjCBool = false
+            if FileManager.default.fileExists(atPath: report, isDirectory: &d), !d.boolValue { throw ValidationError("--report: \(report) is a file, not a folder") }
+        }
+        if let metrics {
+            guard report != nil else { throw ValidationError("--metrics is only used by --report DIR") }
+            guard FileManager.default.fileExists(atPath: metrics) else { throw ValidationError("--metrics: no such file: \(metrics)") }
+        }
+
     }
 
     func run() throws {
@@ -115,6 +134,7 @@ struct Eval: ParsableCommand {
         let encode = try studentWeights.makeEncoder()
         let model = try SAMModel.load(contentsOf: URL(fileURLWithPath: teacher))
         let evaluator = Evaluator(model: model, options: options)
+        evaluator.keepsReportSamples = self.report != nil
         let report: EvaluationReport
         if let cache {
             let reader = try CacheReader(URL(fileURLWithPath: cache))
@@ -146,5 +166,10 @@ struct Eval: ParsableCommand {
         print(report.table(), terminator: "")
         if let json { try AtomicFile.write(try report.json(), to: URL(fileURLWithPath: json)) }
         if let markdown { try AtomicFile.write(Data(report.markdown().utf8), to: URL(fileURLWithPath: markdown)) }
+        if let directory = self.report {
+            let page = try VisualReport(evaluation: report, samples: evaluator.reportSamples, photos: evaluator.reportPhotos,
+                                        metrics: metrics.map { URL(fileURLWithPath: $0) }).write(to: URL(fileURLWithPath: directory))
+            print("report: \(page.path)")
+        }
     }
 }

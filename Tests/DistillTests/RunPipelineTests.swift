@@ -72,9 +72,14 @@ final class RunPipelineTests: XCTestCase {
         for s in before.summary + after.summary { XCTAssertTrue((0...1).contains(s.miou), "\(s)") }
         XCTAssertNotEqual(before.summary.map(\.miou), after.summary.map(\.miou), "the trained student is another student")
         let run = URL(fileURLWithPath: config.outputDir)
-        for f in ["eval-init.json", "eval-init.md", "eval-final.json", "eval-final.md", "pipeline.json", "metrics.jsonl", "config.yaml", "student.safetensors"] {
+        for f in ["eval-init.json", "eval-init.md", "eval-final.json", "eval-final.md", "pipeline.json", "metrics.jsonl", "config.yaml", "student.safetensors", "report/index.html"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: run.appendingPathComponent(f).path), f)
         }
+        // The report: the final table beside the initial one, one panel per held-out prompt, the loss curve.
+        let page = try String(contentsOf: run.appendingPathComponent("report/index.html"), encoding: .utf8)
+        for (b, a) in zip(before.summary, after.summary) { XCTAssertTrue(page.contains(String(format: "%+.4f", a.miou - b.miou)), "gain of \(a.prompt)") }
+        XCTAssertEqual(page.components(separatedBy: "<figure class=\"panel\"").count - 1, after.summary.reduce(0) { $0 + $1.prompts })
+        XCTAssertTrue(page.contains("<polyline"), "loss curve from metrics.jsonl")
         // The export runs in the inference core by itself (encoder from metadata + the teacher's decoder).
         let exported = try SAMModel.load(contentsOf: run.appendingPathComponent("student.safetensors"))
         XCTAssertEqual(exported.imageSize, 64)
