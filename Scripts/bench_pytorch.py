@@ -37,6 +37,21 @@ def build_sam(checkpoint):
     return sam
 
 
+def decoder_prompt_xy(n):
+    """The decoder benchmarks' n point prompts (x, y) on the 1500×1000 image, as `samdistill bench decoder`."""
+    return [[50 + (i * 173) % 1400, 50 + (i * 97) % 900] for i in range(n)]
+
+
+def torch_settings():
+    """torch's version, thread pools and CPU back end, reported with every measurement."""
+    import torch
+    blas = next((kv.split("=", 1)[1] for kv in torch.__config__.show().replace(",", "\n").split()
+                 if kv.startswith("BLAS_INFO=")), "unknown")
+    return {"torch": torch.__version__, "intra_op_threads": torch.get_num_threads(),
+            "inter_op_threads": torch.get_num_interop_threads(), "blas": blas,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def measure_decoder(args, ckpt):
     import resource
     import torch
@@ -48,7 +63,7 @@ def measure_decoder(args, ckpt):
     pred.original_size, pred.input_size, pred.is_image_set = (1000, 1500), (683, 1024), True
 
     def prompts(n):
-        xy = [[50 + (i * 173) % 1400, 50 + (i * 97) % 900] for i in range(n)]
+        xy = decoder_prompt_xy(n)
         pts = pred.transform.apply_coords_torch(torch.tensor(xy, dtype=torch.float32)[:, None, :], (1000, 1500))
         return pts, torch.ones(n, 1)
 
@@ -64,22 +79,10 @@ def measure_decoder(args, ckpt):
         ts.sort()
         return ts[len(ts) // 2]
     one, many = timed(1), timed(args.prompts)
-    return {"bench": "decoder", "framework": "pytorch", "torch": torch.__version__, "threads": args.threads,
+    return {"bench": "decoder", "framework": "pytorch", **torch_settings(), "threads": args.threads,
             "median_ms": one * 1e3, "batch": args.prompts, "batch_median_ms": many * 1e3,
             "per_prompt_ms_batched": many * 1e3 / args.prompts,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "weights": ckpt or "random"}
-
-
-def build_encoder(checkpoint):
-    sys.path.insert(0, os.path.join(ROOT, "Scripts", "refdump"))
-    import warnings
-    warnings.filterwarnings("ignore")
-    import common
-    common.reference()
-    import importlib
-    build_sam = importlib.import_module("mobile_sam.build_sam")
-    sam = build_sam.build_sam_vit_t(checkpoint=checkpoint)
-    return sam.image_encoder
 
 
 def measure(args):
@@ -90,7 +93,7 @@ def measure(args):
     ckpt = args.checkpoint if args.checkpoint and os.path.exists(args.checkpoint) else None
     if args.what == "decoder":
         return measure_decoder(args, ckpt)
-    enc = build_encoder(ckpt)
+    enc = build_sam(ckpt).image_encoder
     S = args.image_size
     times = []
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -122,7 +125,7 @@ def measure(args):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times.sort()
     med = times[len(times) // 2]
-    return {"bench": args.what, "framework": "pytorch", "torch": torch.__version__, "threads": args.threads,
+    return {"bench": args.what, "framework": "pytorch", **torch_settings(), "threads": args.threads,
             "batch": args.batch, "image_size": S, "median_ms": med * 1e3, "min_ms": times[0] * 1e3,
             "max_ms": times[-1] * 1e3, "repeats": args.repeats, "peak_rss_mib": peak,
             "baseline_rss_mib": baseline, "weights": ckpt or "random"}

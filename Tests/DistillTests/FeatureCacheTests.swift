@@ -440,7 +440,9 @@ final class FeatureCacheTests: XCTestCase {
     // MARK: interop
 
     /// h5py reads every dataset of a cache; the embeddings come back as numpy float16 equal to
-    /// our reader's values. Needs python3 with h5py and numpy (Scripts/test installs h5py).
+    /// our reader's values. Needs a python3 with h5py and numpy: $SAMDISTILL_TEST_PYTHON, else the
+    /// project's virtual environment (.venv/bin/python3, made by `Scripts/python-env test`, which
+    /// Scripts/test runs), else python3 on PATH.
     func testH5pyReadsTheCache() throws {
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 3)
@@ -463,7 +465,7 @@ final class FeatureCacheTests: XCTestCase {
             """
         let py = Process()
         py.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        py.arguments = ["python3", "-c", script, out.path]
+        py.arguments = [Self.h5pyPython, "-c", script, out.path]
         reader.close()  // h5py must be able to take HDF5's file lock: nothing of ours holds the file
         let pipe = Pipe(), err = Pipe()
         py.standardOutput = pipe
@@ -473,7 +475,7 @@ final class FeatureCacheTests: XCTestCase {
         let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         py.waitUntilExit()
         guard py.terminationStatus == 0 else {
-            return XCTFail("python3 + h5py failed (Scripts/test installs h5py: pip install h5py): \(errText)")
+            return XCTFail("\(Self.h5pyPython) + h5py failed (Scripts/python-env test makes .venv with h5py): \(errText)")
         }
         let j = try JSONSerialization.jsonObject(with: data) as! [String: Any]
         let ds = j["datasets"] as! [String: [String: Any]]
@@ -491,6 +493,13 @@ final class FeatureCacheTests: XCTestCase {
         let pySums = j["sums"] as! [Double]
         XCTAssertEqual(pySums.count, sums.count)
         for (a, b) in zip(pySums, sums) { XCTAssertEqual(a, b, accuracy: 1e-9 * max(1, abs(b))) }
+    }
+
+    /// The interpreter testH5pyReadsTheCache runs (see there).
+    static var h5pyPython: String {
+        if let p = ProcessInfo.processInfo.environment["SAMDISTILL_TEST_PYTHON"], !p.isEmpty { return p }
+        let venv = Fixture.repositoryRoot.appendingPathComponent(".venv/bin/python3").path
+        return FileManager.default.isExecutableFile(atPath: venv) ? venv : "python3"
     }
 
     /// A cache written by Scripts/cache_teacher_pytorch.py (the official PyTorch TinyViT code,
