@@ -61,7 +61,7 @@ def manifest(path):
 
 def load(path):
     im = Image.open(path)
-    im.draft("RGB", (1024, 1024))  # JPEG DCT scaling: enough resolution for 32-pixel windows
+    im.draft("RGB", (1024, 1024))  # JPEG DCT scaling: ample for 24-pixel search images
     return im.convert("L")
 
 
@@ -102,8 +102,8 @@ class Photo:
 
 def contains(bigs, smalls):
     """(len(bigs), len(smalls)): the highest similarity of a template of each small photo with any
-    window of its size in each big one, the mean of the normalised correlations of the intensities
-    and of the gradients (1 = identical). Templates of one shape are matched together."""
+    window of its size in each big one: the normalised correlations of the intensities and of the
+    gradients, weighted GRADIENT for the latter (1 = identical). Templates of one shape are matched together."""
     by_shape = {}
     for j, p in enumerate(smalls):
         for shape, ti, tg in p.templates:
