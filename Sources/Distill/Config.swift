@@ -16,6 +16,13 @@ import Yams
 //                  {type: conv, image_size: 1024, stem_channels: 32, channels: [...], blocks: [...], strides: [...], …}
 //     init:        {type: random} | {type: teacher_blocks, block_map: [[0], [1], [0, 5], [1]]} | {type: checkpoint, path: FILE}
 //     loss:        {type: mse} | {type: masked_mse, normalization: valid_elements|per_sample} | {type: huber, delta: 1.0} | {type: l1}
+//                  {type: prompt_in_the_loop, prompts_per_image: 16, box_fraction: 0.5, correction_rounds: 1,
+//                   bce_weight: 1.0, dice_weight: 1.0, embedding_weight: 0.0}
+//                  (EdgeSAM: the student's masks through the teacher's frozen prompt encoder and mask
+//                  decoder, from teacher.checkpoint, learn the teacher's masks for K sampled point / box
+//                  prompts per image (box with probability box_fraction), plus correction_rounds (0 or 1)
+//                  rounds with a point where they disagree; BCE + Dice on the 256² low-res logits with
+//                  these weights, plus embedding_weight · MSE of the embeddings. PromptInTheLoop.swift)
 //     optimizer:   {type: adamw, lr: …, beta1, beta2, eps, weight_decay, max_grad_norm}
 //     schedule:    LearningRateSchedule ({type: warmup_cosine, peak_lr, …}; total_steps defaults to the run's steps)
 //     batch_size, grad_accumulation, steps | epochs, seed, checkpoint_every, keep_last, eval_every, log_every
@@ -175,19 +182,27 @@ public enum LossConfig: Equatable, Sendable {
     case maskedMSE(MaskedMSENormalization)
     case huber(delta: Double)
     case l1
+    /// Through the teacher's frozen decoder (`PromptInTheLoop`), not a function of the embeddings alone.
+    case promptInTheLoop(PromptInTheLoopConfig)
 
     public var typeName: String {
-        switch self { case .mse: "mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1" }
+        switch self {
+        case .mse: "mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1"
+        case .promptInTheLoop: "prompt_in_the_loop"
+        }
     }
 
     /// The loss of `prediction` against `target` (`regions`: each sample's unpadded region, used
-    /// by masked_mse).
+    /// by masked_mse). Embedding losses only: prompt_in_the_loop needs the teacher's decoder and
+    /// is evaluated by `PromptInTheLoop` (the trainer builds one).
     public func evaluate(_ prediction: Tensor, _ target: Tensor, regions: [ValidRegion]) -> LossResult {
         switch self {
         case .mse: mseLoss(prediction, target)
         case .l1: l1Loss(prediction, target)
         case .huber(let delta): huberLoss(prediction, target, delta: delta)
         case .maskedMSE(let n): maskedMSELoss(prediction, target, regions: regions, normalization: n)
+        case .promptInTheLoop:
+            preconditionFailure("loss prompt_in_the_loop is not a function of the embeddings alone: evaluate it with PromptInTheLoop")
         }
     }
 }
@@ -355,6 +370,9 @@ extension RunConfig {
         if let s = r.object("student") { student = StudentConfig.read(s); s.finish() }
         if let s = r.object("init") { initialisation = InitConfig.read(s, student: student); s.finish() }
         if let s = r.object("loss") { loss = LossConfig.read(s); s.finish() }
+        if case .promptInTheLoop = loss, teacher.checkpoint == nil {
+            r.problem("teacher", "checkpoint is required by loss type prompt_in_the_loop (its prompt encoder and mask decoder)")
+        }
         if let s = r.object("optimizer") { optimizer = OptimizerConfig(reading: s); s.finish() }
         batchSize = r.int("batch_size", min: 1) ?? d.batchSize
         gradAccumulation = r.int("grad_accumulation", min: 1) ?? d.gradAccumulation
@@ -573,8 +591,27 @@ extension LossConfig {
                 r.problem("normalization", "unknown normalization '\(n)' (expected valid_elements or per_sample)")
                 return .maskedMSE(.validElements)
             }
+        case "prompt_in_the_loop":
+            var c = PromptInTheLoopConfig()
+            c.promptsPerImage = r.int("prompts_per_image", min: 1) ?? c.promptsPerImage
+            if let v = r.double("box_fraction") {
+                c.boxFraction = v
+                if !(0...1).contains(v) { r.problem("box_fraction", "must be in [0, 1], got \(v)") }
+            }
+            if let v = r.int("correction_rounds", min: 0) {
+                c.correctionRounds = v
+                if v > 1 { r.problem("correction_rounds", "must be 0 or 1 (a second round adds nothing in EdgeSAM's ablation), got \(v)") }
+            }
+            let weights: [(String, WritableKeyPath<PromptInTheLoopConfig, Double>)] =
+                [("bce_weight", \.bceWeight), ("dice_weight", \.diceWeight), ("embedding_weight", \.embeddingWeight)]
+            for (key, path) in weights {
+                guard let v = r.double(key) else { continue }
+                c[keyPath: path] = v
+                if !(v >= 0) { r.problem(key, "must be ≥ 0, got \(v)") }
+            }
+            return .promptInTheLoop(c)
         default:
-            r.problem("type", "unknown loss '\(type)' (expected mse, masked_mse, huber or l1)")
+            r.problem("type", "unknown loss '\(type)' (expected mse, masked_mse, huber, l1 or prompt_in_the_loop)")
             r.ignoreRest()
             return .mse
         }
@@ -676,6 +713,11 @@ extension RunConfig {
         case .maskedMSE(let norm):
             lossNode = map([("type", n("masked_mse")),
                             ("normalization", n(norm == .perSample ? "per_sample" : "valid_elements"))])
+        case .promptInTheLoop(let c):
+            lossNode = map([("type", n("prompt_in_the_loop")), ("prompts_per_image", n(c.promptsPerImage)),
+                            ("box_fraction", n(c.boxFraction)), ("correction_rounds", n(c.correctionRounds)),
+                            ("bce_weight", n(c.bceWeight)), ("dice_weight", n(c.diceWeight)),
+                            ("embedding_weight", n(c.embeddingWeight))])
         }
         let a = optimizer.adamW
         let scheduleNode = try Yams.compose(yaml: YAMLEncoder().encode(schedule))!
