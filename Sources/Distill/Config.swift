@@ -29,6 +29,11 @@ import Yams
 //     eval:        {prompts: {types: [point, box], count: 8}, max_images: N}
 //     output_dir:  runs/NAME
 //     freeze:      [patch_embed, layers.0]   (leading TinyViT units kept as initialised)
+//     stages:      [{name: mse, steps: 150}, {name: pitl, steps: 50, loss: {type: prompt_in_the_loop}}]
+//                  (`samdistill run` trains the stages in order, each a run of its own in output_dir/NAME,
+//                  each after the first starting from the previous one's final checkpoint; a stage
+//                  replaces the top-level steps, loss, optimizer, schedule, batch_size, grad_accumulation
+//                  with its own; eval.before only for the first; PipelineStages.swift)
 
 /// One or more problems with a configuration, each naming its key path.
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
@@ -263,6 +268,19 @@ public struct ExportConfig: Codable, Equatable, Sendable {
     public init() {}
 }
 
+/// One stage of a staged run: its name and its complete configuration (output_dir/NAME, init from
+/// the previous stage's final checkpoint after the first).
+public struct RunStage: Equatable, Sendable {
+    public var name: String
+    public var config: RunConfig
+
+    /// The checkpoint the stage's training ends with (output_dir/checkpoints/step-N.safetensors).
+    public var finalCheckpoint: String {
+        URL(fileURLWithPath: config.outputDir).appendingPathComponent("checkpoints")
+            .appendingPathComponent(Trainer.checkpointName(config.steps ?? 0)).path
+    }
+}
+
 /// The whole run configuration.
 public struct RunConfig: Equatable, Sendable {
     public var data = DataConfig()
@@ -290,6 +308,8 @@ public struct RunConfig: Equatable, Sendable {
     /// the input): they run as in inference, get no backward pass and are not optimised.
     public var freeze: [String] = []
     public var export = ExportConfig()
+    /// The stages `samdistill run` chains (empty: one run of this config); each a complete config.
+    public var stages: [RunStage] = []
 
     public init() {}
 
@@ -324,10 +344,64 @@ extension RunConfig {
             throw ConfigError(["not valid YAML: \(error)"])
         }
         for o in overrides { root = try applyOverride(o, to: root) }
+        // `stages` is read last, each stage as the rest of the config with its keys replaced.
+        var stagesNode: Node?
+        if let m = root.mapping, let node = m["stages"] {
+            stagesNode = node
+            root = Node.mapping(Node.Mapping(m.filter { $0.key.string != "stages" }.map { ($0.key, $0.value) }))
+        }
         let r = NodeReader(root, path: "")
-        let config = RunConfig(reading: r)
+        var config = RunConfig(reading: r)
+        if let stagesNode, let base = root.mapping {
+            config.stages = readStages(stagesNode, base: base, config: config, sink: r.sink)
+        }
         if !r.sink.problems.isEmpty { throw ConfigError(r.sink.problems) }
         return config
+    }
+
+    /// The keys a stage may set (replacing the top-level ones), besides its `name`.
+    static let stageKeys: Set<String> = ["steps", "loss", "optimizer", "schedule", "batch_size", "grad_accumulation"]
+
+    static func readStages(_ node: Node, base: Node.Mapping, config: RunConfig, sink: ProblemSink) -> [RunStage] {
+        guard let list = node.sequence, !list.isEmpty else {
+            sink.add("stages", "expected a non-empty list of stages ({name: …, steps: …, …})")
+            return []
+        }
+        let baseProblems = Set(sink.problems)
+        var stages: [RunStage] = []
+        for (i, item) in list.enumerated() {
+            let path = "stages[\(i)]"
+            guard let m = item.mapping else { sink.add(path, "expected a mapping"); continue }
+            var pairs = base.filter { pair in !m.contains { $0.key.string == pair.key.string } }.map { ($0.key, $0.value) }
+            if m["steps"] != nil { pairs = pairs.filter { $0.0.string != "epochs" } }
+            var name: String?
+            for (k, v) in m {
+                let key = k.string ?? "?"
+                if key == "name" { name = v.string; continue }
+                guard stageKeys.contains(key) else {
+                    sink.add("\(path).\(key)", "unknown key (a stage sets name, \(stageKeys.sorted().joined(separator: ", ")))")
+                    continue
+                }
+                pairs.append((k, v))
+            }
+            guard let name, !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else {
+                sink.add("\(path).name", "required: a directory name of letters, digits, _ and -")
+                continue
+            }
+            if stages.contains(where: { $0.name == name }) { sink.add("\(path).name", "'\(name)' names two stages") }
+            let r = NodeReader(Node.mapping(Node.Mapping(pairs)), path: "")
+            var c = RunConfig(reading: r)
+            for p in r.sink.problems where !baseProblems.contains(p) { sink.problems.append("\(path).\(p)") }
+            guard c.steps != nil else { sink.add("\(path).steps", "required (a stage's length is given in steps)"); continue }
+            c.outputDir = URL(fileURLWithPath: config.outputDir).appendingPathComponent(name).path
+            if let previous = stages.last {
+                c.initialisation = .checkpoint(path: previous.finalCheckpoint)
+                c.eval.before = false
+                c.data.images = nil  // the first stage built the cache
+            }
+            stages.append(RunStage(name: name, config: c))
+        }
+        return stages
     }
 
     /// `key.path=value`: sets (or adds) the key, creating intermediate mappings.

@@ -106,6 +106,9 @@ public final class Trainer {
         self.train = train
         self.validation = validation
         self.runDirectory = runDirectory ?? URL(fileURLWithPath: config.outputDir)
+        guard config.stages.isEmpty else {
+            throw ConfigError(["stages: the config lists \(config.stages.count) stages, which `samdistill run` trains in order (one trainer per stage)"])
+        }
         guard train.count > 0 else { throw TrainerError.dataMismatch("the training set is empty") }
         totalSteps = config.totalSteps(trainCount: train.count)
         let named = student.namedParameters().filter { $0.1.isTrainable && !student.isFrozen($0.0) }
