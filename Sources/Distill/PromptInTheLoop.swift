@@ -321,19 +321,7 @@ public final class PromptInTheLoop {
             precondition(e.shape[1] == sparse!.shape[1], "PromptInTheLoop: prompts of one batch give different token counts")
             sparse!.data.replaceSubrange((k * e.count)..<((k + 1) * e.count), with: e.data)
         }
-        let dense: Tensor
-        if let masks {
-            dense = promptEncoder.embedMasks(masks, mode: .inference)
-        } else {
-            let (h, w) = promptEncoder.imageEmbeddingSize
-            var d = Tensor.empty([K, C, h, w])
-            let e = promptEncoder.noMaskEmbed.value.data
-            d.data.withUnsafeMutableBufferPointer { db in
-                let dp = db.baseAddress!
-                parallelFor(K * C, costPerItem: h * w) { kc in (dp + kc * h * w).update(repeating: e[kc % C], count: h * w) }
-            }
-            dense = d
-        }
+        let dense = masks.map { promptEncoder.embedMasks($0, mode: .inference) } ?? promptEncoder.noMaskDenseEmbedding(batch: K)
         let range = outputs ?? (prompts.map(\.output).min()!..<(prompts.map(\.output).max()! + 1))
         let (m, iou) = decoder.predictMasks(imageEmbeddings: embedding, imagePE: promptEncoder.densePositionalEncoding(),
                                             sparsePromptEmbeddings: sparse!, densePromptEmbeddings: dense,

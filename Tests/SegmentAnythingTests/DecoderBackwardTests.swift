@@ -45,11 +45,7 @@ final class DecoderBackwardTests: XCTestCase {
         for (key, value) in f.metadata.sorted(by: { $0.key < $1.key }) where key.hasPrefix("case.") {
             let name = String(key.dropFirst(5))
             let multimask = value.contains("multimask=1"), withMask = value.contains("mask_input=1")
-            var points: PromptPoints?
-            if let p = f.tensors["case.\(name).points"] {
-                points = PromptPoints(coords: p, labels: f["case.\(name).labels"].data.map { Int($0) })
-            }
-            let boxes = f.tensors["case.\(name).boxes"]
+            let (points, boxes) = TestData.prompts(f, name)
             let B = points?.batchSize ?? boxes!.shape[0]
             let (sparse, dense) = pe.forward(points: points, boxes: boxes,
                                              masks: withMask ? TestData.syntheticMasks(B) : nil, mode: .inference)
