@@ -16,12 +16,24 @@ import Yams
 //                  {type: conv, image_size: 1024, stem_channels: 32, channels: [...], blocks: [...], strides: [...], …}
 //     init:        {type: random} | {type: teacher_blocks, block_map: [[0], [1], [0, 5], [1]]} | {type: checkpoint, path: FILE}
 //     loss:        {type: mse} | {type: masked_mse, normalization: valid_elements|per_sample} | {type: huber, delta: 1.0} | {type: l1}
+//                  {type: prompt_in_the_loop, prompts_per_image: 16, box_fraction: 0.5, correction_rounds: 1,
+//                   bce_weight: 1.0, dice_weight: 1.0, embedding_weight: 0.0}
+//                  (EdgeSAM: the student's masks through the teacher's frozen prompt encoder and mask
+//                  decoder, from teacher.checkpoint, learn the teacher's masks for K sampled point / box
+//                  prompts per image (box with probability box_fraction), plus correction_rounds (0 or 1)
+//                  rounds with a point where they disagree; BCE + Dice on the 256² low-res logits with
+//                  these weights, plus embedding_weight · MSE of the embeddings. PromptInTheLoop.swift)
 //     optimizer:   {type: adamw, lr: …, beta1, beta2, eps, weight_decay, max_grad_norm}
 //     schedule:    LearningRateSchedule ({type: warmup_cosine, peak_lr, …}; total_steps defaults to the run's steps)
 //     batch_size, grad_accumulation, steps | epochs, seed, checkpoint_every, keep_last, eval_every, log_every
 //     eval:        {prompts: {types: [point, box], count: 8}, max_images: N}
 //     output_dir:  runs/NAME
 //     freeze:      [patch_embed, layers.0]   (leading TinyViT units kept as initialised)
+//     stages:      [{name: mse, steps: 150}, {name: pitl, steps: 50, loss: {type: prompt_in_the_loop}}]
+//                  (`samdistill run` trains the stages in order, each a run of its own in output_dir/NAME,
+//                  each after the first starting from the previous one's final checkpoint; a stage
+//                  replaces the top-level steps, loss, optimizer, schedule, batch_size, grad_accumulation
+//                  with its own; eval.before only for the first; PipelineStages.swift)
 
 /// One or more problems with a configuration, each naming its key path.
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
@@ -175,19 +187,27 @@ public enum LossConfig: Equatable, Sendable {
     case maskedMSE(MaskedMSENormalization)
     case huber(delta: Double)
     case l1
+    /// Through the teacher's frozen decoder (`PromptInTheLoop`), not a function of the embeddings alone.
+    case promptInTheLoop(PromptInTheLoopConfig)
 
     public var typeName: String {
-        switch self { case .mse: "mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1" }
+        switch self {
+        case .mse: "mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1"
+        case .promptInTheLoop: "prompt_in_the_loop"
+        }
     }
 
     /// The loss of `prediction` against `target` (`regions`: each sample's unpadded region, used
-    /// by masked_mse).
+    /// by masked_mse). Embedding losses only: prompt_in_the_loop needs the teacher's decoder and
+    /// is evaluated by `PromptInTheLoop` (the trainer builds one).
     public func evaluate(_ prediction: Tensor, _ target: Tensor, regions: [ValidRegion]) -> LossResult {
         switch self {
         case .mse: mseLoss(prediction, target)
         case .l1: l1Loss(prediction, target)
         case .huber(let delta): huberLoss(prediction, target, delta: delta)
         case .maskedMSE(let n): maskedMSELoss(prediction, target, regions: regions, normalization: n)
+        case .promptInTheLoop:
+            preconditionFailure("loss prompt_in_the_loop is not a function of the embeddings alone: evaluate it with PromptInTheLoop")
         }
     }
 }
@@ -248,6 +268,19 @@ public struct ExportConfig: Codable, Equatable, Sendable {
     public init() {}
 }
 
+/// One stage of a staged run: its name and its complete configuration (output_dir/NAME, init from
+/// the previous stage's final checkpoint after the first).
+public struct RunStage: Equatable, Sendable {
+    public var name: String
+    public var config: RunConfig
+
+    /// The checkpoint the stage's training ends with (output_dir/checkpoints/step-N.safetensors).
+    public var finalCheckpoint: String {
+        URL(fileURLWithPath: config.outputDir).appendingPathComponent("checkpoints")
+            .appendingPathComponent(Trainer.checkpointName(config.steps ?? 0)).path
+    }
+}
+
 /// The whole run configuration.
 public struct RunConfig: Equatable, Sendable {
     public var data = DataConfig()
@@ -275,6 +308,8 @@ public struct RunConfig: Equatable, Sendable {
     /// the input): they run as in inference, get no backward pass and are not optimised.
     public var freeze: [String] = []
     public var export = ExportConfig()
+    /// The stages `samdistill run` chains (empty: one run of this config); each a complete config.
+    public var stages: [RunStage] = []
 
     public init() {}
 
@@ -309,10 +344,64 @@ extension RunConfig {
             throw ConfigError(["not valid YAML: \(error)"])
         }
         for o in overrides { root = try applyOverride(o, to: root) }
+        // `stages` is read last, each stage as the rest of the config with its keys replaced.
+        var stagesNode: Node?
+        if let m = root.mapping, let node = m["stages"] {
+            stagesNode = node
+            root = Node.mapping(Node.Mapping(m.filter { $0.key.string != "stages" }.map { ($0.key, $0.value) }))
+        }
         let r = NodeReader(root, path: "")
-        let config = RunConfig(reading: r)
+        var config = RunConfig(reading: r)
+        if let stagesNode, let base = root.mapping {
+            config.stages = readStages(stagesNode, base: base, config: config, sink: r.sink)
+        }
         if !r.sink.problems.isEmpty { throw ConfigError(r.sink.problems) }
         return config
+    }
+
+    /// The keys a stage may set (replacing the top-level ones), besides its `name`.
+    static let stageKeys: Set<String> = ["steps", "loss", "optimizer", "schedule", "batch_size", "grad_accumulation"]
+
+    static func readStages(_ node: Node, base: Node.Mapping, config: RunConfig, sink: ProblemSink) -> [RunStage] {
+        guard let list = node.sequence, !list.isEmpty else {
+            sink.add("stages", "expected a non-empty list of stages ({name: …, steps: …, …})")
+            return []
+        }
+        let baseProblems = Set(sink.problems)
+        var stages: [RunStage] = []
+        for (i, item) in list.enumerated() {
+            let path = "stages[\(i)]"
+            guard let m = item.mapping else { sink.add(path, "expected a mapping"); continue }
+            var pairs = base.filter { pair in !m.contains { $0.key.string == pair.key.string } }.map { ($0.key, $0.value) }
+            if m["steps"] != nil { pairs = pairs.filter { $0.0.string != "epochs" } }
+            var name: String?
+            for (k, v) in m {
+                let key = k.string ?? "?"
+                if key == "name" { name = v.string; continue }
+                guard stageKeys.contains(key) else {
+                    sink.add("\(path).\(key)", "unknown key (a stage sets name, \(stageKeys.sorted().joined(separator: ", ")))")
+                    continue
+                }
+                pairs.append((k, v))
+            }
+            guard let name, !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else {
+                sink.add("\(path).name", "required: a directory name of letters, digits, _ and -")
+                continue
+            }
+            if stages.contains(where: { $0.name == name }) { sink.add("\(path).name", "'\(name)' names two stages") }
+            let r = NodeReader(Node.mapping(Node.Mapping(pairs)), path: "")
+            var c = RunConfig(reading: r)
+            for p in r.sink.problems where !baseProblems.contains(p) { sink.problems.append("\(path).\(p)") }
+            guard c.steps != nil else { sink.add("\(path).steps", "required (a stage's length is given in steps)"); continue }
+            c.outputDir = URL(fileURLWithPath: config.outputDir).appendingPathComponent(name).path
+            if let previous = stages.last {
+                c.initialisation = .checkpoint(path: previous.finalCheckpoint)
+                c.eval.before = false
+                c.data.images = nil  // the first stage built the cache
+            }
+            stages.append(RunStage(name: name, config: c))
+        }
+        return stages
     }
 
     /// `key.path=value`: sets (or adds) the key, creating intermediate mappings.
@@ -355,6 +444,9 @@ extension RunConfig {
         if let s = r.object("student") { student = StudentConfig.read(s); s.finish() }
         if let s = r.object("init") { initialisation = InitConfig.read(s, student: student); s.finish() }
         if let s = r.object("loss") { loss = LossConfig.read(s); s.finish() }
+        if case .promptInTheLoop = loss, teacher.checkpoint == nil {
+            r.problem("teacher", "checkpoint is required by loss type prompt_in_the_loop (its prompt encoder and mask decoder)")
+        }
         if let s = r.object("optimizer") { optimizer = OptimizerConfig(reading: s); s.finish() }
         batchSize = r.int("batch_size", min: 1) ?? d.batchSize
         gradAccumulation = r.int("grad_accumulation", min: 1) ?? d.gradAccumulation
@@ -573,8 +665,27 @@ extension LossConfig {
                 r.problem("normalization", "unknown normalization '\(n)' (expected valid_elements or per_sample)")
                 return .maskedMSE(.validElements)
             }
+        case "prompt_in_the_loop":
+            var c = PromptInTheLoopConfig()
+            c.promptsPerImage = r.int("prompts_per_image", min: 1) ?? c.promptsPerImage
+            if let v = r.double("box_fraction") {
+                c.boxFraction = v
+                if !(0...1).contains(v) { r.problem("box_fraction", "must be in [0, 1], got \(v)") }
+            }
+            if let v = r.int("correction_rounds", min: 0) {
+                c.correctionRounds = v
+                if v > 1 { r.problem("correction_rounds", "must be 0 or 1 (a second round adds nothing in EdgeSAM's ablation), got \(v)") }
+            }
+            let weights: [(String, WritableKeyPath<PromptInTheLoopConfig, Double>)] =
+                [("bce_weight", \.bceWeight), ("dice_weight", \.diceWeight), ("embedding_weight", \.embeddingWeight)]
+            for (key, path) in weights {
+                guard let v = r.double(key) else { continue }
+                c[keyPath: path] = v
+                if !(v >= 0) { r.problem(key, "must be ≥ 0, got \(v)") }
+            }
+            return .promptInTheLoop(c)
         default:
-            r.problem("type", "unknown loss '\(type)' (expected mse, masked_mse, huber or l1)")
+            r.problem("type", "unknown loss '\(type)' (expected mse, masked_mse, huber, l1 or prompt_in_the_loop)")
             r.ignoreRest()
             return .mse
         }
@@ -676,6 +787,11 @@ extension RunConfig {
         case .maskedMSE(let norm):
             lossNode = map([("type", n("masked_mse")),
                             ("normalization", n(norm == .perSample ? "per_sample" : "valid_elements"))])
+        case .promptInTheLoop(let c):
+            lossNode = map([("type", n("prompt_in_the_loop")), ("prompts_per_image", n(c.promptsPerImage)),
+                            ("box_fraction", n(c.boxFraction)), ("correction_rounds", n(c.correctionRounds)),
+                            ("bce_weight", n(c.bceWeight)), ("dice_weight", n(c.diceWeight)),
+                            ("embedding_weight", n(c.embeddingWeight))])
         }
         let a = optimizer.adamW
         let scheduleNode = try Yams.compose(yaml: YAMLEncoder().encode(schedule))!

@@ -84,6 +84,7 @@ public final class RunPipeline {
 
     @discardableResult
     public func run() throws -> Outcome {
+        if !config.stages.isEmpty { return try runStages() }  // PipelineStages.swift
         var outcome = Outcome(cache: nil, trainedSteps: 0, totalSteps: 0, before: nil, after: nil, exported: nil, seconds: [:], skipped: [])
         try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
         var manifest = (try? JSONDecoder().decode(Manifest.self, from: Data(contentsOf: manifestURL))) ?? Manifest()

@@ -31,10 +31,15 @@ public struct StepRecord: Equatable, Sendable {
     public var lr: Float
     public var gradNorm: Double
     public var imagesPerSecond: Double
+    /// Seconds of the step by phase: encoder_forward, encoder_backward and, with
+    /// prompt_in_the_loop, teacher_decode, student_decode_forward, decoder_backward.
+    public var phaseSeconds: [String: Double] = [:]
 }
 
 /// The distillation loop (MobileSAM's decoupled distillation: the student's embedding learns the
-/// teacher's; prompt encoder and mask decoder are not involved).
+/// teacher's; prompt encoder and mask decoder are not involved), or, with `loss: prompt_in_the_loop`,
+/// EdgeSAM's: the student's masks through the teacher's frozen decoder learn the teacher's masks
+/// (`PromptInTheLoop`, built once from `teacher.checkpoint`).
 ///
 /// Each optimiser step: zero the gradients; for each of `grad_accumulation` micro-batches of
 /// `batch_size` rows (from `BatchOrder`), forward in training mode (BatchNorm batch statistics),
@@ -60,6 +65,8 @@ public final class Trainer {
     public let validation: TrainingData?
     public let runDirectory: URL
     public let totalSteps: Int
+    /// The prompt-in-the-loop loss (teacher's prompt encoder and decoder), when the config asks for it.
+    public let promptLoop: PromptInTheLoop?
 
     /// Steps completed (optimiser updates applied).
     public private(set) var step = 0
@@ -90,19 +97,37 @@ public final class Trainer {
     public var metricsURL: URL { runDirectory.appendingPathComponent("metrics.jsonl") }
     public var plotURL: URL { runDirectory.appendingPathComponent("loss.svg") }
 
+    /// `promptLoop`: the prompt-in-the-loop loss to use (tests); by default, with that loss type,
+    /// one is built from `teacher.checkpoint`.
     public init(config: RunConfig, student: Student, train: TrainingData, validation: TrainingData? = nil,
-                runDirectory: URL? = nil) throws {
+                runDirectory: URL? = nil, promptLoop: PromptInTheLoop? = nil) throws {
         self.config = config
         self.student = student
         self.train = train
         self.validation = validation
         self.runDirectory = runDirectory ?? URL(fileURLWithPath: config.outputDir)
+        guard config.stages.isEmpty else {
+            throw ConfigError(["stages: the config lists \(config.stages.count) stages, which `samdistill run` trains in order (one trainer per stage)"])
+        }
         guard train.count > 0 else { throw TrainerError.dataMismatch("the training set is empty") }
         totalSteps = config.totalSteps(trainCount: train.count)
         let named = student.namedParameters().filter { $0.1.isTrainable && !student.isFrozen($0.0) }
         parameterNames = named.map(\.0)
         optimizer = AdamW(parameters: named.map(\.1), configuration: config.optimizer.adamW)
         order = BatchOrder(seed: config.seed, count: train.count)
+        if case .promptInTheLoop(let c) = config.loss {
+            if let promptLoop {
+                self.promptLoop = promptLoop
+            } else {
+                guard let path = config.teacher.checkpoint else {
+                    throw ConfigError(["teacher: checkpoint is required by loss type prompt_in_the_loop (its prompt encoder and mask decoder)"])
+                }
+                self.promptLoop = try PromptInTheLoop(config: c, teacherCheckpoint: URL(fileURLWithPath: path),
+                                                      imageSize: student.imageSize, embeddingSize: student.outputShape.side)
+            }
+        } else {
+            self.promptLoop = nil
+        }
     }
 
     /// The resolved configuration (steps resolved from epochs, schedule total_steps filled).
@@ -115,8 +140,14 @@ public final class Trainer {
 
     // MARK: Loss
 
-    func loss(_ prediction: Tensor, _ batch: TrainingBatch) -> LossResult {
-        config.loss.evaluate(prediction, batch.targets, regions: batch.validRegions)
+    /// The micro-batch's loss and its gradient; prompt-in-the-loop adds its phase times to `phases`.
+    func loss(_ prediction: Tensor, _ batch: TrainingBatch, seed: UInt64, phases: inout [String: Double]) -> LossResult {
+        guard let promptLoop else { return config.loss.evaluate(prediction, batch.targets, regions: batch.validRegions) }
+        let r = promptLoop.evaluate(student: prediction, teacher: batch.targets, regions: batch.validRegions, seed: seed)
+        phases["teacher_decode", default: 0] += r.timing.teacherDecode
+        phases["student_decode_forward", default: 0] += r.timing.studentDecodeForward
+        phases["decoder_backward", default: 0] += r.timing.decoderBackward
+        return r.loss
     }
 
     /// Augmentation seed of micro-batch `index` (counted over the whole run).
@@ -159,20 +190,26 @@ public final class Trainer {
             let t0 = Date()
             student.zeroGradients()
             var lossSum = 0.0
+            var phases: [String: Double] = [:]
             for _ in 0..<A {
                 let rows = order.rows(cursor: cursor, n: B)
                 let batch = try prefetch.take(rows, seed: microBatchSeed(microIndex))
                 // Start loading the next micro-batch while this one trains.
                 prefetch.request(order.rows(cursor: cursor + B, n: B), seed: microBatchSeed(microIndex + 1))
                 try checkBatch(batch)
+                var clock = Date()
                 let prediction = student.forward(batch.images, mode: .training)
-                var l = loss(prediction, batch)
+                phases["encoder_forward", default: 0] += Date().timeIntervalSince(clock)
+                // The prompt sampling's seed: counter-based like the augmentation's (exact resume).
+                var l = loss(prediction, batch, seed: microBatchSeed(microIndex) ^ 0x5EED_1007, phases: &phases)
                 guard l.value.isFinite else {
                     throw TrainerError.nonFinite(step: step + 1, what: "loss", value: l.value)
                 }
                 lossSum += l.value
                 if A > 1 { l.gradient.scale(by: 1 / Float(A)) }
+                clock = Date()
                 student.backward(l.gradient, imageGradient: false)
+                phases["encoder_backward", default: 0] += Date().timeIntervalSince(clock)
                 cursor += B
                 microIndex += 1
             }
@@ -186,7 +223,7 @@ public final class Trainer {
             step += 1
             let elapsed = Date().timeIntervalSince(t0)
             let record = StepRecord(step: step, loss: lossSum / Double(A), lr: lr, gradNorm: gradNorm,
-                                    imagesPerSecond: Double(B * A) / max(elapsed, 1e-9))
+                                    imagesPerSecond: Double(B * A) / max(elapsed, 1e-9), phaseSeconds: phases)
             history.append(record)
             ran.append(record)
             lossesSinceCheckpoint.append(record.loss)
@@ -320,7 +357,10 @@ public final class Trainer {
     // MARK: Metrics, plot, progress
 
     func stepLine(_ r: StepRecord) -> [String: Any] {
-        ["step": r.step, "loss": r.loss, "lr": Double(r.lr), "grad_norm": r.gradNorm, "images_per_s": r.imagesPerSecond]
+        var line: [String: Any] = ["step": r.step, "loss": r.loss, "lr": Double(r.lr), "grad_norm": r.gradNorm,
+                                   "images_per_s": r.imagesPerSecond]
+        if !r.phaseSeconds.isEmpty { line["phase_s"] = r.phaseSeconds }
+        return line
     }
 
     func appendMetrics(_ line: [String: Any]) throws {
@@ -369,9 +409,17 @@ public final class Trainer {
         guard tty || r.step % config.logEvery == 0 || r.step == totalSteps else { return }
         let rate = Double(stepsThisProcess) / max(Date().timeIntervalSince(startedAt), 1e-9)  // steps/s in this process
         let eta = rate > 0 ? Double(totalSteps - r.step) / rate : 0
-        let line = String(format: "step %d/%d  loss %.5g  lr %.3g  %.1f img/s  ETA %@",
+        var line = String(format: "step %d/%d  loss %.5g  lr %.3g  %.1f img/s  ETA %@",
                           r.step, totalSteps, smoothedLoss ?? r.loss, Double(r.lr), r.imagesPerSecond,
                           Self.duration(eta))
+        if promptLoop != nil {
+            // Where a prompt-in-the-loop step goes: teacher decode, student decode forward,
+            // decoder backward, encoder forward + backward (seconds).
+            let p = r.phaseSeconds
+            line += String(format: "  s/step: teacher %.2f, decode %.2f, decoder bwd %.2f, encoder %.2f + %.2f",
+                           p["teacher_decode"] ?? 0, p["student_decode_forward"] ?? 0, p["decoder_backward"] ?? 0,
+                           p["encoder_forward"] ?? 0, p["encoder_backward"] ?? 0)
+        }
         FileHandle.standardError.write(Data((tty ? "\r\u{1B}[K" + line : line + "\n").utf8))
     }
 

@@ -79,7 +79,7 @@ public final class ConvTranspose2d: Module {
         return y
     }
 
-    /// dy: (B, Cout, H·k, W·k) -> dx: (B, Cin, H, W); dW += x · dZᵀ, db += Σ dy.
+    /// dy: (B, Cout, H·k, W·k) -> dx: (B, Cin, H, W); dW += x · dZᵀ, db += Σ dy (unless frozen).
     public func backward(_ dy: Tensor) -> Tensor {
         guard let x = input else { preconditionFailure("\(name).backward without a training-mode forward") }
         let B = x.shape[0], Ci = inputChannels, Co = outputChannels, H = x.shape[2], W = x.shape[3]
@@ -88,6 +88,7 @@ public final class ConvTranspose2d: Module {
         var dx = Tensor.empty(x.shape)
         // dz: (Cout·k·k, H·W) for one image
         var dz = [Float](repeating: 0, count: Co * kk * HW)
+        let weightGradient = weight.requiresGradient
         x.data.withUnsafeBufferPointer { xb in
             dy.data.withUnsafeBufferPointer { gb in
                 dx.data.withUnsafeMutableBufferPointer { dxb in
@@ -95,7 +96,7 @@ public final class ConvTranspose2d: Module {
                         weight.grad.data.withUnsafeMutableBufferPointer { gwb in
                             dz.withUnsafeMutableBufferPointer { dzb in
                                 let xp = xb.baseAddress!, gp = gb.baseAddress!, dxp = dxb.baseAddress!
-                                let wp = wb.baseAddress!, gw = gwb.baseAddress!, dzp = dzb.baseAddress!
+                                let wp = wb.baseAddress!, gw = gwb.baseAddress, dzp = dzb.baseAddress!
                                 for b in 0..<B {
                                     let gi = gp + b * Co * Ho * Wo
                                     parallelFor(Co, costPerItem: kk * HW) { co in
@@ -107,10 +108,11 @@ public final class ConvTranspose2d: Module {
                                             }
                                         } }
                                     }
-                                    let xi = xp + b * Ci * HW
-                                    // dW (Cin, Cout·k·k) += x_b (Cin, HW) · dzᵀ (HW, Cout·k·k)
-                                    gemm(transB: true, m: Ci, n: Co * kk, k: HW, a: xi, lda: HW, b: dzp, ldb: HW,
-                                         beta: 1, c: gw, ldc: Co * kk)
+                                    if weightGradient {
+                                        // dW (Cin, Cout·k·k) += x_b (Cin, HW) · dzᵀ (HW, Cout·k·k)
+                                        gemm(transB: true, m: Ci, n: Co * kk, k: HW, a: xp + b * Ci * HW, lda: HW,
+                                             b: dzp, ldb: HW, beta: 1, c: gw!, ldc: Co * kk)
+                                    }
                                     // dx_b (Cin, HW) = W (Cin, Cout·k·k) · dz (Cout·k·k, HW)
                                     gemm(m: Ci, n: HW, k: Co * kk, a: wp, lda: Co * kk, b: dzp, ldb: HW,
                                          c: dxp + b * Ci * HW, ldc: HW)
@@ -119,7 +121,7 @@ public final class ConvTranspose2d: Module {
                         }
                     }
                 }
-                if let bias {
+                if let bias, bias.requiresGradient {
                     bias.grad.data.withUnsafeMutableBufferPointer { gbb in
                         accumulateChannelBiasGradient(gb.baseAddress!, gbb.baseAddress!, B: B, C: Co, HW: Ho * Wo)
                     }

@@ -66,7 +66,7 @@ public final class LayerNorm: Module {
         return y
     }
 
-    /// dy: (..., C) -> dx: (..., C); dW += Σ dy·x̂, dB += Σ dy.
+    /// dy: (..., C) -> dx: (..., C); dW += Σ dy·x̂, dB += Σ dy (unless frozen).
     public func backward(_ dy: Tensor) -> Tensor {
         guard let xh = xhat else { preconditionFailure("LayerNorm.backward without a training-mode forward") }
         precondition(dy.shape == xh.shape, "LayerNorm.backward: dy \(dy.shape) vs input \(xh.shape)")
@@ -94,7 +94,8 @@ public final class LayerNorm: Module {
                 }
             }
         }
-        for c in 0..<C { weight.grad.data[c] += dw[c]; bias.grad.data[c] += db[c] }
+        if weight.requiresGradient { for c in 0..<C { weight.grad.data[c] += dw[c] } }
+        if bias.requiresGradient { for c in 0..<C { bias.grad.data[c] += db[c] } }
         xhat = nil; rstd = []
         return dx
     }
@@ -174,7 +175,7 @@ public final class LayerNorm2d: Module {
         return y
     }
 
-    /// dy: (B, C, H, W) -> dx; dW += Σ dy·x̂, dB += Σ dy.
+    /// dy: (B, C, H, W) -> dx; dW += Σ dy·x̂, dB += Σ dy (unless frozen: then not even summed).
     public func backward(_ dy: Tensor) -> Tensor {
         guard let xh = xhat else { preconditionFailure("LayerNorm2d.backward without a training-mode forward") }
         precondition(dy.shape == xh.shape, "LayerNorm2d.backward: dy \(dy.shape) vs input \(xh.shape)")
@@ -185,12 +186,12 @@ public final class LayerNorm2d: Module {
         dy.data.withUnsafeBufferPointer { gb in
             xh.data.withUnsafeBufferPointer { hb in
                 let g = gb.baseAddress!, h = hb.baseAddress!
-                for b in 0..<B { for c in 0..<C {
+                if weight.requiresGradient || bias.requiresGradient { for b in 0..<B { for c in 0..<C {
                     let o = (b * C + c) * HW
                     var sw: Float = 0, sb: Float = 0
                     for i in 0..<HW { sw += g[o + i] * h[o + i]; sb += g[o + i] }
                     dw[c] += Double(sw); db[c] += Double(sb)
-                } }
+                } } }
                 dx.data.withUnsafeMutableBufferPointer { ob in
                     weight.value.data.withUnsafeBufferPointer { wb in
                         let o = ob.baseAddress!, w = wb.baseAddress!
@@ -214,7 +215,8 @@ public final class LayerNorm2d: Module {
                 }
             }
         }
-        for c in 0..<C { weight.grad.data[c] += Float(dw[c]); bias.grad.data[c] += Float(db[c]) }
+        if weight.requiresGradient { for c in 0..<C { weight.grad.data[c] += Float(dw[c]) } }
+        if bias.requiresGradient { for c in 0..<C { bias.grad.data[c] += Float(db[c]) } }
         xhat = nil; rstd = []
         return dx
     }

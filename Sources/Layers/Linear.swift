@@ -53,7 +53,7 @@ public final class Linear: Module {
         return y
     }
 
-    /// dy: (..., out) -> dx: (..., in); accumulates dW += dyᵀ x, db += Σ dy.
+    /// dy: (..., out) -> dx: (..., in); accumulates dW += dyᵀ x, db += Σ dy (unless frozen).
     public func backward(_ dy: Tensor) -> Tensor {
         guard let x = input else { preconditionFailure("Linear.backward without a training-mode forward") }
         let I = inputFeatures, O = outputFeatures
@@ -61,13 +61,13 @@ public final class Linear: Module {
         precondition(dy.count == rows * O, "Linear.backward: dy shape \(dy.shape) does not match input \(x.shape)")
         var dx = Tensor.empty(x.shape)
         dy.data.withUnsafeBufferPointer { dyp in
-            x.data.withUnsafeBufferPointer { xp in
+            if weight.requiresGradient { x.data.withUnsafeBufferPointer { xp in
                 // dW (O, I) += dyᵀ (O, rows) · x (rows, I)
                 weight.grad.data.withUnsafeMutableBufferPointer { gw in
                     gemm(transA: true, m: O, n: I, k: rows, a: dyp.baseAddress!, lda: O,
                          b: xp.baseAddress!, ldb: I, beta: 1, c: gw.baseAddress!, ldc: I)
                 }
-            }
+            } }
             weight.value.data.withUnsafeBufferPointer { wp in
                 dx.data.withUnsafeMutableBufferPointer { dxp in
                     // dx (rows, I) = dy (rows, O) · W (O, I)
@@ -75,7 +75,7 @@ public final class Linear: Module {
                          b: wp.baseAddress!, ldb: I, c: dxp.baseAddress!, ldc: I)
                 }
             }
-            if let bias {
+            if let bias, bias.requiresGradient {
                 bias.grad.data.withUnsafeMutableBufferPointer { gb in
                     for r in 0..<rows { for o in 0..<O { gb[o] += dyp[r * O + o] } }
                 }

@@ -3,21 +3,26 @@ import Tensor
 /// A learnable tensor (or a buffer such as BatchNorm's running mean) and its gradient.
 ///
 /// Layers own their parameters. `backward` accumulates into `grad` with `+=`; the trainer zeroes
-/// all gradients once per step (`Module.zeroGradients()`).
+/// all gradients once per step (`Module.zeroGradients()`). A frozen parameter (`freeze()`, e.g.
+/// the mask decoder that prompt-in-the-loop distillation backpropagates through) has no gradient:
+/// backward passes compute their input gradients and skip its `grad`.
 public final class Parameter {
     public var value: Tensor
-    /// Same shape as `value` for trainable parameters; empty for buffers.
+    /// Same shape as `value` for trainable parameters; empty for buffers and frozen parameters.
     public var grad: Tensor
     /// False for buffers (running statistics): saved and loaded, never optimised.
     public let isTrainable: Bool
     /// Whether AdamW applies weight decay: false for biases, norm weights and bias tables.
     public let decays: Bool
+    /// Whether backward passes accumulate into `grad`: false for buffers and after `freeze()`.
+    public private(set) var requiresGradient: Bool
 
     public init(_ value: Tensor, decays: Bool = true) {
         self.value = value
         self.grad = Tensor(zeros: value.shape)
         self.isTrainable = true
         self.decays = decays
+        self.requiresGradient = true
     }
 
     public init(buffer value: Tensor) {
@@ -25,6 +30,13 @@ public final class Parameter {
         self.grad = Tensor(zeros: [0])
         self.isTrainable = false
         self.decays = false
+        self.requiresGradient = false
+    }
+
+    /// No gradient from now on: `grad` is released (empty) and backward passes skip it.
+    public func freeze() {
+        requiresGradient = false
+        grad = Tensor(zeros: [0])
     }
 
     public var shape: [Int] { value.shape }
@@ -64,6 +76,12 @@ extension Module {
     /// The trainable parameters in order (what the optimiser steps).
     public func trainableParameters() -> [Parameter] {
         namedParameters().map(\.1).filter(\.isTrainable)
+    }
+
+    /// Freezes every parameter (`Parameter.freeze`): backward passes still give input gradients,
+    /// but compute and store no parameter gradients.
+    public func freezeParameters() {
+        for (_, p) in namedParameters() { p.freeze() }
     }
 
     /// Zeroes every gradient (once per training step, before the backward passes).

@@ -24,7 +24,14 @@ import Tensor
 /// `output_upscaling.3.weight` (C/4, C/8, 2, 2) / `.bias`, `output_hypernetworks_mlps.{i}.layers.{0,1,2}.*`
 /// (MLP C → C → C → C/8), `iou_prediction_head.layers.{0..depth−1}.*` (MLP C → hidden → M).
 ///
-/// Inference only: `mode` is threaded through to the layers, but there is no backward pass.
+/// One type for inference and training: with `mode.keepsActivations` the forward keeps what
+/// `backward` needs (every SAMAttention then runs its plain path; inference keeps the folded one,
+/// SAMAttentionFolded.swift), and `backward` gives the gradient of a loss on the mask logits (and
+/// the IoU predictions) with respect to the image embedding. Prompt embeddings are constants: the
+/// sparse tokens and the dense (no-mask or mask-input) embedding get no gradient. The decoder
+/// must be frozen (`freezeParameters()`: no parameter gradients are formed or stored), as in
+/// prompt-in-the-loop distillation; training the decoder itself is not implemented (its token
+/// parameters would need the gradient of the tokens, which backward does not form).
 public final class MaskDecoder: Module {
     /// C (256).
     public let transformerDim: Int
@@ -46,6 +53,21 @@ public final class MaskDecoder: Module {
     public let outputHypernetworksMLPs: [MLP]
     /// `iou_prediction_head`: MLP(C, hidden, M, depth)
     public let iouPredictionHead: MLP
+
+    /// What `backward` needs from a training-mode forward.
+    private struct Saved {
+        /// 1 when the one image embedding was shared by every prompt, else B.
+        var embeddingBatch: Int
+        var height: Int, width: Int
+        /// Tokens per prompt, 1 + M + N.
+        var tokens: Int
+        var outputs: Range<Int>
+        /// hyper: (B, K, D) hypernetwork outputs; up: (B, D, 4h, 4w) upscaled image side.
+        var hyper: Tensor, up: Tensor
+        /// LN2d output and its GELU (B, C/4, 2h, 2w); second ConvT output (B, D, 4h, 4w).
+        var norm: Tensor, normGELU: Tensor, conv2: Tensor
+    }
+    private var saved: Saved?
 
     public init(transformerDim: Int = 256, transformer: TwoWayTransformer = TwoWayTransformer(),
                 numMultimaskOutputs: Int = 3, iouHeadDepth: Int = 3, iouHeadHiddenDim: Int = 256) {
@@ -73,6 +95,22 @@ public final class MaskDecoder: Module {
             + prefixed("output_upscaling.3.", upscaleConv2)
         for (i, m) in outputHypernetworksMLPs.enumerated() { p += prefixed("output_hypernetworks_mlps.\(i).", m) }
         return p + prefixed("iou_prediction_head.", iouPredictionHead)
+    }
+
+    /// A decoder of the same architecture holding the same weights (the tensors are shared
+    /// copy-on-write): e.g. a training-mode copy beside an inference one, each keeping its own
+    /// activations.
+    public func copy() -> MaskDecoder {
+        let t = transformer
+        let d = MaskDecoder(
+            transformerDim: transformerDim,
+            transformer: TwoWayTransformer(depth: t.depth, embeddingDim: t.embeddingDim, heads: t.heads, mlpDim: t.mlpDim,
+                                           activation: t.layers.first?.mlp.activation ?? .relu,
+                                           attentionDownsampleRate: t.finalAttnTokenToImage.downsampleRate),
+            numMultimaskOutputs: numMultimaskOutputs, iouHeadDepth: iouPredictionHead.layers.count,
+            iouHeadHiddenDim: iouPredictionHead.hiddenDim)
+        do { try d.load(stateDict()) } catch { preconditionFailure("MaskDecoder.copy: \(error)") }
+        return d
     }
 
     /// The mask outputs `forward` returns: 1..<M with `multimaskOutput`, else 0..<1.
@@ -140,9 +178,11 @@ public final class MaskDecoder: Module {
         let (hs, keys) = transformer.forward(imageEmbedding: src, imagePE: imagePE, pointEmbedding: tokens, mode: mode)
 
         // Upscale the image side: (B, C, h, w) → (B, C/8, 4h, 4w)
-        var up = upscaleConv1.forward(ConvLayout.tokensToMap(keys, height: h, width: w), mode: mode)
-        up = Activation.gelu.forward(upscaleNorm.forward(up, mode: mode))
-        up = Activation.gelu.forward(upscaleConv2.forward(up, mode: mode))
+        let norm = upscaleNorm.forward(upscaleConv1.forward(ConvLayout.tokensToMap(keys, height: h, width: w), mode: mode),
+                                       mode: mode)  // (B, C/4, 2h, 2w)
+        let normGELU = Activation.gelu.forward(norm)
+        let conv2 = upscaleConv2.forward(normGELU, mode: mode)  // (B, D, 4h, 4w)
+        let up = Activation.gelu.forward(conv2)
         let D = C / 8, P = up.shape[2] * up.shape[3], K = outputs.count
 
         // hyper: (B, K, D), token i's MLP applied to hs[:, 1 + i]
@@ -169,6 +209,81 @@ public final class MaskDecoder: Module {
         var iouIn = Tensor(zeros: [B, C])
         for b in 0..<B { for c in 0..<C { iouIn.data[b * C + c] = hs.data[b * T * C + c] } }
         let iou = iouPredictionHead.forward(iouIn, mode: mode)
+        saved = mode.keepsActivations
+            ? Saved(embeddingBatch: imageEmbeddings.shape[0], height: h, width: w, tokens: T, outputs: outputs,
+                    hyper: hyper, up: up, norm: norm, normGELU: normGELU, conv2: conv2)
+            : nil
         return (masks, iou)
+    }
+
+    /// After a training-mode `forward`/`predictMasks`: dMasks: (B, K, 4h, 4w), the gradient of the
+    /// loss with respect to the masks it returned, and optionally dIoU: (B, K) (`forward`) or
+    /// (B, M) (`predictMasks`) for its IoU predictions → dImageEmbeddings: the shape of the image
+    /// embeddings given to the forward, (1, C, h, w) summed over the prompts that shared it, or
+    /// (B, C, h, w). The decoder must be frozen.
+    public func backward(masks dMasks: Tensor, iouPredictions dIoU: Tensor? = nil) -> Tensor {
+        guard let s = saved else { preconditionFailure("MaskDecoder.backward without a training-mode forward") }
+        precondition(!namedParameters().contains { $0.1.requiresGradient },
+                     "MaskDecoder.backward: only a frozen decoder (freezeParameters()) is backpropagated through; training the decoder's own weights is not implemented")
+        saved = nil
+        let C = transformerDim, M = numMaskTokens, name = "MaskDecoder(\(C)).backward"
+        let B = s.hyper.shape[0], K = s.outputs.count, D = C / 8, T = s.tokens, h = s.height, w = s.width
+        let Ho = s.up.shape[2], Wo = s.up.shape[3], P = Ho * Wo
+        precondition(dMasks.shape == [B, K, Ho, Wo], "\(name): expected dMasks of shape \([B, K, Ho, Wo]), got \(dMasks.shape)")
+        // masks_b = hyper_b (K, D) · up_b (D, P): dHyper_b = dMasks_b · up_bᵀ, dUp_b = hyper_bᵀ · dMasks_b
+        var dHyper = Tensor.empty([B, K, D])
+        var dUp = Tensor.empty([B, D, Ho, Wo])
+        dMasks.data.withUnsafeBufferPointer { gb in
+        s.hyper.data.withUnsafeBufferPointer { hb in
+        s.up.data.withUnsafeBufferPointer { ub in
+        dHyper.data.withUnsafeMutableBufferPointer { dhb in
+        dUp.data.withUnsafeMutableBufferPointer { dub in
+            for b in 0..<B {
+                let g = gb.baseAddress! + b * K * P
+                gemm(transB: true, m: K, n: D, k: P, a: g, lda: P, b: ub.baseAddress! + b * D * P, ldb: P,
+                     c: dhb.baseAddress! + b * K * D, ldc: D)
+                gemm(transA: true, m: D, n: P, k: K, a: hb.baseAddress! + b * K * D, lda: D, b: g, ldb: P,
+                     c: dub.baseAddress! + b * D * P, ldc: P)
+            }
+        } } } } }
+        // dHs: (B, T, C), rows 1 + i from the hypernetworks, row 0 from the IoU head
+        var dHs = Tensor(zeros: [B, T, C])
+        for (j, i) in s.outputs.enumerated() {
+            var rows = Tensor.empty([B, D])  // dHyper[:, j, :]
+            for b in 0..<B { for d in 0..<D { rows.data[b * D + d] = dHyper.data[(b * K + j) * D + d] } }
+            let dIn = outputHypernetworksMLPs[i].backward(rows)  // (B, C)
+            for b in 0..<B { for c in 0..<C { dHs.data[(b * T + 1 + i) * C + c] = dIn.data[b * C + c] } }
+        }
+        if let dIoU {
+            // dIoU of forward's sliced outputs (B, K) or of all M predictions (B, M)
+            precondition(dIoU.shape == [B, K] || dIoU.shape == [B, M],
+                         "\(name): expected dIoU of shape \([B, K]) or \([B, M]), got \(dIoU.shape)")
+            var full = Tensor(zeros: [B, M])
+            if dIoU.shape == [B, M] { full = dIoU } else {
+                for b in 0..<B { for (j, i) in s.outputs.enumerated() { full.data[b * M + i] = dIoU.data[b * K + j] } }
+            }
+            let dIn = iouPredictionHead.backward(full)  // (B, C)
+            for b in 0..<B { for c in 0..<C { dHs.data[b * T * C + c] = dIn.data[b * C + c] } }
+        }
+        // up = GELU(ConvT2(GELU(LN2d(ConvT1(keys map)))))
+        var g = Activation.gelu.backward(dUp, input: s.conv2, output: s.up)
+        g = upscaleConv2.backward(g)
+        g = Activation.gelu.backward(g, input: s.norm, output: s.normGELU)
+        g = upscaleConv1.backward(upscaleNorm.backward(g))  // (B, C, h, w)
+        let dKeys = ConvLayout.mapToTokens(g)  // (B, hw, C)
+        let dSrc = transformer.backward(dQueries: dHs, dKeys: dKeys, height: h, width: w)  // (B, C, h, w)
+        guard s.embeddingBatch == 1 && B > 1 else { return dSrc }
+        // The shared embedding was added to every prompt's src: its gradient is the sum over prompts.
+        let per = C * h * w
+        var dEmbedding = Tensor(zeros: [1, C, h, w])
+        dEmbedding.data.withUnsafeMutableBufferPointer { eb in
+            dSrc.data.withUnsafeBufferPointer { sb in
+                let e = eb.baseAddress!, src = sb.baseAddress!
+                parallelChunks(per, costPerItem: B) { r in
+                    for b in 0..<B { let o = src + b * per; for i in r { e[i] += o[i] } }
+                }
+            }
+        }
+        return dEmbedding
     }
 }

@@ -288,19 +288,18 @@ public final class PromptEncoder: Module {
             }
             offset += n
         }
-        let dense: Tensor
-        if let masks {
-            dense = embedMasks(masks, mode: mode)
-        } else {
-            let (h, w) = imageEmbeddingSize
-            var d = Tensor(zeros: [B, C, h, w])
-            let e = noMaskEmbed.value.data
-            d.data.withUnsafeMutableBufferPointer { db in
-                let dp = db.baseAddress!
-                parallelFor(B * C, costPerItem: h * w) { bc in (dp + bc * h * w).update(repeating: e[bc % C], count: h * w) }
-            }
-            dense = d
+        return (sparse, masks.map { embedMasks($0, mode: mode) } ?? noMaskDenseEmbedding(batch: B))
+    }
+
+    /// The dense embedding without a mask: `no_mask_embed` broadcast to (B, C, h, w).
+    public func noMaskDenseEmbedding(batch B: Int) -> Tensor {
+        let (h, w) = imageEmbeddingSize, C = embedDim
+        var d = Tensor.empty([B, C, h, w])
+        let e = noMaskEmbed.value.data
+        d.data.withUnsafeMutableBufferPointer { db in
+            let dp = db.baseAddress!
+            parallelFor(B * C, costPerItem: h * w) { bc in (dp + bc * h * w).update(repeating: e[bc % C], count: h * w) }
         }
-        return (sparse, dense)
+        return d
     }
 }

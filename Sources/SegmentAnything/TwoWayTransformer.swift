@@ -4,7 +4,9 @@ import Tensor
 
 // The mask decoder's two-way transformer, side by side with MobileSAM's modeling/transformer.py
 // (`TwoWayTransformer`, `TwoWayAttentionBlock`; `Attention` is Layers' `SAMAttention`).
-// Inference only: `mode` is threaded through to the layers, but these blocks have no backward.
+// Forward in training mode keeps what `backward` needs; backward gives the gradients of the
+// queries and keys (prompt-in-the-loop distillation backpropagates a mask loss into the image
+// embedding). The positional encodings are constants: no gradient is formed for them.
 
 /// `x + y` where y is (1, N, C) broadcast over x's batch, or has x's shape.
 func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> String) -> Tensor {
@@ -97,6 +99,38 @@ public final class TwoWayAttentionBlock: Module {
         k = norm4.forward(k, mode: mode)
         return (q, k)
     }
+
+    /// After a training-mode forward: dQueries: (B, Nq, C), dKeys: (B, Nk, C) of its outputs →
+    /// (dQueries: (B, Nq, C), dKeys: (B, Nk, C)) of its `queries` and `keys` inputs. Without
+    /// `queriesGradient` (the transformer's first block, whose queries are the constant tokens)
+    /// and with self_attn and norm1 frozen, their backward is skipped and dQueries comes back
+    /// empty (shape [0]).
+    public func backward(dQueries: Tensor, dKeys: Tensor, queriesGradient: Bool = true) -> (dQueries: Tensor, dKeys: Tensor) {
+        // (4) k = norm4(keys + attn(q: keys + keyPE, k: q3 + queryPE, v: q3))
+        let dk4 = norm4.backward(dKeys)  // (B, Nk, C)
+        let a4 = crossAttnImageToToken.backward(dk4)
+        var dk = dk4 + a4.dq  // keys, directly and through keys + keyPE
+        // (3) q3 = norm3(q2 + mlp(q2)); q3 feeds the output, the keys and the values of (4)
+        var dq = dQueries + a4.dk
+        dq.add(a4.dv)
+        dq = norm3.backward(dq)
+        dq.add(mlp.backward(dq))
+        // (2) q2 = norm2(q1 + attn(q: q1 + queryPE, k: keys + keyPE, v: keys))
+        dq = norm2.backward(dq)
+        let a2 = crossAttnTokenToImage.backward(dq)
+        dq.add(a2.dq)
+        dk.add(a2.dk)
+        dk.add(a2.dv)
+        // (1) q1 = norm1(attn(q, q, q)) with skipFirstLayerPE, else norm1(q + attn(q + PE, q + PE, q))
+        let firstStageTrains = (selfAttn.namedParameters() + norm1.namedParameters()).contains { $0.1.requiresGradient }
+        guard queriesGradient || firstStageTrains else { return (Tensor(zeros: [0]), dk) }
+        dq = norm1.backward(dq)
+        let a1 = selfAttn.backward(dq)
+        var dIn = skipFirstLayerPE ? a1.dq : dq + a1.dq
+        dIn.add(a1.dk)
+        dIn.add(a1.dv)
+        return (dIn, dk)
+    }
 }
 
 /// `TwoWayTransformer`: `depth` TwoWayAttentionBlocks (the first with `skipFirstLayerPE`), then a
@@ -155,5 +189,24 @@ public final class TwoWayTransformer: Module {
                                                     v: keys, mode: mode)
         queries = normFinalAttn.forward(queries + attnOut, mode: mode)
         return (queries, keys)
+    }
+
+    /// After a training-mode forward: dQueries: (B, N, C), dKeys: (B, H·W, C) of its outputs →
+    /// dImageEmbedding: (B, C, H, W). The point embedding and imagePE get no gradient (constants
+    /// in the decoder's use).
+    public func backward(dQueries: Tensor, dKeys: Tensor, height H: Int, width W: Int) -> Tensor {
+        let C = embeddingDim
+        precondition(dKeys.rank == 3 && dKeys.shape[1] == H * W && dKeys.shape[2] == C,
+                     "TwoWayTransformer(\(C)).backward: expected dKeys of shape (B, \(H * W), \(C)), got \(dKeys.shape)")
+        // queries = norm(q + attn(q: q + PE, k: keys + keyPE, v: keys))
+        var dq = normFinalAttn.backward(dQueries)  // (B, N, C)
+        let a = finalAttnTokenToImage.backward(dq)
+        dq.add(a.dq)
+        var dk = dKeys + a.dk  // (B, HW, C)
+        dk.add(a.dv)
+        for (i, layer) in layers.enumerated().reversed() {
+            (dq, dk) = layer.backward(dQueries: dq, dKeys: dk, queriesGradient: i > 0)
+        }
+        return ConvLayout.tokensToMap(dk, height: H, width: W)
     }
 }

@@ -57,4 +57,31 @@ final class LinearTests: XCTestCase {
         _ = layer.forward(Tensor(zeros: [2, 4]), mode: .training)
         XCTAssertEqual(layer.backward(Tensor(zeros: [2, 3])).shape, [2, 4])
     }
+
+    /// Frozen parameters (`Module.freezeParameters`): Linear, LayerNorm, LayerNorm2d and
+    /// ConvTranspose2d give bit-identical input gradients, and their `grad`s stay empty.
+    func testFrozenParametersGiveTheSameInputGradient() {
+        var rng = SeededRandom(seed: 12)
+        func randomize(_ m: Module) {
+            for (_, p) in m.namedParameters() { p.value = Tensor.randomNormal(p.shape, std: 0.5, rng: &rng) }
+        }
+        let linear = Linear(6, 5), norm = LayerNorm(6), norm2d = LayerNorm2d(4)
+        let convT = ConvTranspose2d(inputChannels: 4, outputChannels: 3, kernelSize: 2, stride: 2)
+        let cases: [(Module, Tensor, (Tensor) -> Tensor, (Tensor) -> Tensor)] = [
+            (linear, Tensor.randomNormal([3, 6], rng: &rng), { linear.forward($0, mode: .training) }, linear.backward),
+            (norm, Tensor.randomNormal([3, 6], rng: &rng), { norm.forward($0, mode: .training) }, norm.backward),
+            (norm2d, Tensor.randomNormal([2, 4, 3, 3], rng: &rng), { norm2d.forward($0, mode: .training) }, norm2d.backward),
+            (convT, Tensor.randomNormal([2, 4, 3, 3], rng: &rng), { convT.forward($0, mode: .training) }, convT.backward),
+        ]
+        for (m, x, forward, backward) in cases {
+            randomize(m)
+            let dy = Tensor.randomNormal(forward(x).shape, rng: &rng)
+            let dx = backward(dy)
+            XCTAssertTrue(m.namedParameters().allSatisfy { $0.1.grad.maxAbs() > 0 }, "\(type(of: m)) accumulates when trainable")
+            m.freezeParameters()
+            _ = forward(x)
+            XCTAssertEqual(backward(dy).data, dx.data, "\(type(of: m))")
+            XCTAssertTrue(m.namedParameters().allSatisfy { !$0.1.requiresGradient && $0.1.grad.count == 0 }, "\(type(of: m))")
+        }
+    }
 }

@@ -67,6 +67,15 @@ enum TestData {
         }
         return m
     }
+
+    /// The prompts of fixture case `name`: points (B, N, 2) with labels, boxes (B, 4).
+    static func prompts(_ f: Fixture, _ name: String) -> (PromptPoints?, Tensor?) {
+        var points: PromptPoints?
+        if let p = f.tensors["case.\(name).points"] {
+            points = PromptPoints(coords: p, labels: f["case.\(name).labels"].data.map { Int($0) })
+        }
+        return (points, f.tensors["case.\(name).boxes"])
+    }
 }
 
 /// Strided sub-sampling of a rank-4 tensor: out[a, b, c, d] = x[a, b·sb, oc + c·sc, od + d·sd].
@@ -101,14 +110,7 @@ final class DecoderTests: XCTestCase {
         return md
     }
 
-    /// The prompts of case `name`: points (B, N, 2) with labels, boxes (B, 4).
-    func prompts(_ f: Fixture, _ name: String) -> (PromptPoints?, Tensor?) {
-        var points: PromptPoints?
-        if let p = f.tensors["case.\(name).points"] {
-            points = PromptPoints(coords: p, labels: f["case.\(name).labels"].data.map { Int($0) })
-        }
-        return (points, f.tensors["case.\(name).boxes"])
-    }
+    func prompts(_ f: Fixture, _ name: String) -> (PromptPoints?, Tensor?) { TestData.prompts(f, name) }
 
     func testPromptEncoderMatchesPyTorch() throws {
         let f = try Fixture("prompt_encoder")

@@ -1,0 +1,184 @@
+import Distill
+import Layers
+import Optim
+import SegmentAnything
+import Tensor
+import TestSupport
+import XCTest
+
+/// Prompt-in-the-loop distillation with MobileSAM's real prompt encoder and mask decoder on a
+/// tiny grid (64×64 input, 4×4×256 embeddings, 16×16 low-res masks): the loss's gradient with
+/// respect to the student embedding against central finite differences, determinism, the prompt
+/// structure, and the trainer lowering the loss in a few steps.
+final class PromptInTheLoopTests: XCTestCase {
+    static func loopConfig(prompts: Int = 4, rounds: Int = 1, embeddingWeight: Double = 0) -> PromptInTheLoopConfig {
+        var c = PromptInTheLoopConfig()
+        c.promptsPerImage = prompts
+        c.correctionRounds = rounds
+        c.bceWeight = 2
+        c.diceWeight = 1
+        c.embeddingWeight = embeddingWeight
+        return c
+    }
+
+    static func loop(_ c: PromptInTheLoopConfig) throws -> PromptInTheLoop {
+        try PromptInTheLoop(config: c, teacherCheckpoint: Fixture.mobileSAMCheckpoint(), imageSize: 64, embeddingSize: 4)
+    }
+
+    /// Teacher embeddings (2, 256, 4, 4) and a student near them; the second image is 3×2 cells.
+    static func embeddings() -> (student: Tensor, teacher: Tensor, regions: [ValidRegion]) {
+        var rng = SeededRandom(seed: 3)
+        let teacher = Tensor.randomNormal([2, 256, 4, 4], std: 0.3, rng: &rng)
+        let student = teacher + Tensor.randomNormal([2, 256, 4, 4], std: 0.15, rng: &rng)
+        return (student, teacher, [ValidRegion(height: 4, width: 4), ValidRegion(height: 3, width: 2)])
+    }
+
+    /// With the plan held fixed (the prompts a first call sampled and the student's mask inputs
+    /// of its correction round, which are not differentiated), the loss is a smooth function of
+    /// the student embedding: its gradient (both rounds, the embedding MSE term) against central
+    /// differences at 32 coordinates (eps 4e-3), |a − n| ≤ 1e-4 + 2e-2·max(|a|, |n|): 1e-4 is the
+    /// Float32 decoder's noise floor at this step (the gradient's largest entries are ~2e-2).
+    func testGradientMatchesFiniteDifferences() throws {
+        let loop = try Self.loop(Self.loopConfig(embeddingWeight: 0.5))
+        let (student, teacher, regions) = Self.embeddings()
+        let r = loop.evaluate(student: student, teacher: teacher, regions: regions, seed: 9)
+        XCTAssertEqual(r.roundLosses.count, 2)
+        XCTAssertTrue(r.loss.value.isFinite && r.loss.value > 0)
+        let kinds = r.plan.prompts.flatMap { $0[0] }.map { $0.box == nil }
+        XCTAssertTrue(kinds.contains(true) && kinds.contains(false), "both point and box prompts: \(r.plan.prompts)")
+        var x = student
+        var rng = SeededRandom(seed: 4)
+        var worst = 0.0
+        let eps: Float = 4e-3
+        for _ in 0..<32 {
+            let i = Int(rng.next() % UInt64(x.count))
+            let v = x.data[i]
+            x.data[i] = v + eps
+            let lp = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 9, plan: r.plan).loss.value
+            x.data[i] = v - eps
+            let lm = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 9, plan: r.plan).loss.value
+            x.data[i] = v
+            let numeric = (lp - lm) / (Double(v + eps) - Double(v - eps)), analytic = Double(r.loss.gradient.data[i])
+            let ratio = abs(analytic - numeric) / (1e-4 + 2e-2 * max(abs(analytic), abs(numeric)))
+            worst = max(worst, ratio)
+            XCTAssertLessThanOrEqual(ratio, 1, "coordinate \(i): analytic \(analytic), numeric \(numeric)")
+        }
+        print("prompt-in-the-loop loss \(r.loss.value) (rounds \(r.roundLosses)): worst error/tolerance \(worst)")
+        XCTAssertGreaterThan(r.loss.gradient.maxAbs(), 1e-2)
+    }
+
+    /// Same inputs and seed: bit-identical loss, gradient and prompts; another seed other prompts.
+    /// Round 2 adds one point (inside the image region) to each round-1 prompt, single output;
+    /// points use a multimask output, boxes the single one.
+    func testDeterministicAndPromptStructure() throws {
+        let loop = try Self.loop(Self.loopConfig(prompts: 6))
+        let (student, teacher, regions) = Self.embeddings()
+        let a = loop.evaluate(student: student, teacher: teacher, regions: regions, seed: 21)
+        let b = loop.evaluate(student: student, teacher: teacher, regions: regions, seed: 21)
+        XCTAssertEqual(a.loss.value, b.loss.value)
+        XCTAssertEqual(a.loss.gradient.data, b.loss.gradient.data)
+        XCTAssertEqual(a.plan, b.plan)
+        let c = loop.evaluate(student: student, teacher: teacher, regions: regions, seed: 22)
+        XCTAssertNotEqual(a.plan.prompts, c.plan.prompts)
+        for (image, rounds) in a.plan.prompts.enumerated() {
+            XCTAssertEqual(rounds.count, 2)
+            XCTAssertEqual(rounds[0].count, 6)
+            let (fh, fw) = (Float(regions[image].height * 16), Float(regions[image].width * 16))
+            for (p, q) in zip(rounds[0], rounds[1]) {
+                if let box = p.box {
+                    XCTAssertEqual(p.output, 0)
+                    XCTAssertTrue(p.points.isEmpty)
+                    XCTAssertTrue(box[0] <= box[2] && box[1] <= box[3] && box[2] < fw && box[3] < fh, "\(box)")
+                } else {
+                    XCTAssertTrue((1...3).contains(p.output))
+                    XCTAssertEqual(p.labels, [1])
+                    XCTAssertTrue(p.points[0] < fw && p.points[1] < fh)
+                }
+                XCTAssertEqual(q.box, p.box)
+                XCTAssertEqual(q.output, 0)
+                XCTAssertEqual(Array(q.points.prefix(p.points.count)), p.points)
+                XCTAssertEqual(q.points.count, p.points.count + 2)
+                XCTAssertTrue([0, 1].contains(q.labels.last!))
+                XCTAssertTrue(q.points[q.points.count - 2] < fw && q.points[q.points.count - 1] < fh)
+            }
+        }
+        // No correction round: one round, the same first-round prompts for the same seed.
+        let one = try Self.loop(Self.loopConfig(prompts: 6, rounds: 0))
+            .evaluate(student: student, teacher: teacher, regions: regions, seed: 21)
+        XCTAssertEqual(one.plan.prompts.map { $0.count }, [1, 1])
+        XCTAssertEqual(one.plan.prompts.map { $0[0] }, a.plan.prompts.map { $0[0] })
+        XCTAssertEqual(one.roundLosses[0], a.roundLosses[0], accuracy: 1e-12)
+    }
+
+    /// The trainer with `loss: prompt_in_the_loop` (teacher decoder loaded from teacher.checkpoint):
+    /// 8 steps on two images lower the loss on those images (fixed prompts seed) by ≥ 10%, and
+    /// every step logs its phase times.
+    func testTrainerLowersTheLoss() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pitl-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        var c = TrainerTests.recipe(steps: 8, dir: dir)
+        var tiny = TrainerTests.tinyConfig
+        tiny.neckChannels = 256
+        c.student = .tinyViT(tiny, preset: nil)
+        c.gradAccumulation = 1
+        c.optimizer.maxGradNorm = nil
+        c.schedule = .constant(ConstantSchedule(lr: 2e-3))
+        c.loss = .promptInTheLoop(Self.loopConfig())
+        c.teacher.checkpoint = try Fixture.mobileSAMCheckpoint().path
+        let student = Student(c.student)
+        TrainerTests.fidelityInit(student)
+        let (_, teacher, _) = Self.embeddings()
+        var rng = SeededRandom(seed: 8)
+        let data = InMemoryTrainingData(images: Tensor.randomUniform([2, 3, 64, 64], -2, 2, rng: &rng), targets: teacher)
+        let trainer = try Trainer(config: c, student: student, train: data)
+        trainer.showsProgress = false
+        let loop = try XCTUnwrap(trainer.promptLoop)
+        let batch = try data.batch([0, 1], seed: 0)
+        func heldLoss() -> Double {
+            loop.evaluate(student: student.forward(batch.images, mode: .training), teacher: batch.targets,
+                          regions: batch.validRegions, seed: 99).loss.value
+        }
+        let before = heldLoss()
+        let records = try trainer.run()
+        let after = heldLoss()
+        print("prompt-in-the-loop tiny run: loss \(before) → \(after); steps \(records.map(\.loss)); phases \(records.last!.phaseSeconds)")
+        XCTAssertEqual(records.count, 8)
+        XCTAssertLessThan(after, 0.9 * before)
+        for r in records {
+            for k in ["teacher_decode", "student_decode_forward", "decoder_backward", "encoder_forward", "encoder_backward"] {
+                XCTAssertGreaterThan(r.phaseSeconds[k] ?? 0, 0, "step \(r.step): \(k)")
+            }
+        }
+        let metrics = try String(contentsOf: trainer.metricsURL, encoding: .utf8)
+        XCTAssertTrue(metrics.contains("\"teacher_decode\""))
+    }
+
+    func testConfig() throws {
+        let yaml = """
+        teacher: {checkpoint: weights/mobile_sam.pt}
+        loss: {type: prompt_in_the_loop, prompts_per_image: 8, box_fraction: 0.25, correction_rounds: 0,
+               bce_weight: 5, dice_weight: 1, embedding_weight: 0.1}
+        """
+        let c = try RunConfig.parse(yaml)
+        var expected = PromptInTheLoopConfig()
+        expected.promptsPerImage = 8
+        expected.boxFraction = 0.25
+        expected.correctionRounds = 0
+        expected.bceWeight = 5
+        expected.embeddingWeight = 0.1
+        XCTAssertEqual(c.loss, .promptInTheLoop(expected))
+        XCTAssertEqual(try RunConfig.parse(try c.yaml()).loss, c.loss, "the resolved config round-trips")
+        XCTAssertEqual(try RunConfig.parse("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop}").loss,
+                       .promptInTheLoop(PromptInTheLoopConfig()))
+        func problems(_ y: String) -> [String] {
+            do { _ = try RunConfig.parse(y); return [] } catch let e as ConfigError { return e.problems } catch { return ["\(error)"] }
+        }
+        XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, prompt_per_image: 8}"),
+                       ["loss.prompt_per_image: unknown key"])
+        XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, correction_rounds: 2}").count, 1)
+        XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, box_fraction: 1.5}").count, 1)
+        XCTAssertEqual(problems("loss: {type: prompt_in_the_loop}"),
+                       ["teacher: checkpoint is required by loss type prompt_in_the_loop (its prompt encoder and mask decoder)"])
+    }
+}

@@ -1,0 +1,95 @@
+import Distill
+import Foundation
+import Optim
+import SegmentAnything
+import Tensor
+import TestSupport
+import XCTest
+
+/// `stages:` in a run config: `samdistill run` (RunPipeline) trains MSE, then prompt-in-the-loop
+/// from its final checkpoint, on RunPipelineTests' tiny setup (64-pixel teacher with MobileSAM's
+/// real prompt encoder and mask decoder); skip, resume and the stale-stage refusal.
+final class StagedRunTests: XCTestCase {
+    static let stages = """
+
+        stages:
+          - {name: mse, steps: 2}
+          - {name: pitl, steps: 2, loss: {type: prompt_in_the_loop, prompts_per_image: 2}, schedule: {type: constant, lr: 5.0e-4}}
+        """
+
+    func testStagesChainSkipResumeAndRefuseStale() throws {
+        let dir = try CacheTestSupport.temporaryDirectory("stages")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let teacher = try RunPipelineTests.writeTinySAM(in: dir)
+        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
+        try (names.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
+        try "\(names[0])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let config = try RunConfig.parse(RunPipelineTests.yaml(dir: dir, teacher: teacher) + Self.stages)
+        XCTAssertEqual(config.stages.map(\.name), ["mse", "pitl"])
+        let (mse, pitl) = (config.stages[0], config.stages[1])
+        XCTAssertEqual(mse.config.loss, .mse)
+        XCTAssertEqual(mse.config.initialisation, .random)
+        XCTAssertTrue(mse.config.eval.before)
+        XCTAssertEqual(pitl.config.initialisation, .checkpoint(path: mse.finalCheckpoint))
+        XCTAssertFalse(pitl.config.eval.before)
+        XCTAssertNil(pitl.config.data.images)
+        XCTAssertEqual(pitl.config.schedule, .constant(ConstantSchedule(lr: 5e-4)))
+        XCTAssertEqual(pitl.config.freeze, ["patch_embed"], "the rest of the config carries over")
+        XCTAssertEqual(pitl.config.outputDir, dir.appendingPathComponent("run/pitl").path)
+        // One trainer per stage: a trainer refuses the staged config itself.
+        XCTAssertThrowsError(try Trainer(config: config, student: Student(config.student), train: TrainerTests.data(channels: 256)))
+
+        var lines: [String] = []
+        func pipeline() -> RunPipeline {
+            let p = RunPipeline(config: config, configName: "staged.yaml")
+            p.showsProgress = false
+            p.log = { lines.append($0) }
+            return p
+        }
+        let first = try pipeline().run()
+        XCTAssertEqual(first.trainedSteps, 4)
+        XCTAssertEqual(first.totalSteps, 4)
+        XCTAssertNotNil(first.before)
+        XCTAssertNotNil(first.after)
+        XCTAssertEqual(first.exported?.path, dir.appendingPathComponent("run/pitl/student.safetensors").path)
+        for f in ["mse/student.safetensors", "mse/eval-final.json", "pitl/student.safetensors", "pitl/eval-final.json", "pitl/metrics.jsonl"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("run/\(f)").path), f)
+        }
+        let pitlMetrics = try String(contentsOf: dir.appendingPathComponent("run/pitl/metrics.jsonl"), encoding: .utf8)
+        XCTAssertTrue(pitlMetrics.contains("teacher_decode"), "the second stage trained with prompt-in-the-loop")
+        // The second stage started from the first one's final weights.
+        let mseFinal = Student.studentWeights(try WeightsFile(contentsOf: URL(fileURLWithPath: mse.finalCheckpoint)).tensors)
+        for (k, v) in try Student.make(pitl.config).stateDict() { XCTAssertEqual(mseFinal[k]?.data, v.data, k) }
+
+        // Again: every step of both stages is up to date.
+        let again = try pipeline().run()
+        XCTAssertEqual(again.trainedSteps, 0)
+        XCTAssertEqual(Set(again.skipped), ["mse/cache", "mse/eval-init", "mse/train", "mse/eval-final", "mse/export",
+                                            "pitl/train", "pitl/eval-final", "pitl/export"])
+        // The second stage interrupted after its step 1: only its step 2 runs again.
+        try FileManager.default.removeItem(atPath: pitl.finalCheckpoint)
+        let resumed = try pipeline().run()
+        XCTAssertEqual(resumed.trainedSteps, 1)
+        XCTAssertTrue(resumed.skipped.contains("mse/train"))
+        // The first stage's final checkpoint newer than the second stage's run: refused.
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: mse.finalCheckpoint)
+        XCTAssertThrowsError(try pipeline().run()) { e in
+            XCTAssertTrue("\(e)".contains("earlier result of stage 'mse'") && "\(e)".contains("run/pitl"), "\(e)")
+        }
+    }
+
+    func testStageConfigErrors() throws {
+        func problems(_ stages: String) -> [String] {
+            do { _ = try RunConfig.parse("teacher: {checkpoint: t.pt}\noutput_dir: runs/x\nstages: \(stages)"); return [] }
+            catch let e as ConfigError { return e.problems } catch { return ["\(error)"] }
+        }
+        XCTAssertEqual(problems("[{name: a, steps: 2, seed: 3}]"),
+                       ["stages[0].seed: unknown key (a stage sets name, batch_size, grad_accumulation, loss, optimizer, schedule, steps)"])
+        XCTAssertEqual(problems("[{steps: 2}]"), ["stages[0].name: required: a directory name of letters, digits, _ and -"])
+        XCTAssertEqual(problems("[{name: a, steps: 2}, {name: a, steps: 1}]"), ["stages[1].name: 'a' names two stages"])
+        XCTAssertEqual(problems("[{name: a, loss: {type: hinge}}]"),
+                       ["stages[0].loss.type: unknown loss 'hinge' (expected mse, masked_mse, huber, l1 or prompt_in_the_loop)"])
+        XCTAssertEqual(problems("[]").count, 1)
+        XCTAssertEqual(try RunConfig.parse("output_dir: runs/x\nstages: [{name: a, steps: 3}]").stages.first?.config.steps, 3)
+    }
+}
