@@ -5,7 +5,7 @@ import Tensor
 import SegmentAnything
 import Yams
 
-// The run configuration of `samdistill train` (DESIGN.md, "Config"): one YAML file, decoded
+// The run configuration of `samdistill train`: one YAML file, decoded
 // strictly. Every key has a fixed type; unknown keys, wrong types and impossible shapes are
 // errors naming the full key path (`optimizer.weight_decayy: unknown key`). `--set a.b=v`
 // overrides any key before decoding (v is read as a YAML scalar or flow value).

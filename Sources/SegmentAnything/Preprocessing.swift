@@ -10,7 +10,7 @@ import Tensor
 // `img.resize((w, h), Image.BILINEAR)` (antialias is always on for PIL input). So the reference
 // filter is PIL's BILINEAR (triangle filter, support 1, widened by the scale factor when
 // downscaling: "antialiased"), NOT `Image.resize`'s own default (BICUBIC since Pillow 7) and not
-// torch's `F.interpolate`. DESIGN.md's "bilinear, antialiased like PIL" is right. torchvision
+// torch's `F.interpolate`. SAM preprocesses "bilinear, antialiased like PIL". torchvision
 // returns the image untouched when it already has the target size. Checked against
 // Pillow 13.0 / torchvision 0.29 by Tests/SegmentAnythingTests/ImageTests (0 level difference).
 // Pillow 13 chooses the order of its two 8-bit passes by size (see `PILResample.verticalPassFirst`);

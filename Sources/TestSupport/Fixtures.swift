@@ -54,6 +54,24 @@ public struct Fixture {
         throw FixtureError("samdistill executable not found beside the test bundle: build it (swift build --build-tests) or set SAMDISTILL_BIN")
     }
 
+    /// Runs `executable` with `arguments` (and `environment`, else this process's); returns
+    /// (status, stdout, stderr).
+    @discardableResult
+    public static func runProcess(_ executable: URL, _ arguments: [String], environment: [String: String]? = nil) throws
+        -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = executable
+        p.arguments = arguments
+        if let environment { p.environment = environment }
+        let o = Pipe(), e = Pipe()
+        p.standardOutput = o
+        p.standardError = e
+        try p.run()
+        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
+    }
+
     public subscript(_ key: String) -> Tensor {
         guard let t = tensors[key] else { fatalError("fixture \(name) has no tensor '\(key)' (it has \(tensors.count) tensors)") }
         return t

@@ -113,16 +113,7 @@ enum CacheTestSupport {
     /// Runs the executable; returns (status, stdout, stderr).
     @discardableResult
     static func run(_ exe: URL, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = exe
-        p.arguments = args
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
+        try Fixture.runProcess(exe, args)
     }
 
     /// Every dataset's bytes of every row, complete flags included, for row-by-row comparisons.

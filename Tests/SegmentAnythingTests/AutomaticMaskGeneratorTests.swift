@@ -354,16 +354,7 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
     static func executable() throws -> URL { try Fixture.samdistillExecutable() }
 
     static func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = try executable()
-        p.arguments = args
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
+        try Fixture.runProcess(executable(), args)
     }
 
     func temporaryDirectory() throws -> URL {

@@ -120,7 +120,7 @@ final class EncoderTests: XCTestCase {
         XCTAssertLessThanOrEqual(e.2, 1e-4)
     }
 
-    /// MobileSAM's configuration holds exactly the checkpoint's encoder values: DESIGN.md's
+    /// MobileSAM's configuration holds exactly the checkpoint's encoder values: the checkpoint's
     /// 6,075,415 minus the unused classification head (321,640: `head.*`, `norm_head.*`) and the
     /// 27 BatchNorm `num_batches_tracked` counters = 5,753,748 (counted from the PyTorch module).
     func testMobileSAMConfigurationParameterCount() {

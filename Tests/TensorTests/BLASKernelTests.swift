@@ -86,18 +86,9 @@ final class BLASKernelTests: XCTestCase {
             env["XDG_CACHE_HOME"] = cache.path
             env.removeValue(forKey: "OPENBLAS_CORETYPE")
             for (k, v) in extra { env[k] = v }
-            let p = Process()
-            p.executableURL = exe
-            p.arguments = ["runtime", "--threads", "1", "--json"]
-            p.environment = env
-            let o = Pipe(), e = Pipe()
-            p.standardOutput = o
-            p.standardError = e
-            try p.run()
-            let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            XCTAssertEqual(p.terminationStatus, 0, String(decoding: ed, as: UTF8.self))
-            return (String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
+            let r = try Fixture.runProcess(exe, ["runtime", "--threads", "1", "--json"], environment: env)
+            XCTAssertEqual(r.status, 0, r.err)
+            return (r.out, r.err)
         }
         func fields(_ out: String) throws -> [String: Any] {
             let last = try XCTUnwrap(out.split(separator: "\n").last)
