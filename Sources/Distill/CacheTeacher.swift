@@ -3,13 +3,14 @@ import Layers
 import SegmentAnything
 import Tensor
 
-/// A teacher image encoder for the feature cache: any encoder the inference core loads
-/// (MobileSAM's TinyViT, SAM ViT-B/L/H), identified in the cache by `id`, its architecture
-/// config (JSON) and the checkpoint's sha256.
+/// A teacher image encoder for the feature cache: any encoder `SAMWeights` reads (MobileSAM's
+/// TinyViT, SAM ViT-B/L/H, an exported student, TinyViT or conv), identified in the cache by `id`,
+/// its architecture config (JSON) and the checkpoint's sha256.
 public final class CacheTeacher {
-    /// "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h", or "tinyvit" / "vit" for other configs.
+    /// "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h", or "tinyvit" / "vit" / "conv_student"
+    /// for other configs.
     public let id: String
-    /// "TinyViT" or "ImageEncoderViT".
+    /// "TinyViT", "ImageEncoderViT" or "ConvStudent".
     public let architecture: String
     /// The architecture config as JSON (sorted keys).
     public let configJSON: String
@@ -41,35 +42,37 @@ public final class CacheTeacher {
         public var description: String { "\(file): \(reason)" }
     }
 
-    /// A teacher config file: `{"architecture": "tinyvit" | "vit", "config": {…}}` with the keys
-    /// of `TinyViTConfig` / `ViTConfig` (snake_case, all keys present).
+    /// A teacher config file: `{"architecture": "tinyvit" | "vit" | "conv", "config": {…}}` with
+    /// the keys of `TinyViTConfig` / `ViTConfig` / `ConvStudentConfig` (snake_case, all present).
     public struct ConfigFile: Codable {
-        public var architecture: String
-        public var tinyvit: TinyViTConfig?
-        public var vit: ViTConfig?
+        public var encoder: SAMEncoderConfig
 
-        public init(tinyvit: TinyViTConfig) { architecture = "tinyvit"; self.tinyvit = tinyvit }
-        public init(vit: ViTConfig) { architecture = "vit"; self.vit = vit }
+        public init(tinyvit: TinyViTConfig) { encoder = .tinyViT(tinyvit) }
+        public init(vit: ViTConfig) { encoder = .vit(vit) }
+        public init(conv: ConvStudentConfig) { encoder = .conv(conv) }
 
         enum CodingKeys: String, CodingKey { case architecture, config }
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
-            architecture = try c.decode(String.self, forKey: .architecture)
+            let architecture = try c.decode(String.self, forKey: .architecture)
             switch architecture {
-            case "tinyvit": tinyvit = try c.decode(TinyViTConfig.self, forKey: .config)
-            case "vit": vit = try c.decode(ViTConfig.self, forKey: .config)
+            case "tinyvit": encoder = .tinyViT(try c.decode(TinyViTConfig.self, forKey: .config))
+            case "vit": encoder = .vit(try c.decode(ViTConfig.self, forKey: .config))
+            case "conv": encoder = .conv(try c.decode(ConvStudentConfig.self, forKey: .config))
             default:
                 throw DecodingError.dataCorruptedError(forKey: .architecture, in: c,
-                                                       debugDescription: "architecture must be \"tinyvit\" or \"vit\", found \"\(architecture)\"")
+                                                       debugDescription: "architecture must be \"tinyvit\", \"vit\" or \"conv\", found \"\(architecture)\"")
             }
         }
 
         public func encode(to encoder: Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(architecture, forKey: .architecture)
-            if let tinyvit { try c.encode(tinyvit, forKey: .config) }
-            if let vit { try c.encode(vit, forKey: .config) }
+            switch self.encoder {
+            case .tinyViT(let v): try c.encode("tinyvit", forKey: .architecture); try c.encode(v, forKey: .config)
+            case .vit(let v): try c.encode("vit", forKey: .architecture); try c.encode(v, forKey: .config)
+            case .conv(let v): try c.encode("conv", forKey: .architecture); try c.encode(v, forKey: .config)
+            }
         }
     }
 
@@ -79,75 +82,32 @@ public final class CacheTeacher {
         return String(decoding: try! e.encode(v), as: UTF8.self)
     }
 
-    /// Loads a teacher from a weights file (.pt/.pth/.safetensors; keys with or without the
-    /// `image_encoder.` prefix, strict). The architecture comes from `config` when given,
-    /// otherwise from the checkpoint's keys: TinyViT → MobileSAM, ViT → B/L/H by width and depth.
+    /// Loads a teacher from a weights file with `SAMWeights.read` (strict). The architecture
+    /// comes from `config` when given, else from the file (its metadata, or its keys and shapes).
     public static func load(weights url: URL, config: URL? = nil) throws -> CacheTeacher {
-        let file = try WeightsFile(contentsOf: url)
-        var tensors: [String: Tensor] = [:]
-        let prefixed = file.names.contains { $0.hasPrefix("image_encoder.") }
-        for (k, v) in file.tensors {
-            if prefixed {
-                if k.hasPrefix("image_encoder.") { tensors[String(k.dropFirst("image_encoder.".count))] = v }
-            } else {
-                tensors[k] = v
-            }
-        }
-        var spec: ConfigFile
+        var architecture: SAMEncoderConfig?
         if let config {
+            let spec: ConfigFile
             do {
                 spec = try JSONDecoder().decode(ConfigFile.self, from: Data(contentsOf: config))
             } catch {
                 throw LoadError(file: config.path, reason: "not a teacher config (\(error))")
             }
-        } else if file.metadata["image_encoder"] != nil {
-            // An exported file names its architecture in the metadata (SAMEncoderConfig.metadata).
-            do {
-                switch try SAMModel.detectEncoder([:], metadata: file.metadata, file: url.path) {
-                case .tinyViT(let c): spec = ConfigFile(tinyvit: c)
-                case .vit(let c): spec = ConfigFile(vit: c)
-                }
-            } catch {
-                throw LoadError(file: url.path, reason: "\(error)")
-            }
-        } else if tensors["patch_embed.seq.0.c.weight"] != nil {
-            spec = ConfigFile(tinyvit: .mobileSAM)
-        } else if let w = tensors["patch_embed.proj.weight"] {
-            let depth = Set(tensors.keys.compactMap { k -> Int? in
-                guard k.hasPrefix("blocks.") else { return nil }
-                return Int(k.dropFirst(7).prefix { $0 != "." })
-            }).count
-            guard let c = [ViTConfig.vitB, .vitL, .vitH].first(where: { $0.embedDim == w.shape[0] && $0.depth == depth }) else {
-                throw LoadError(file: url.path, reason: "a ViT encoder of width \(w.shape[0]) and depth \(depth) is none of SAM's B/L/H: pass --teacher-config")
-            }
-            spec = ConfigFile(vit: c)
-        } else {
-            throw LoadError(file: url.path, reason: "no image encoder found (expected TinyViT keys 'patch_embed.seq.0.c.weight' or ViT keys 'patch_embed.proj.weight', with or without 'image_encoder.')")
+            guard spec.encoder.problems.isEmpty else { throw LoadError(file: config.path, reason: spec.encoder.problems.joined(separator: "; ")) }
+            architecture = spec.encoder
         }
-        let sha = try SHA256.hex(ofFile: url)
-        if let c = spec.tinyvit {
-            let problems = c.problems()
-            guard problems.isEmpty else { throw LoadError(file: config?.path ?? url.path, reason: problems.joined(separator: "; ")) }
-            let model = TinyViT(c)
-            do { try model.load(tensors, ignoring: TinyViT.ignoredKeys) } catch {
-                throw LoadError(file: url.path, reason: "\(error)")
-            }
-            let id = c == .mobileSAM ? "mobile_sam" : "tinyvit"
-            let g = model.outputResolution
-            return CacheTeacher(id: id, architecture: "TinyViT", configJSON: json(c), checkpointSHA256: sha,
-                                imageSize: c.imageSize, embeddingShape: [c.neckChannels, g, g]) {
-                model.forward($0, mode: .inference)
-            }
+        let weights = try SAMWeights.read(url, architecture: architecture)
+        let encoder = weights.encoder, c = weights.architecture
+        let id: String, name: String, json: String
+        switch c {
+        case .tinyViT(let v): (id, name, json) = (v == .mobileSAM ? "mobile_sam" : "tinyvit", "TinyViT", Self.json(v))
+        case .vit(let v):
+            (id, name, json) = (v == .vitB ? "sam_vit_b" : v == .vitL ? "sam_vit_l" : v == .vitH ? "sam_vit_h" : "vit", "ImageEncoderViT", Self.json(v))
+        case .conv(let v): (id, name, json) = ("conv_student", "ConvStudent", Self.json(v))
         }
-        let c = spec.vit!
-        let problems = c.problems()
-        guard problems.isEmpty else { throw LoadError(file: config?.path ?? url.path, reason: problems.joined(separator: "; ")) }
-        let model = ImageEncoderViT(c)
-        do { try model.load(tensors) } catch { throw LoadError(file: url.path, reason: "\(error)") }
-        let id = c == .vitB ? "sam_vit_b" : c == .vitL ? "sam_vit_l" : c == .vitH ? "sam_vit_h" : "vit"
-        return CacheTeacher(id: id, architecture: "ImageEncoderViT", configJSON: json(c), checkpointSHA256: sha,
-                            imageSize: c.imageSize, embeddingShape: [c.outChannels, c.gridSize, c.gridSize]) {
-            model.forward($0, mode: .inference)
+        return CacheTeacher(id: id, architecture: name, configJSON: json, checkpointSHA256: try SHA256.hex(ofFile: url),
+                            imageSize: c.imageSize, embeddingShape: [c.outputChannels, c.outputResolution, c.outputResolution]) {
+            encoder.forward($0, mode: .inference)
         }
     }
 }

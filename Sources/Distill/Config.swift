@@ -82,67 +82,6 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
     public init() {}
 }
 
-/// A conv-only NanoSAM-style student (`ConvStudent`). Keys: `image_size`, `input_channels`,
-/// `stem_channels`, `stem_stride`, `channels`, `blocks`, `strides`, `upsample_channels`,
-/// `out_channels`.
-public struct ConvStudentConfig: Codable, Equatable, Sendable {
-    public var imageSize: Int = 1024
-    public var inputChannels: Int = 3
-    public var stemChannels: Int = 32
-    public var stemStride: Int = 2
-    /// Output channels of each stage of basic blocks.
-    public var channels: [Int] = [32, 64, 128, 256]
-    /// Basic blocks per stage.
-    public var blocks: [Int] = [2, 2, 2, 2]
-    /// Stride of the first block of each stage (1 or 2).
-    public var strides: [Int] = [1, 2, 2, 2]
-    /// Channels of each 2×2 stride-2 transposed convolution that brings the map back to S/16.
-    public var upsampleChannels: Int = 256
-    /// Embedding channels (SAM: 256).
-    public var outChannels: Int = 256
-
-    enum CodingKeys: String, CodingKey, CaseIterable {
-        case imageSize = "image_size", inputChannels = "input_channels", stemChannels = "stem_channels"
-        case stemStride = "stem_stride", channels, blocks, strides, upsampleChannels = "upsample_channels"
-        case outChannels = "out_channels"
-    }
-    public init() {}
-
-    /// Total downsampling of the trunk: stem stride × Π stage strides.
-    public var trunkStride: Int { strides.reduce(stemStride, *) }
-    /// Number of ×2 upsampling steps to reach S/16 (valid when `problems()` is empty).
-    public var upsampleSteps: Int {
-        var s = trunkStride, n = 0
-        while s > 16 { s /= 2; n += 1 }
-        return n
-    }
-    /// Output grid side: S / 16.
-    public var outputResolution: Int { imageSize / 16 }
-
-    /// Problems, each naming its key (relative to the student section).
-    public func problems() -> [String] {
-        var p: [String] = []
-        let n = channels.count
-        if n < 1 { p.append("channels: needs at least one stage") }
-        if blocks.count != n { p.append("blocks: \(blocks.count) entries for \(n) stages") }
-        if strides.count != n { p.append("strides: \(strides.count) entries for \(n) stages") }
-        if strides.contains(where: { $0 != 1 && $0 != 2 }) { p.append("strides: each must be 1 or 2") }
-        if ![1, 2, 4].contains(stemStride) { p.append("stem_stride: must be 1, 2 or 4, got \(stemStride)") }
-        if blocks.contains(where: { $0 < 1 }) { p.append("blocks: each stage needs at least one block") }
-        if channels.contains(where: { $0 < 1 }) || stemChannels < 1 || upsampleChannels < 1 {
-            p.append("channels: must be positive")
-        }
-        if imageSize < 16 || imageSize % 16 != 0 { p.append("image_size: \(imageSize) is not a positive multiple of 16") }
-        let s = trunkStride
-        if s < 16 || (s & (s - 1)) != 0 {
-            p.append("strides: total stride stem_stride × Π strides = \(s) must be 16 · 2^k (the embedding grid is image_size / 16)")
-        } else if imageSize % s != 0 {
-            p.append("image_size: \(imageSize) is not divisible by the trunk stride \(s)")
-        }
-        return p
-    }
-}
-
 /// `student`: which architecture is trained.
 public enum StudentConfig: Equatable, Sendable {
     case tinyViT(TinyViTConfig, preset: String?)
@@ -160,6 +99,11 @@ public enum StudentConfig: Equatable, Sendable {
         case .tinyViT(let c, _): (c.neckChannels, c.stageResolutions.last!)
         case .conv(let c): (c.outChannels, c.outputResolution)
         }
+    }
+
+    /// The architecture as weights files name it (`SAMEncoderConfig.metadata`).
+    public var encoderConfig: SAMEncoderConfig {
+        switch self { case .tinyViT(let c, _): .tinyViT(c); case .conv(let c): .conv(c) }
     }
 
     /// Named TinyViT presets.

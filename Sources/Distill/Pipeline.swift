@@ -207,9 +207,9 @@ public final class RunPipeline {
 
         // 4. eval of the final student
         log("[4/5] eval: the trained student (\(finalCheckpoint.lastPathComponent)) on split \(config.eval.split)")
-        let finalWeights = try EncoderWeights.read(finalCheckpoint)
+        let finalEncoder = try SAMWeights.readStudent(finalCheckpoint).weights.encoder
         outcome.after = try evaluate("final", label: "trained student (\(finalCheckpoint.lastPathComponent))", withReport: true,
-                                     student: try finalWeights.makeEncoder(), imageSize: finalWeights.imageSize)
+                                     student: { finalEncoder.forward($0, mode: .inference) }, imageSize: finalEncoder.imageSize)
 
         // 5. export
         let exportDigest = Self.digest(trainDigest + "export \(config.export.path) half \(config.export.half) full \(config.export.full)")

@@ -115,8 +115,7 @@ public final class PromptInTheLoop {
     /// weights do not depend on them).
     public convenience init(config: PromptInTheLoopConfig, teacherCheckpoint url: URL, imageSize: Int = 1024,
                             embeddingSize: Int = 64) throws {
-        let file = try WeightsFile(contentsOf: url)
-        let tensors = try SAMModel.samStateDict(file.tensors, file: url.path, anchor: "mask_decoder.")
+        let tensors = try SAMWeights.readDecoder(url)
         func under(_ prefix: String) -> [String: Tensor] {
             var d: [String: Tensor] = [:]
             for (k, v) in tensors where k.hasPrefix(prefix) { d[String(k.dropFirst(prefix.count))] = v }

@@ -8,198 +8,6 @@ import Tensor
 // NanoSAM-style network (`ConvStudent`). Both map a normalised, padded (B, 3, S, S) image to a
 // (B, 256, S/16, S/16) embedding (256×64×64 for S = 1024).
 
-// MARK: - Conv student
-
-/// A ResNet basic block (torchvision's `BasicBlock`): conv1 3×3 (stride s) → bn1 → ReLU →
-/// conv2 3×3 → bn2, plus the identity or, when the stride or width changes, a projection
-/// shortcut `downsample` = 1×1 conv (stride s) → BN; then ReLU.
-/// Keys: `conv1.weight`, `bn1.*`, `conv2.weight`, `bn2.*`, `downsample.0.weight`, `downsample.1.*`.
-public final class BasicBlock: Module {
-    public let inputChannels: Int
-    public let outputChannels: Int
-    public let stride: Int
-    public let conv1: Conv2d
-    public let bn1: BatchNorm2d
-    public let conv2: Conv2d
-    public let bn2: BatchNorm2d
-    /// `downsample.0` (1×1 conv, stride s) and `downsample.1` (BN), when the shape changes.
-    public let downsample: (conv: Conv2d, bn: BatchNorm2d)?
-
-    // h1: (B, O, Ho, Wo) bn1 output (pre-ReLU); s: (B, O, Ho, Wo) the residual sum (pre-ReLU)
-    private var h1: Tensor?, sum: Tensor?
-
-    public init(inputChannels: Int, outputChannels: Int, stride: Int) {
-        self.inputChannels = inputChannels
-        self.outputChannels = outputChannels
-        self.stride = stride
-        conv1 = Conv2d(inputChannels: inputChannels, outputChannels: outputChannels, kernelSize: 3, stride: stride,
-                       padding: 1, bias: false)
-        bn1 = BatchNorm2d(outputChannels)
-        conv2 = Conv2d(inputChannels: outputChannels, outputChannels: outputChannels, kernelSize: 3, stride: 1,
-                       padding: 1, bias: false)
-        bn2 = BatchNorm2d(outputChannels)
-        if stride != 1 || inputChannels != outputChannels {
-            downsample = (Conv2d(inputChannels: inputChannels, outputChannels: outputChannels, kernelSize: 1,
-                                 stride: stride, bias: false), BatchNorm2d(outputChannels))
-        } else {
-            downsample = nil
-        }
-    }
-
-    public func namedParameters() -> [(String, Parameter)] {
-        var p = prefixed("conv1.", conv1) + prefixed("bn1.", bn1) + prefixed("conv2.", conv2) + prefixed("bn2.", bn2)
-        if let d = downsample { p += prefixed("downsample.0.", d.conv) + prefixed("downsample.1.", d.bn) }
-        return p
-    }
-
-    /// x: (B, I, H, W) -> (B, O, ⌈H/s⌉, ⌈W/s⌉)
-    public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
-        precondition(x.rank == 4 && x.shape[1] == inputChannels,
-                     "BasicBlock(\(inputChannels)→\(outputChannels), stride \(stride)): expected (B, \(inputChannels), H, W), got \(x.shape)")
-        let a = bn1.forward(conv1.forward(x, mode: mode), mode: mode)
-        var s = bn2.forward(conv2.forward(Activation.relu.forward(a), mode: mode), mode: mode)
-        if let d = downsample {
-            s.add(d.bn.forward(d.conv.forward(x, mode: mode), mode: mode))
-        } else {
-            s.add(x)
-        }
-        if mode.keepsActivations { h1 = a; sum = s } else { h1 = nil; sum = nil }
-        return Activation.relu.forward(s)
-    }
-
-    /// dy: (B, O, Ho, Wo) -> dx: (B, I, H, W)
-    public func backward(_ dy: Tensor) -> Tensor {
-        guard let a = h1, let s = sum else { preconditionFailure("BasicBlock.backward without a training-mode forward") }
-        h1 = nil; sum = nil
-        let ds = Activation.relu.backward(dy, input: s)  // gradient at the residual sum
-        let da = Activation.relu.backward(conv2.backward(bn2.backward(ds)), input: a)
-        var dx = conv1.backward(bn1.backward(da))
-        if let d = downsample { dx.add(d.conv.backward(d.bn.backward(ds))) } else { dx.add(ds) }
-        return dx
-    }
-}
-
-/// The conv-only NanoSAM-style student (`ConvStudentConfig`):
-///
-///     stem    Conv2d(in, stem, k, stride stem_stride, pad k/2, no bias) → BN → ReLU
-///             (k = 3 for stride ≤ 2, 2·stride − 1 above)
-///     layers  per stage i: blocks[i] BasicBlocks, the first with stride strides[i]
-///     up      per ×2 step back to S/16: ConvTranspose2d(c, upsample_channels, 2, stride 2) → ReLU
-///     head    Conv2d(c, out_channels, 1) with bias
-///
-/// Keys (as the PyTorch module in Scripts/refdump/students.py names them): `stem.0.weight`,
-/// `stem.1.*`, `layers.I.J.*` (BasicBlock keys), `up.{2k}.weight`, `up.{2k}.bias`, `head.weight`,
-/// `head.bias`.
-public final class ConvStudent: Module {
-    public let config: ConvStudentConfig
-    public let stemConv: Conv2d
-    public let stemBN: BatchNorm2d
-    public let stages: [[BasicBlock]]
-    public let upsample: [ConvTranspose2d]
-    public let head: Conv2d
-
-    // Pre-ReLU activations for backward: stem BN output and each upsampling output
-    private var stemOut: Tensor?
-    private var upOut: [Tensor] = []
-
-    public init(_ config: ConvStudentConfig) {
-        let problems = config.problems()
-        precondition(problems.isEmpty, "ConvStudent config: " + problems.joined(separator: "; "))
-        self.config = config
-        let k = config.stemStride <= 2 ? 3 : 2 * config.stemStride - 1
-        stemConv = Conv2d(inputChannels: config.inputChannels, outputChannels: config.stemChannels, kernelSize: k,
-                          stride: config.stemStride, padding: k / 2, bias: false)
-        stemBN = BatchNorm2d(config.stemChannels)
-        var c = config.stemChannels
-        var stages: [[BasicBlock]] = []
-        for (i, width) in config.channels.enumerated() {
-            var blocks: [BasicBlock] = []
-            for j in 0..<config.blocks[i] {
-                blocks.append(BasicBlock(inputChannels: c, outputChannels: width, stride: j == 0 ? config.strides[i] : 1))
-                c = width
-            }
-            stages.append(blocks)
-        }
-        self.stages = stages
-        var up: [ConvTranspose2d] = []
-        for _ in 0..<config.upsampleSteps {
-            up.append(ConvTranspose2d(inputChannels: c, outputChannels: config.upsampleChannels, kernelSize: 2, stride: 2))
-            c = config.upsampleChannels
-        }
-        upsample = up
-        head = Conv2d(inputChannels: c, outputChannels: config.outChannels, kernelSize: 1, bias: true)
-    }
-
-    public func namedParameters() -> [(String, Parameter)] {
-        var p = prefixed("stem.0.", stemConv) + prefixed("stem.1.", stemBN)
-        for (i, s) in stages.enumerated() {
-            for (j, b) in s.enumerated() { p += prefixed("layers.\(i).\(j).", b) }
-        }
-        for (k, u) in upsample.enumerated() { p += prefixed("up.\(2 * k).", u) }
-        return p + prefixed("head.", head)
-    }
-
-    /// image: (B, in, S, S) -> embedding (B, out, S/16, S/16)
-    public func forward(_ image: Tensor, mode: ForwardMode) -> Tensor {
-        let S = config.imageSize
-        precondition(image.rank == 4 && image.shape[1] == config.inputChannels && image.shape[2] == S && image.shape[3] == S,
-                     "ConvStudent: expected (B, \(config.inputChannels), \(S), \(S)), got \(image.shape)")
-        let s0 = stemBN.forward(stemConv.forward(image, mode: mode), mode: mode)
-        var x = Activation.relu.forward(s0)
-        for s in stages { for b in s { x = b.forward(x, mode: mode) } }
-        var ups: [Tensor] = []
-        for u in upsample {
-            let y = u.forward(x, mode: mode)
-            if mode.keepsActivations { ups.append(y) }
-            x = Activation.relu.forward(y)
-        }
-        stemOut = mode.keepsActivations ? s0 : nil
-        upOut = ups
-        return head.forward(x, mode: mode)
-    }
-
-    /// dEmbedding: (B, out, S/16, S/16) -> dImage: (B, in, S, S), or an empty tensor (shape [0])
-    /// with `imageGradient: false`.
-    @discardableResult
-    public func backward(_ dy: Tensor, imageGradient: Bool = true) -> Tensor {
-        guard let s0 = stemOut, upOut.count == upsample.count else {
-            preconditionFailure("ConvStudent.backward without a training-mode forward")
-        }
-        var g = head.backward(dy)
-        for (k, u) in upsample.enumerated().reversed() { g = u.backward(Activation.relu.backward(g, input: upOut[k])) }
-        for s in stages.reversed() { for b in s.reversed() { g = b.backward(g) } }
-        g = stemConv.backward(stemBN.backward(Activation.relu.backward(g, input: s0)), inputGradient: imageGradient)
-        stemOut = nil; upOut = []
-        return g
-    }
-
-    /// Multiply-accumulates of one image's forward pass (convolutions and transposed
-    /// convolutions; norms and activations excluded).
-    public var multiplyAccumulates: Int {
-        var macs = 0
-        var side = config.imageSize
-        func conv(_ c: Conv2d) { side = c.outputSize(height: side, width: side).height
-                                 macs += side * side * c.outputChannels * (c.inputChannels / c.groups) * c.kernelSize * c.kernelSize }
-        conv(stemConv)
-        for s in stages {
-            for b in s {
-                let inSide = side
-                conv(b.conv1); conv(b.conv2)
-                if let d = b.downsample {
-                    let o = d.conv.outputSize(height: inSide, width: inSide).height
-                    macs += o * o * d.conv.outputChannels * d.conv.inputChannels
-                }
-            }
-        }
-        for u in upsample {
-            macs += side * side * u.inputChannels * u.outputChannels * 4
-            side *= 2
-        }
-        conv(head)
-        return macs
-    }
-}
-
 // MARK: - Student wrapper
 
 /// The student of a run: a TinyViT or a ConvStudent behind one interface.
@@ -255,7 +63,7 @@ public final class Student: Module {
     /// convolutions, linears and attention products (norms, activations, softmax excluded).
     public var forwardFLOPs: Int {
         switch network {
-        case .tinyViT(let m): 2 * tinyViTMultiplyAccumulates(m)
+        case .tinyViT(let m): 2 * m.multiplyAccumulates
         case .conv(let m): 2 * m.multiplyAccumulates
         }
     }
@@ -294,44 +102,6 @@ public final class Student: Module {
             }
         }
     }
-}
-
-/// Multiply-accumulates of one image through a TinyViT encoder.
-func tinyViTMultiplyAccumulates(_ m: TinyViT) -> Int {
-    let c = m.config
-    var macs = 0
-    func conv(_ layer: Conv2d, outputSide: Int) {
-        macs += outputSide * outputSide * layer.outputChannels * (layer.inputChannels / layer.groups) * layer.kernelSize * layer.kernelSize
-    }
-    var side = c.imageSize
-    side = m.patchEmbed.conv1.conv.outputSize(height: side, width: side).height
-    conv(m.patchEmbed.conv1.conv, outputSide: side)
-    side = m.patchEmbed.conv2.conv.outputSize(height: side, width: side).height
-    conv(m.patchEmbed.conv2.conv, outputSide: side)
-    for b in m.convStage.blocks {
-        conv(b.conv1.conv, outputSide: side); conv(b.conv2.conv, outputSide: side); conv(b.conv3.conv, outputSide: side)
-    }
-    func merge(_ d: PatchMerging) {
-        conv(d.conv1.conv, outputSide: side)
-        side = d.outputResolution.height
-        conv(d.conv2.conv, outputSide: side); conv(d.conv3.conv, outputSide: side)
-    }
-    if let d = m.convStage.downsample { merge(d) }
-    for s in m.stages {
-        for b in s.blocks {
-            let L = side * side, C = b.dim, a = b.attn
-            let w = b.windowSize
-            let windows = ((side + w - 1) / w) * ((side + w - 1) / w)
-            let N = a.tokens
-            macs += L * C * a.qkv.outputFeatures + L * a.proj.inputFeatures * C         // qkv, proj (per real token)
-            macs += windows * a.heads * N * N * (a.keyDim + a.valueDim)                 // q·kᵀ, p·v (padded windows)
-            conv(b.localConv.conv, outputSide: side)
-            macs += L * C * b.mlp.fc1.outputFeatures * 2                                // fc1, fc2
-        }
-        if let d = s.downsample { merge(d) }
-    }
-    conv(m.neck.conv1, outputSide: side); conv(m.neck.conv2, outputSide: side)
-    return macs
 }
 
 // MARK: - Depth pruning from the teacher
@@ -374,17 +144,6 @@ public enum DepthPruning {
         return depth
     }
 
-    /// Teacher weights keyed like the encoder (`image_encoder.` prefixes removed).
-    public static func encoderWeights(_ tensors: [String: Tensor]) -> [String: Tensor] {
-        let prefix = "image_encoder."
-        if tensors.keys.contains(where: { $0.hasPrefix(prefix) }) {
-            var d: [String: Tensor] = [:]
-            for (k, v) in tensors where k.hasPrefix(prefix) { d[String(k.dropFirst(prefix.count))] = v }
-            return d
-        }
-        return tensors
-    }
-
     /// The student key → teacher key map (throws when the map is impossible).
     public static func keyMap(student: TinyViT, teacherKeys: [String], blockMap: [[Int]]?) throws -> [String: String] {
         let depths = teacherDepths(teacherKeys)
@@ -423,11 +182,12 @@ public enum DepthPruning {
         return result
     }
 
-    /// Copies the teacher's tensors into `student` (all or nothing). Returns the key map used.
+    /// Copies the teacher encoder's tensors (keyed as the encoder names them, e.g.
+    /// `SAMWeights.read(url).encoder.stateDict()`) into `student` (all or nothing). Returns the
+    /// key map used.
     @discardableResult
-    public static func initialise(_ student: TinyViT, fromTeacher teacherTensors: [String: Tensor],
+    public static func initialise(_ student: TinyViT, fromTeacher teacher: [String: Tensor],
                                   blockMap: [[Int]]? = nil) throws -> [String: String] {
-        let teacher = encoderWeights(teacherTensors)
         let map = try keyMap(student: student, teacherKeys: Array(teacher.keys), blockMap: blockMap)
         var problems: [String] = []
         for (k, p) in student.namedParameters() {
@@ -462,11 +222,12 @@ extension Student {
             guard let path = config.teacher.checkpoint else {
                 throw ConfigError(["teacher.checkpoint: required by init type teacher_blocks"])
             }
-            let w = try loadWeights(URL(fileURLWithPath: path))
-            try DepthPruning.initialise(net, fromTeacher: w.tensors, blockMap: blockMap)
+            let teacher = try SAMWeights.read(URL(fileURLWithPath: path))
+            try DepthPruning.initialise(net, fromTeacher: teacher.encoder.stateDict(), blockMap: blockMap)
         case .checkpoint(let path):
-            let w = try loadWeights(URL(fileURLWithPath: path))
-            try student.load(studentWeights(w.tensors), ignoring: TinyViT.ignoredKeys)
+            // Read as this student's architecture: the file's keys must be exactly its keys.
+            let w = try SAMWeights.read(URL(fileURLWithPath: path), architecture: config.student.encoderConfig)
+            try student.load(w.encoder.stateDict())
         }
         if case .tinyViT(let net) = student.network { net.frozenUnits = config.freeze.count }
         return student
@@ -476,16 +237,5 @@ extension Student {
     public func isFrozen(_ key: String) -> Bool {
         guard case .tinyViT(let net) = network else { return false }
         return net.unitPrefixes.prefix(net.frozenUnits).contains { key.hasPrefix($0) }
-    }
-
-    /// The student's tensors in a weights file: `model.*` of a run checkpoint, `image_encoder.*`
-    /// of a SAM checkpoint, or the file's keys as they are.
-    public static func studentWeights(_ tensors: [String: Tensor]) -> [String: Tensor] {
-        for prefix in ["model.", "image_encoder."] where tensors.keys.contains(where: { $0.hasPrefix(prefix) }) {
-            var d: [String: Tensor] = [:]
-            for (k, v) in tensors where k.hasPrefix(prefix) { d[String(k.dropFirst(prefix.count))] = v }
-            return d
-        }
-        return tensors
     }
 }

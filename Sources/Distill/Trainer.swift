@@ -324,6 +324,8 @@ public final class Trainer {
             "student_type": config.student.typeName, "config": (try? resolvedConfig.yaml()) ?? "",
         ]
         if let bestMetric { meta["best_metric"] = String(bestMetric) }
+        // The architecture too, so `SAMWeights.read` (segment, eval, export) knows the encoder.
+        meta.merge(resolvedConfig.student.encoderConfig.metadata) { mine, _ in mine }
         try SafeTensors.write(tensors, metadata: meta, to: url)
     }
 

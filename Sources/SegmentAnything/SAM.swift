@@ -3,90 +3,49 @@ import Layers
 import Tensor
 
 // The whole Segment Anything model, side by side with MobileSAM's modeling/sam.py (`Sam`) and
-// build_sam.py: an image encoder (TinyViT for MobileSAM, a ViT for SAM B/L/H), the prompt encoder
-// and the mask decoder, plus `postprocess_masks`.
+// build_sam.py: an image encoder (TinyViT for MobileSAM, a ViT for SAM B/L/H, or a distilled
+// conv student), the prompt encoder and the mask decoder, plus `postprocess_masks`. Reading a
+// weights file into it: SAMWeights.swift.
 
-/// An image encoder SAM can run: (B, 3, S, S) normalised, padded images → (B, 256, S/16, S/16).
+/// An image encoder SAM can run: (B, 3, S, S) normalised, padded images → (B, C, S/16, S/16)
+/// (C = 256 for SAM's decoder).
 public protocol SAMImageEncoder: Module {
-    /// S, the padded input side (`img_size`, 1024).
-    var imageSize: Int { get }
+    /// The architecture, as weights files name it (`SAMEncoderConfig.metadata`).
+    var encoderConfig: SAMEncoderConfig { get }
     func forward(_ image: Tensor, mode: ForwardMode) -> Tensor
 }
 
-extension TinyViT: SAMImageEncoder {
-    public var imageSize: Int { config.imageSize }
+extension SAMImageEncoder {
+    /// S, the padded input side (`img_size`, 1024).
+    public var imageSize: Int { encoderConfig.imageSize }
+}
+
+/// An image encoder the distiller trains: a backward pass beside the forward, and its cost.
+public protocol TrainableImageEncoder: SAMImageEncoder {
+    /// dEmbedding → dImage (an empty tensor with `imageGradient: false`); accumulates every
+    /// parameter gradient after a forward that kept its activations.
+    @discardableResult
+    func backward(_ dy: Tensor, imageGradient: Bool) -> Tensor
+    /// Multiply-accumulates of one image's forward pass (norms and activations excluded).
+    var multiplyAccumulates: Int { get }
+}
+
+extension TinyViT: TrainableImageEncoder {
+    public var encoderConfig: SAMEncoderConfig { .tinyViT(config) }
+}
+
+extension ConvStudent: TrainableImageEncoder {
+    public var encoderConfig: SAMEncoderConfig { .conv(config) }
 }
 
 extension ImageEncoderViT: SAMImageEncoder {
-    public var imageSize: Int { config.imageSize }
-}
-
-/// Which image encoder a SAM model has, with its architecture.
-public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
-    case tinyViT(TinyViTConfig)
-    case vit(ViTConfig)
-
-    /// The name stored in weights metadata (`image_encoder`): "tiny_vit" or "vit".
-    public var kind: String {
-        switch self {
-        case .tinyViT: "tiny_vit"
-        case .vit: "vit"
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .tinyViT(let c):
-            let name = c == .mobileSAM ? "MobileSAM " : ""
-            return "\(name)TinyViT (dims \(c.embedDims), depths \(c.depths), heads \(c.numHeads), windows \(c.windowSizes))"
-        case .vit(let c):
-            let name = c == .vitB ? "SAM ViT-B " : c == .vitL ? "SAM ViT-L " : c == .vitH ? "SAM ViT-H " : ""
-            return "\(name)ViT (width \(c.embedDim), depth \(c.depth), heads \(c.numHeads), global \(c.globalAttentionIndexes))"
-        }
-    }
-
-    /// Channels of the embedding the encoder gives (the neck's width).
-    public var outputChannels: Int {
-        switch self {
-        case .tinyViT(let c): c.neckChannels
-        case .vit(let c): c.outChannels
-        }
-    }
-
-    /// Builds the encoder.
-    public func makeEncoder() -> any SAMImageEncoder {
-        switch self {
-        case .tinyViT(let c): TinyViT(c)
-        case .vit(let c): ImageEncoderViT(c)
-        }
-    }
-
-    /// The metadata that names this encoder in a weights file: `image_encoder` = kind,
-    /// `image_encoder_config` = the config as JSON (snake_case keys).
-    public var metadata: [String: String] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let data: Data?
-        switch self {
-        case .tinyViT(let c): data = try? encoder.encode(c)
-        case .vit(let c): data = try? encoder.encode(c)
-        }
-        return ["image_encoder": kind, "image_encoder_config": data.map { String(decoding: $0, as: UTF8.self) } ?? "{}"]
-    }
-}
-
-/// Why a SAM model could not be built from a weights file (besides an unreadable file, which is a
-/// `WeightsFile.LoadError`, and keys that do not match, a `WeightLoadingError`). Names the file.
-public struct SAMModelError: Error, CustomStringConvertible, Equatable {
-    public let file: String
-    public let reason: String
-    public init(file: String, reason: String) { self.file = file; self.reason = reason }
-    public var description: String { "\(file): \(reason)" }
+    public var encoderConfig: SAMEncoderConfig { .vit(config) }
 }
 
 /// `Sam`: image encoder, prompt encoder and mask decoder, keys `image_encoder.*`,
 /// `prompt_encoder.*`, `mask_decoder.*` exactly as SAM/MobileSAM checkpoints name them.
-/// Inference only (the encoder types have backward passes, used by the trainer directly).
+/// Inference only (the encoder types have backward passes, used by the trainer directly). The
+/// encoder is any `SAMEncoderConfig`: TinyViT, ViT or the conv student.
 public final class SAMModel: Module {
     /// `Sam.mask_threshold`: logits above it are mask pixels.
     public static let maskThreshold: Float = 0
@@ -99,9 +58,14 @@ public final class SAMModel: Module {
     /// SAM's prompt encoder and mask decoder (build_sam.py: width 256, 64×64 embedding for a
     /// 1024 input, mask_in_chans 16, two-way transformer depth 2 / MLP 2048 / 8 heads, 3 multimask
     /// outputs, IoU head 3 × 256) around the given encoder.
-    public init(encoder: SAMEncoderConfig) {
-        encoderConfig = encoder
-        imageEncoder = encoder.makeEncoder()
+    public convenience init(encoder: SAMEncoderConfig) {
+        self.init(imageEncoder: encoder.makeEncoder())
+    }
+
+    /// SAM around an encoder already built (e.g. loaded by `SAMWeights.read`).
+    public init(imageEncoder: any SAMImageEncoder) {
+        encoderConfig = imageEncoder.encoderConfig
+        self.imageEncoder = imageEncoder
         let S = imageEncoder.imageSize, grid = S / 16
         promptEncoder = PromptEncoder(embedDim: 256, imageEmbeddingSize: (grid, grid), inputImageSize: (S, S), maskInChans: 16)
         maskDecoder = MaskDecoder(transformerDim: 256,
@@ -117,197 +81,40 @@ public final class SAMModel: Module {
     /// S (1024).
     public var imageSize: Int { imageEncoder.imageSize }
 
-    /// Keys a checkpoint may hold that the model does not use: TinyViT's classification head
-    /// (`image_encoder.head.*`, `image_encoder.norm_head.*`), BatchNorm's `num_batches_tracked`.
-    public static func ignoredKeys(_ key: String) -> Bool {
-        if key.hasSuffix("num_batches_tracked") { return true }
-        return key.hasPrefix("image_encoder.head.") || key.hasPrefix("image_encoder.norm_head.")
-    }
-
-    /// Strict loading: every key of the model present with its shape, no unexpected keys except
-    /// `ignoredKeys`. Throws one `WeightLoadingError` listing every problem (with `source`).
+    /// Strict loading of a whole model's state dict (`image_encoder.*`, `prompt_encoder.*`,
+    /// `mask_decoder.*`): every key present with its shape, nothing unexpected except what the
+    /// encoder's architecture ignores (`SAMEncoderConfig.ignoredKeys`) and BatchNorm's
+    /// `num_batches_tracked`. Throws one `WeightLoadingError` listing every problem (with `source`).
     public func load(_ tensors: [String: Tensor], source: String) throws {
+        let config = encoderConfig, encoder = "image_encoder."
         do {
-            try load(tensors, ignoring: Self.ignoredKeys)
+            try load(tensors) { key in
+                key.hasSuffix("num_batches_tracked") || (key.hasPrefix(encoder) && config.ignoredKeys(String(key.dropFirst(encoder.count))))
+            }
         } catch var e as WeightLoadingError {
             e.source = source
             throw e
         }
     }
 
-    /// Builds the model a weights file describes and loads it strictly.
-    ///
-    /// The file is a `.pt`/`.pth` checkpoint or `.safetensors` with SAM's keys, possibly nested
-    /// under one prefix (`model.image_encoder.…`). The encoder comes from the metadata
-    /// (`image_encoder` + `image_encoder_config`, as `SAMEncoderConfig.metadata` writes them) or,
-    /// without it, from the key names and shapes (`detectEncoder`). `decoderWeights` supplies the
-    /// prompt encoder and mask decoder when the file holds an encoder alone (an exported student):
-    /// its `prompt_encoder.*` / `mask_decoder.*` keys are used, its encoder ignored.
+    /// The model a weights file describes (`SAMWeights.read`: any SAM/MobileSAM checkpoint, an
+    /// exported student, a training checkpoint), loaded strictly. `decoderWeights` supplies the
+    /// prompt encoder and mask decoder when the file holds an encoder alone (an exported
+    /// student): its `prompt_encoder.*` / `mask_decoder.*` keys are used, its encoder ignored.
     public static func load(contentsOf url: URL, decoderWeights: URL? = nil) throws -> SAMModel {
-        let file = try WeightsFile(contentsOf: url)
-        var tensors = try samStateDict(file.tensors, file: url.path)
+        let weights = try SAMWeights.read(url)
+        var tensors = weights.decoder
         if let decoderWeights {
-            let other = try WeightsFile(contentsOf: decoderWeights)
-            let rest = try samStateDict(other.tensors, file: decoderWeights.path, anchor: "mask_decoder.")
-            for (k, v) in rest where k.hasPrefix("prompt_encoder.") || k.hasPrefix("mask_decoder.") {
-                if tensors[k] == nil { tensors[k] = v }
-            }
+            for (k, v) in try SAMWeights.readDecoder(decoderWeights) where tensors[k] == nil { tensors[k] = v }
         }
-        let config = try detectEncoder(tensors, metadata: file.metadata, file: url.path)
-        guard config.outputChannels == 256 else {
-            throw SAMModelError(file: url.path, reason: "the image encoder gives \(config.outputChannels) channels; SAM's decoder takes 256")
+        let channels = weights.architecture.outputChannels
+        guard channels == 256 else {
+            throw SAMModelError(file: url.path, reason: "the image encoder gives \(channels) channels; SAM's decoder takes 256")
         }
-        let model = SAMModel(encoder: config)
-        let sources = decoderWeights.map { "\(url.path) + \($0.path)" } ?? url.path
-        try model.load(tensors, source: sources)
+        let model = SAMModel(imageEncoder: weights.encoder)
+        for (k, p) in weights.encoder.namedParameters() { tensors["image_encoder." + k] = p.value }
+        try model.load(tensors, source: decoderWeights.map { "\(url.path) + \($0.path)" } ?? url.path)
         return model
-    }
-
-    /// The tensors keyed from `image_encoder.` / `prompt_encoder.` / `mask_decoder.`: unchanged,
-    /// or with one leading prefix removed when every SAM key sits under it (`model.`, `module.`).
-    /// `anchor` is the key prefix that must be present (`image_encoder.`, or `mask_decoder.` for a
-    /// decoder-only source).
-    public static func samStateDict(_ tensors: [String: Tensor], file: String,
-                                    anchor: String = "image_encoder.") throws -> [String: Tensor] {
-        if tensors.keys.contains(where: { $0.hasPrefix(anchor) }) { return tensors }
-        if let key = tensors.keys.sorted().first(where: { $0.contains("." + anchor) }) {
-            let prefix = String(key[..<key.range(of: "." + anchor)!.lowerBound]) + "."
-            var d: [String: Tensor] = [:]
-            for (k, v) in tensors where k.hasPrefix(prefix) { d[String(k.dropFirst(prefix.count))] = v }
-            return d
-        }
-        throw SAMModelError(file: file, reason: "not a SAM checkpoint: no '\(anchor)…' keys among its \(tensors.count) tensors")
-    }
-
-    /// The encoder architecture of a SAM state dict: from the metadata when present, else from
-    /// its keys and shapes.
-    ///
-    /// TinyViT (`image_encoder.patch_embed.seq.…`): stage widths from the patch embedding and the
-    /// PatchMerging outputs, depths from the block counts, heads and windows from each stage's
-    /// `attention_biases` (heads, window²), MLP and MBConv ratios, local conv size and neck width
-    /// from their weights; image size 1024 and the reference's merge-stride rule (shapes cannot
-    /// tell a stride).
-    /// ViT (`image_encoder.patch_embed.proj.…`): width, patch and grid from the patch embedding and
-    /// `pos_embed`, depth from the block count, head width from `rel_pos_h` (columns), window and
-    /// global-attention blocks from its rows (2·window − 1 vs 2·grid − 1); without relative
-    /// positions the head count of SAM B/L/H for that width.
-    public static func detectEncoder(_ tensors: [String: Tensor], metadata: [String: String] = [:],
-                                     file: String = "weights") throws -> SAMEncoderConfig {
-        func fail(_ why: String) -> SAMModelError { SAMModelError(file: file, reason: why) }
-        if let kind = metadata["image_encoder"], let json = metadata["image_encoder_config"] {
-            let data = Data(json.utf8)
-            do {
-                switch kind {
-                case "tiny_vit":
-                    let c = try JSONDecoder().decode(TinyViTConfig.self, from: data)
-                    let p = c.problems()
-                    if !p.isEmpty { throw fail("image_encoder_config: " + p.joined(separator: "; ")) }
-                    return .tinyViT(c)
-                case "vit":
-                    let c = try JSONDecoder().decode(ViTConfig.self, from: data)
-                    let p = c.problems()
-                    if !p.isEmpty { throw fail("image_encoder_config: " + p.joined(separator: "; ")) }
-                    return .vit(c)
-                default:
-                    throw fail("metadata image_encoder '\(kind)' is neither 'tiny_vit' nor 'vit'")
-                }
-            } catch let e as SAMModelError {
-                throw e
-            } catch {
-                throw fail("metadata image_encoder_config is not a valid \(kind) config: \(error)")
-            }
-        }
-        let e = "image_encoder."
-        func shape(_ key: String) -> [Int]? { tensors[e + key]?.shape }
-        func count(_ prefix: String) -> Int {
-            var indices = Set<Int>()
-            for k in tensors.keys where k.hasPrefix(e + prefix) {
-                if let i = Int(k.dropFirst(e.count + prefix.count).prefix { $0 != "." }) { indices.insert(i) }
-            }
-            return indices.isEmpty ? 0 : indices.max()! + 1
-        }
-        if let stem = shape("patch_embed.seq.2.c.weight") {
-            var c = TinyViTConfig()
-            let stages = count("layers.")
-            guard stages >= 2 else { throw fail("TinyViT encoder with \(stages) stage(s); expected at least 2") }
-            var dims = [stem[0]]
-            for i in 1..<stages {
-                guard let s = shape("layers.\(i - 1).downsample.conv3.c.weight") else {
-                    throw fail("TinyViT encoder: missing image_encoder.layers.\(i - 1).downsample.conv3.c.weight")
-                }
-                dims.append(s[0])
-            }
-            c.embedDims = dims
-            c.depths = (0..<stages).map { count("layers.\($0).blocks.") }
-            // Stage 0 (MBConv) has no attention: keep the reference's values there.
-            c.numHeads = [TinyViTConfig.mobileSAM.numHeads[0]]
-            c.windowSizes = [TinyViTConfig.mobileSAM.windowSizes[0]]
-            for i in 1..<stages {
-                if let b = shape("layers.\(i).blocks.0.attn.attention_biases"), b.count == 2 {
-                    let w = Int(Double(b[1]).squareRoot().rounded())
-                    guard w * w == b[1] else { throw fail("layers.\(i) attention_biases \(b): \(b[1]) is not a square window") }
-                    c.numHeads.append(b[0])
-                    c.windowSizes.append(w)
-                } else {
-                    c.numHeads.append(1)
-                    c.windowSizes.append(7)
-                }
-            }
-            if let fc1 = (1..<stages).lazy.compactMap({ i in shape("layers.\(i).blocks.0.mlp.fc1.weight").map { ($0, dims[i]) } }).first {
-                c.mlpRatio = Float(fc1.0[0]) / Float(fc1.1)
-            }
-            if let conv1 = shape("layers.0.blocks.0.conv1.c.weight") { c.mbconvExpandRatio = Float(conv1[0]) / Float(dims[0]) }
-            if let local = (1..<stages).lazy.compactMap({ shape("layers.\($0).blocks.0.local_conv.c.weight") }).first {
-                c.localConvSize = local[2]
-            }
-            if let neck = shape("neck.0.weight") { c.neckChannels = neck[0] }
-            if c.neckChannels != 256 { throw fail("TinyViT encoder gives \(c.neckChannels) channels; SAM's decoder takes 256") }
-            let p = c.problems()
-            if !p.isEmpty { throw fail("detected TinyViT configuration is invalid: " + p.joined(separator: "; ")) }
-            return .tinyViT(c)
-        }
-        if let proj = shape("patch_embed.proj.weight") {
-            var c = ViTConfig()
-            c.embedDim = proj[0]
-            c.inputChannels = proj[1]
-            c.patchSize = proj[2]
-            c.depth = count("blocks.")
-            if let pos = shape("pos_embed") {
-                c.useAbsolutePosition = true
-                c.imageSize = pos[1] * c.patchSize
-            } else {
-                c.useAbsolutePosition = false
-            }
-            let grid = c.imageSize / c.patchSize
-            if let neck = shape("neck.0.weight") { c.outChannels = neck[0] }
-            if c.outChannels != 256 { throw fail("ViT encoder gives \(c.outChannels) channels; SAM's decoder takes 256") }
-            if let lin1 = shape("blocks.0.mlp.lin1.weight") { c.mlpRatio = Double(lin1[0]) / Double(c.embedDim) }
-            if shape("blocks.0.attn.rel_pos_h") != nil {
-                c.useRelativePosition = true
-                var global: [Int] = []
-                var window = 0
-                for i in 0..<c.depth {
-                    guard let r = shape("blocks.\(i).attn.rel_pos_h") else { throw fail("ViT encoder: block \(i) has no rel_pos_h") }
-                    c.numHeads = c.embedDim / r[1]
-                    if r[0] == 2 * grid - 1 { global.append(i) } else { window = (r[0] + 1) / 2 }
-                }
-                c.globalAttentionIndexes = global
-                c.windowSize = window
-            } else {
-                c.useRelativePosition = false
-                switch c.embedDim {
-                case 768: c.numHeads = 12; c.globalAttentionIndexes = ViTConfig.vitB.globalAttentionIndexes
-                case 1024: c.numHeads = 16; c.globalAttentionIndexes = ViTConfig.vitL.globalAttentionIndexes
-                case 1280: c.numHeads = 16; c.globalAttentionIndexes = ViTConfig.vitH.globalAttentionIndexes
-                default: throw fail("ViT encoder of width \(c.embedDim) without relative positions: cannot tell its heads")
-                }
-            }
-            let p = c.problems()
-            if !p.isEmpty { throw fail("detected ViT configuration is invalid: " + p.joined(separator: "; ")) }
-            return .vit(c)
-        }
-        throw fail("unrecognised image encoder: neither TinyViT (image_encoder.patch_embed.seq.…) "
-                   + "nor ViT (image_encoder.patch_embed.proj.…) keys")
     }
 
     /// The image embedding of a preprocessed image: (B, 3, S, S) → (B, 256, S/16, S/16).

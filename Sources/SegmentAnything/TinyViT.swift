@@ -203,3 +203,44 @@ public final class TinyViT: Module {
         return patchEmbed.backward(g, inputGradient: imageGradient)
     }
 }
+
+extension TinyViT {
+    /// Multiply-accumulates of one image's forward pass (convolutions, linears and attention
+    /// products; norms, activations and softmax excluded).
+    public var multiplyAccumulates: Int {
+        let m = self, c = config
+        var macs = 0
+        func conv(_ layer: Conv2d, outputSide: Int) {
+            macs += outputSide * outputSide * layer.outputChannels * (layer.inputChannels / layer.groups) * layer.kernelSize * layer.kernelSize
+        }
+        var side = c.imageSize
+        side = m.patchEmbed.conv1.conv.outputSize(height: side, width: side).height
+        conv(m.patchEmbed.conv1.conv, outputSide: side)
+        side = m.patchEmbed.conv2.conv.outputSize(height: side, width: side).height
+        conv(m.patchEmbed.conv2.conv, outputSide: side)
+        for b in m.convStage.blocks {
+            conv(b.conv1.conv, outputSide: side); conv(b.conv2.conv, outputSide: side); conv(b.conv3.conv, outputSide: side)
+        }
+        func merge(_ d: PatchMerging) {
+            conv(d.conv1.conv, outputSide: side)
+            side = d.outputResolution.height
+            conv(d.conv2.conv, outputSide: side); conv(d.conv3.conv, outputSide: side)
+        }
+        if let d = m.convStage.downsample { merge(d) }
+        for s in m.stages {
+            for b in s.blocks {
+                let L = side * side, C = b.dim, a = b.attn
+                let w = b.windowSize
+                let windows = ((side + w - 1) / w) * ((side + w - 1) / w)
+                let N = a.tokens
+                macs += L * C * a.qkv.outputFeatures + L * a.proj.inputFeatures * C         // qkv, proj (per real token)
+                macs += windows * a.heads * N * N * (a.keyDim + a.valueDim)                 // q·kᵀ, p·v (padded windows)
+                conv(b.localConv.conv, outputSide: side)
+                macs += L * C * b.mlp.fc1.outputFeatures * 2                                // fc1, fc2
+            }
+            if let d = s.downsample { merge(d) }
+        }
+        conv(m.neck.conv1, outputSide: side); conv(m.neck.conv2, outputSide: side)
+        return macs
+    }
+}

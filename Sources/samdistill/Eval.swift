@@ -130,8 +130,8 @@ struct Eval: ParsableCommand {
         options.pointDistance = pointDistance
         // The ground truth is read (and checked) before any weights load.
         let dataset = try annotations.map { try CocoDataset.read(URL(fileURLWithPath: $0)) }
-        let studentWeights = try EncoderWeights.read(URL(fileURLWithPath: student))
-        let encode = try studentWeights.makeEncoder()
+        let studentEncoder = try SAMWeights.readStudent(URL(fileURLWithPath: student)).weights.encoder
+        let encode = { studentEncoder.forward($0, mode: .inference) }
         let model = try SAMModel.load(contentsOf: URL(fileURLWithPath: teacher))
         let evaluator = Evaluator(model: model, options: options)
         evaluator.keepsReportSamples = self.report != nil
@@ -139,7 +139,7 @@ struct Eval: ParsableCommand {
         if let cache {
             let reader = try CacheReader(URL(fileURLWithPath: cache))
             let s: CacheSplit? = split == "all" ? nil : split == "train" ? .train : .val
-            let r = try evaluator.evaluateCache(reader, split: s, maxImages: maxImages, student: encode, studentImageSize: studentWeights.imageSize)
+            let r = try evaluator.evaluateCache(reader, split: s, maxImages: maxImages, student: encode, studentImageSize: studentEncoder.imageSize)
             guard !r.images.isEmpty else { throw ExportError(file: cache, reason: "no complete rows in split '\(split)'") }
             report = EvaluationReport(student: student, teacher: teacher, data: "\(cache) (split \(split))", options: options,
                                       images: r.images, studentSeconds: r.studentSeconds)
@@ -149,7 +149,7 @@ struct Eval: ParsableCommand {
                 throw ExportError(file: annotations, reason: "no image with a non-crowd annotation")
             }
             let r = try gte.evaluateImages(directory: URL(fileURLWithPath: images!), maxImages: maxImages, student: encode,
-                                           studentImageSize: studentWeights.imageSize, protocols: options.prompts.isEmpty ? nil : evaluator)
+                                           studentImageSize: studentEncoder.imageSize, protocols: options.prompts.isEmpty ? nil : evaluator)
             var rep = EvaluationReport(student: student, teacher: teacher, data: "\(images!) with \(annotations)", options: options,
                                        images: r.protocols, studentSeconds: r.studentSeconds, teacherSeconds: r.teacherSeconds)
             rep.groundTruth = GroundTruthReport(annotationsFile: annotations, imagesDirectory: images!, images: r.groundTruth,
@@ -159,7 +159,7 @@ struct Eval: ParsableCommand {
             var (urls, names) = try Evaluator.imageFiles(in: URL(fileURLWithPath: images!))
             if let maxImages { urls = Array(urls.prefix(maxImages)); names = Array(names.prefix(maxImages)) }
             guard !urls.isEmpty else { throw ExportError(file: images!, reason: "no JPEG/PNG images") }
-            let r = try evaluator.evaluateImages(urls, names: names, student: encode, studentImageSize: studentWeights.imageSize)
+            let r = try evaluator.evaluateImages(urls, names: names, student: encode, studentImageSize: studentEncoder.imageSize)
             report = EvaluationReport(student: student, teacher: teacher, data: images!, options: options, images: r.images,
                                       studentSeconds: r.studentSeconds, teacherSeconds: r.teacherSeconds)
         }

@@ -85,7 +85,7 @@ final class RunPipelineTests: XCTestCase {
         XCTAssertEqual(exported.imageSize, 64)
         // Frozen units (freeze: [patch_embed]) left exactly as initialised; the rest trained.
         let initial = try Student.make(config).stateDict()
-        let final = Student.studentWeights(try WeightsFile(contentsOf: run.appendingPathComponent("checkpoints/step-00000004.safetensors")).tensors)
+        let final = try SAMWeights.read(run.appendingPathComponent("checkpoints/step-00000004.safetensors")).encoder.stateDict()
         for (k, v) in initial where k.hasPrefix("patch_embed.") { XCTAssertEqual(final[k]?.data, v.data, "frozen \(k) changed") }
         XCTAssertNotEqual(final["layers.1.blocks.0.mlp.fc1.weight"]?.data, initial["layers.1.blocks.0.mlp.fc1.weight"]?.data)
 
@@ -111,7 +111,7 @@ final class RunPipelineTests: XCTestCase {
         let resumed = try pipeline(config).run()
         XCTAssertEqual(resumed.trainedSteps, 2, "steps 3 and 4 only")
         XCTAssertTrue(resumed.skipped.contains("cache"))
-        let final2 = Student.studentWeights(try WeightsFile(contentsOf: ck.appendingPathComponent("step-00000004.safetensors")).tensors)
+        let final2 = try SAMWeights.read(ck.appendingPathComponent("step-00000004.safetensors")).encoder.stateDict()
         for (k, v) in final { XCTAssertEqual(final2[k]?.data, v.data, "resumed run differs at \(k)") }
         XCTAssertEqual(resumed.after?.summary.map(\.miou), after.summary.map(\.miou))
 

@@ -58,7 +58,7 @@ final class StagedRunTests: XCTestCase {
         let pitlMetrics = try String(contentsOf: dir.appendingPathComponent("run/pitl/metrics.jsonl"), encoding: .utf8)
         XCTAssertTrue(pitlMetrics.contains("teacher_decode"), "the second stage trained with prompt-in-the-loop")
         // The second stage started from the first one's final weights.
-        let mseFinal = Student.studentWeights(try WeightsFile(contentsOf: URL(fileURLWithPath: mse.finalCheckpoint)).tensors)
+        let mseFinal = try SAMWeights.read(URL(fileURLWithPath: mse.finalCheckpoint)).encoder.stateDict()
         for (k, v) in try Student.make(pitl.config).stateDict() { XCTAssertEqual(mseFinal[k]?.data, v.data, k) }
 
         // Again: every step of both stages is up to date.

@@ -105,8 +105,7 @@ final class StudentTests: XCTestCase {
         sc.depths = [1, 1, 2, 1]
         let student = Student(.tinyViT(sc, preset: nil))
         guard case .tinyViT(let net) = student.network else { return XCTFail() }
-        let teacherState = teacher.stateDict().reduce(into: [String: Tensor]()) { $0["image_encoder." + $1.key] = $1.value }
-        let map = try DepthPruning.initialise(net, fromTeacher: teacherState)
+        let map = try DepthPruning.initialise(net, fromTeacher: teacher.stateDict())
         XCTAssertEqual(map["layers.2.blocks.1.attn.qkv.weight"], "layers.2.blocks.2.attn.qkv.weight")
         XCTAssertEqual(map["layers.1.blocks.0.mlp.fc1.bias"], "layers.1.blocks.0.mlp.fc1.bias")
         XCTAssertEqual(map["layers.3.blocks.0.local_conv.c.weight"], "layers.3.blocks.0.local_conv.c.weight")
@@ -151,7 +150,7 @@ final class StudentTests: XCTestCase {
         cfg.teacher.checkpoint = url.path
         cfg.initialisation = .teacherBlocks(blockMap: nil)
         let student = try Student.make(cfg)
-        let t = DepthPruning.encoderWeights(try loadWeights(url).tensors)
+        let t = try SAMWeights.read(url).encoder.stateDict()
         let s = student.stateDict()
         XCTAssertEqual(s["layers.2.blocks.1.attn.qkv.weight"]!.data, t["layers.2.blocks.5.attn.qkv.weight"]!.data)
         XCTAssertEqual(s["layers.1.blocks.0.mlp.fc2.weight"]!.data, t["layers.1.blocks.0.mlp.fc2.weight"]!.data)

@@ -32,8 +32,7 @@ final class SAMModelTests: XCTestCase {
     // MARK: Encoder detection
 
     func testDetectsMobileSAM() throws {
-        let weights = try WeightsFile(contentsOf: try Fixture.mobileSAMCheckpoint())
-        XCTAssertEqual(try SAMModel.detectEncoder(weights.tensors), .tinyViT(.mobileSAM))
+        XCTAssertEqual(try SAMWeights.read(try Fixture.mobileSAMCheckpoint()).architecture, .tinyViT(.mobileSAM))
     }
 
     /// Detection from keys and shapes gives back the configuration a model was built with:
@@ -41,9 +40,9 @@ final class SAMModelTests: XCTestCase {
     /// blocks, window, head count (from rel_pos widths) and image size (from pos_embed).
     func testDetectsConfigurationsFromShapes() throws {
         let tiny = Self.smallTinyViT()
-        XCTAssertEqual(try SAMModel.detectEncoder(SAMModel(encoder: .tinyViT(tiny)).stateDict()), .tinyViT(tiny))
+        XCTAssertEqual(try SAMEncoderConfig.detect(TinyViT(tiny).stateDict(), file: "t"), .tinyViT(tiny))
         let vit = Self.smallViT()
-        XCTAssertEqual(try SAMModel.detectEncoder(SAMModel(encoder: .vit(vit)).stateDict()), .vit(vit))
+        XCTAssertEqual(try SAMEncoderConfig.detect(ImageEncoderViT(vit).stateDict(), file: "t"), .vit(vit))
     }
 
     /// Metadata wins over shapes (it can say what shapes cannot, e.g. merge strides).
@@ -51,10 +50,9 @@ final class SAMModelTests: XCTestCase {
         var tiny = Self.smallTinyViT()
         tiny.mergeStrides = [2, 2, 2]
         let config = SAMEncoderConfig.tinyViT(tiny)
-        let dict = SAMModel(encoder: config).stateDict()
-        XCTAssertEqual(try SAMModel.detectEncoder(dict, metadata: config.metadata), config)
-        XCTAssertNotEqual(try SAMModel.detectEncoder(dict), config, "shapes alone cannot tell merge strides")
-        XCTAssertThrowsError(try SAMModel.detectEncoder(dict, metadata: ["image_encoder": "resnet", "image_encoder_config": "{}"]))
+        XCTAssertEqual(try SAMEncoderConfig(metadata: config.metadata, file: "t"), config)
+        XCTAssertNotEqual(try SAMEncoderConfig.detect(TinyViT(tiny).stateDict(), file: "t"), config, "shapes alone cannot tell merge strides")
+        XCTAssertThrowsError(try SAMEncoderConfig(metadata: ["image_encoder": "resnet", "image_encoder_config": "{}"], file: "t"))
     }
 
     // MARK: Loading files

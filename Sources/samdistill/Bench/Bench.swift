@@ -61,13 +61,6 @@ func medianSeconds(repeats: Int, _ body: () -> Void) -> Double {
     return times[times.count / 2]
 }
 
-/// GFLOP of MobileSAM's encoder (TinyViT-5M) for `batch` images of `imageSize`²: 77.5 per 1024²
-/// image forward (PyTorch's counter, 2 per MAC), scaled by pixels; with `backward`, 3 × forward
-/// (the backward of each product is two products of the same size).
-func mobileSAMEncoderGFLOP(batch: Int, imageSize: Int, backward: Bool) -> Double {
-    77.5 * Double(batch) * Double(imageSize * imageSize) / Double(1024 * 1024) * (backward ? 3 : 1)
-}
-
 /// Prints `object` as one JSON line, with the runtime's fields (kernel, CPU) added.
 func printJSON(_ object: [String: Any]) {
     let object = object.merging(Runtime.fields) { mine, _ in mine }

@@ -14,7 +14,7 @@ func peakResidentMiB() -> Double {
 struct BenchEncoder: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encoder",
-        abstract: "MobileSAM encoder (TinyViT-5M) speed and peak memory: inference, or training forward + backward.",
+        abstract: "Encoder speed and peak memory (MobileSAM's TinyViT-5M, or --checkpoint's): inference, or training forward + backward.",
         discussion: """
             --mode inference runs the forward with nothing kept for backward (what `segment` does); \
             --mode train runs a training-mode forward (batch statistics, activations kept) and the \
@@ -35,7 +35,7 @@ struct BenchEncoder: ParsableCommand {
     @Option(help: "Input side in pixels (MobileSAM: 1024).")
     var imageSize = 1024
 
-    @Option(help: "Real weights (.pt/.pth with `image_encoder.` keys, or an encoder .safetensors); random weights when absent.")
+    @Option(help: "Real weights (a SAM/MobileSAM checkpoint, an exported student or a training checkpoint: TinyViT or conv); random MobileSAM weights when absent.")
     var checkpoint: String?
 
     func validate() throws {
@@ -47,7 +47,6 @@ struct BenchEncoder: ParsableCommand {
         options.apply()
         var rng = SeededRandom(seed: 1)
         let model = try benchEncoder(imageSize: imageSize, checkpoint: checkpoint, rng: &rng)
-        let config = model.config
         let x = Tensor.randomNormal([batch, 3, imageSize, imageSize], rng: &rng)
         let baseline = peakResidentMiB()
         let seconds: Double
@@ -55,8 +54,8 @@ struct BenchEncoder: ParsableCommand {
         case .inference:
             seconds = medianSeconds(repeats: options.repeats) { _ = model.forward(x, mode: .inference) }
         case .train:
-            let R = model.outputResolution
-            let dy = Tensor.randomNormal([batch, config.neckChannels, R, R], std: 1e-3, rng: &rng)
+            let e = model.encoderConfig, R = e.outputResolution
+            let dy = Tensor.randomNormal([batch, e.outputChannels, R, R], std: 1e-3, rng: &rng)
             seconds = medianSeconds(repeats: options.repeats) {
                 model.zeroGradients()
                 _ = model.forward(x, mode: .training)
@@ -64,7 +63,7 @@ struct BenchEncoder: ParsableCommand {
             }
         }
         let peak = peakResidentMiB()
-        let gflop = mobileSAMEncoderGFLOP(batch: batch, imageSize: imageSize, backward: mode == .train)
+        let gflop = encoderGFLOP(model, batch: batch, backward: mode == .train)
         print(String(format: "encoder %@  batch %d  %d×%d  threads %d: median %.3f s  (%.1f GFLOP/s%@)  peak RSS %.0f MiB (weights+input %.0f MiB)",
                      mode.rawValue, batch, imageSize, imageSize, Threads.count, seconds, gflop / seconds,
                      mode == .train ? ", counting backward as 2× forward" : "", peak, baseline))
@@ -77,37 +76,31 @@ struct BenchEncoder: ParsableCommand {
     }
 }
 
-/// Loads a TinyViT encoder's weights from a full MobileSAM checkpoint (keys `image_encoder.…`) or
-/// from a file holding the encoder's own keys; the classification head is ignored.
-/// MobileSAM's TinyViT at `imageSize`: the checkpoint's `image_encoder.` weights when given,
-/// else seeded N(0, 0.02²) weights (what every encoder benchmark runs).
-func benchEncoder(imageSize: Int, checkpoint: String?, rng: inout SeededRandom) throws -> TinyViT {
-    var config = TinyViTConfig.mobileSAM
-    config.imageSize = imageSize
-    let model = TinyViT(config)
-    if let checkpoint {
-        try loadEncoderWeights(model, from: checkpoint)
-    } else {
+/// The encoder a benchmark runs: a checkpoint's (`SAMWeights.read`: MobileSAM, an exported
+/// TinyViT or conv student, a training checkpoint) when given, else MobileSAM's TinyViT at
+/// `imageSize` with seeded N(0, 0.02²) weights (what every encoder benchmark runs).
+func benchEncoder(imageSize: Int, checkpoint: String?, rng: inout SeededRandom) throws -> any TrainableImageEncoder {
+    guard let checkpoint else {
+        var config = TinyViTConfig.mobileSAM
+        config.imageSize = imageSize
+        let model = TinyViT(config)
         for (_, p) in model.namedParameters() where p.isTrainable {
             p.value = .randomNormal(p.value.shape, std: 0.02, rng: &rng)
         }
+        return model
+    }
+    let weights = try SAMWeights.read(URL(fileURLWithPath: checkpoint))
+    guard let model = weights.encoder as? any TrainableImageEncoder else {
+        throw SAMModelError(file: checkpoint, reason: "\(weights.architecture): the benchmarks run trainable encoders (TinyViT, conv students)")
+    }
+    guard model.imageSize == imageSize else {
+        throw SAMModelError(file: checkpoint, reason: "the encoder takes \(model.imageSize)-pixel inputs, not --image-size \(imageSize)")
     }
     return model
 }
 
-func loadEncoderWeights(_ model: TinyViT, from path: String) throws {
-    let w = try WeightsFile(contentsOf: URL(fileURLWithPath: path))
-    let prefix = "image_encoder."
-    var tensors: [String: Tensor] = [:]
-    if w.tensors.keys.contains(where: { $0.hasPrefix(prefix) }) {
-        for (k, v) in w.tensors where k.hasPrefix(prefix) { tensors[String(k.dropFirst(prefix.count))] = v }
-    } else {
-        tensors = w.tensors
-    }
-    do {
-        try model.load(tensors, ignoring: TinyViT.ignoredKeys)
-    } catch var e as WeightLoadingError {
-        e.source = path
-        throw e
-    }
+/// GFLOP of `batch` images through `encoder`: 2 per multiply-accumulate; with `backward`,
+/// 3 × forward (the backward of each product is two products of the same size).
+func encoderGFLOP(_ encoder: any TrainableImageEncoder, batch: Int, backward: Bool) -> Double {
+    2 * Double(encoder.multiplyAccumulates) * Double(batch) / 1e9 * (backward ? 3 : 1)
 }

@@ -51,10 +51,9 @@ struct BenchTrain: ParsableCommand {
         if let config { return try runConfig(try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)) }
         var rng = SeededRandom(seed: 1)
         let model = try benchEncoder(imageSize: imageSize, checkpoint: checkpoint, rng: &rng)
-        let config = model.config
-        let R = model.outputResolution
+        let e = model.encoderConfig, R = e.outputResolution
         let x = Tensor.randomNormal([batch, 3, imageSize, imageSize], rng: &rng)
-        let target = Tensor.randomNormal([batch, config.neckChannels, R, R], rng: &rng)
+        let target = Tensor.randomNormal([batch, e.outputChannels, R, R], rng: &rng)
         let optimiser = AdamW(parameters: model.trainableParameters(), weightDecay: 0.01)
         let baseline = peakResidentMiB()
         var lastLoss = 0.0
@@ -67,7 +66,7 @@ struct BenchTrain: ParsableCommand {
             optimiser.step(learningRate: 1e-4)
         }
         let peak = peakResidentMiB()
-        let gflop = mobileSAMEncoderGFLOP(batch: batch, imageSize: imageSize, backward: true)
+        let gflop = encoderGFLOP(model, batch: batch, backward: true)
         print(String(format: "train step  batch %d  %d×%d  threads %d: median %.3f s per step  (%.1f GFLOP/s)  peak RSS %.0f MiB (weights+inputs %.0f MiB)  loss %.5f",
                      batch, imageSize, imageSize, Threads.count, seconds, gflop / seconds, peak, baseline, lastLoss))
         if options.json {
