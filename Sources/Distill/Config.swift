@@ -101,6 +101,12 @@ public enum StudentConfig: Equatable, Sendable {
         }
     }
 
+    /// The network a run trains (the one place a student family is registered besides its
+    /// config keys and `SAMEncoderConfig`).
+    public func makeNetwork() -> any TrainableImageEncoder {
+        switch self { case .tinyViT(let c, _): TinyViT(c); case .conv(let c): ConvStudent(c) }
+    }
+
     /// The architecture as weights files name it (`SAMEncoderConfig.metadata`).
     public var encoderConfig: SAMEncoderConfig {
         switch self { case .tinyViT(let c, _): .tinyViT(c); case .conv(let c): .conv(c) }

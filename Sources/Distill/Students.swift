@@ -10,63 +10,38 @@ import Tensor
 
 // MARK: - Student wrapper
 
-/// The student of a run: a TinyViT or a ConvStudent behind one interface.
+/// The student of a run: any trainable SAM encoder (`TrainableImageEncoder`) with its config.
 public final class Student: Module {
-    public enum Network {
-        case tinyViT(TinyViT)
-        case conv(ConvStudent)
-    }
-
     public let config: StudentConfig
-    public let network: Network
+    public let network: any TrainableImageEncoder
 
     /// Builds the architecture with every parameter as its constructor leaves it (zeros for
     /// convolutions and linears): call `initialiseRandomly`, `DepthPruning.initialise` or
     /// `load` next.
     public init(_ config: StudentConfig) {
         self.config = config
-        switch config {
-        case .tinyViT(let c, _): network = .tinyViT(TinyViT(c))
-        case .conv(let c): network = .conv(ConvStudent(c))
-        }
+        network = config.makeNetwork()
     }
 
-    public var module: Module {
-        switch network { case .tinyViT(let m): m; case .conv(let m): m }
-    }
-
-    public func namedParameters() -> [(String, Parameter)] { module.namedParameters() }
+    public func namedParameters() -> [(String, Parameter)] { network.namedParameters() }
 
     public var imageSize: Int { config.imageSize }
     /// (channels, side) of the embedding.
     public var outputShape: (channels: Int, side: Int) { config.outputShape }
 
     /// image: (B, 3, S, S) -> embedding (B, 256, S/16, S/16)
-    public func forward(_ image: Tensor, mode: ForwardMode) -> Tensor {
-        switch network {
-        case .tinyViT(let m): m.forward(image, mode: mode)
-        case .conv(let m): m.forward(image, mode: mode)
-        }
-    }
+    public func forward(_ image: Tensor, mode: ForwardMode) -> Tensor { network.forward(image, mode: mode) }
 
     /// dEmbedding -> dImage (an empty tensor with `imageGradient: false`, as training uses it);
     /// accumulates every parameter gradient.
     @discardableResult
     public func backward(_ dy: Tensor, imageGradient: Bool = true) -> Tensor {
-        switch network {
-        case .tinyViT(let m): m.backward(dy, imageGradient: imageGradient)
-        case .conv(let m): m.backward(dy, imageGradient: imageGradient)
-        }
+        network.backward(dy, imageGradient: imageGradient)
     }
 
     /// Floating-point operations of one image's forward pass: 2 × multiply-accumulates of the
     /// convolutions, linears and attention products (norms, activations, softmax excluded).
-    public var forwardFLOPs: Int {
-        switch network {
-        case .tinyViT(let m): 2 * m.multiplyAccumulates
-        case .conv(let m): 2 * m.multiplyAccumulates
-        }
-    }
+    public var forwardFLOPs: Int { 2 * network.multiplyAccumulates }
 
     /// PyTorch's initialisation of the same modules, drawn from `rng`:
     /// - TinyViT (MobileSAM's `TinyViT._init_weights`): Linear weights trunc_normal(std 0.02,
@@ -216,7 +191,7 @@ extension Student {
             var rng = SeededRandom(seed: config.seed)
             student.initialiseRandomly(rng: &rng)
         case .teacherBlocks(let blockMap):
-            guard case .tinyViT(let net) = student.network else {
+            guard let net = student.network as? TinyViT else {
                 throw DepthPruning.IncompatibleError(problems: ["init.type: teacher_blocks needs a tinyvit student"])
             }
             guard let path = config.teacher.checkpoint else {
@@ -229,13 +204,13 @@ extension Student {
             let w = try SAMWeights.read(URL(fileURLWithPath: path), architecture: config.student.encoderConfig)
             try student.load(w.encoder.stateDict())
         }
-        if case .tinyViT(let net) = student.network { net.frozenUnits = config.freeze.count }
+        if let net = student.network as? TinyViT { net.frozenUnits = config.freeze.count }
         return student
     }
 
     /// Whether the parameter `key` belongs to a frozen unit (`RunConfig.freeze`).
     public func isFrozen(_ key: String) -> Bool {
-        guard case .tinyViT(let net) = network else { return false }
+        guard let net = network as? TinyViT else { return false }
         return net.unitPrefixes.prefix(net.frozenUnits).contains { key.hasPrefix($0) }
     }
 }

@@ -104,7 +104,7 @@ final class StudentTests: XCTestCase {
         var sc = Self.smallTinyViT
         sc.depths = [1, 1, 2, 1]
         let student = Student(.tinyViT(sc, preset: nil))
-        guard case .tinyViT(let net) = student.network else { return XCTFail() }
+        guard let net = student.network as? TinyViT else { return XCTFail() }
         let map = try DepthPruning.initialise(net, fromTeacher: teacher.stateDict())
         XCTAssertEqual(map["layers.2.blocks.1.attn.qkv.weight"], "layers.2.blocks.2.attn.qkv.weight")
         XCTAssertEqual(map["layers.1.blocks.0.mlp.fc1.bias"], "layers.1.blocks.0.mlp.fc1.bias")
@@ -124,14 +124,14 @@ final class StudentTests: XCTestCase {
         var wider = Self.smallTinyViT
         wider.embedDims = [16, 32, 48, 96]
         wider.depths = [1, 1, 1, 1]
-        guard case .tinyViT(let w) = Student(.tinyViT(wider, preset: nil)).network else { return XCTFail() }
+        guard let w = Student(.tinyViT(wider, preset: nil)).network as? TinyViT else { return XCTFail() }
         XCTAssertThrowsError(try DepthPruning.initialise(w, fromTeacher: teacher)) { e in
             let d = (e as? DepthPruning.IncompatibleError)?.problems ?? []
             XCTAssertTrue(d.contains("layers.3.blocks.0.attn.qkv.weight [288, 96] ← teacher layers.3.blocks.0.attn.qkv.weight [192, 64]: shapes differ"), "\(d)")
         }
         var deeper = Self.smallTinyViT
         deeper.depths = [1, 3, 3, 2]
-        guard case .tinyViT(let dn) = Student(.tinyViT(deeper, preset: nil)).network else { return XCTFail() }
+        guard let dn = Student(.tinyViT(deeper, preset: nil)).network as? TinyViT else { return XCTFail() }
         XCTAssertThrowsError(try DepthPruning.initialise(dn, fromTeacher: teacher)) { e in
             XCTAssertTrue("\(e)".contains("student.depths[1]: 3 blocks, but teacher stage 1 has only 2"), "\(e)")
         }
@@ -182,7 +182,7 @@ final class StudentTests: XCTestCase {
         let y = s.forward(Tensor.randomNormal([2, 3, 64, 64], rng: &rng), mode: .inference)
         XCTAssertEqual(y.shape, [2, 8, 4, 4])
         // stem 3×3 s2: 32²·4·3·9; head 1×1: 4²·8·6
-        guard case .conv(let net) = s.network else { return XCTFail() }
+        guard let net = s.network as? ConvStudent else { return XCTFail() }
         XCTAssertGreaterThan(net.multiplyAccumulates, 32 * 32 * 4 * 3 * 9 + 16 * 8 * 6)
         XCTAssertEqual(s.forwardFLOPs, 2 * net.multiplyAccumulates)
         let keys = s.namedParameters().map(\.0)
