@@ -257,6 +257,9 @@ public struct RunConfig: Equatable, Sendable {
     /// Leading student units kept frozen (`patch_embed`, `layers.0`, … for TinyViT, in order from
     /// the input): they run as in inference, get no backward pass and are not optimised.
     public var freeze: [String] = []
+    /// `stage_loss: {weight: W}`: also pull every trainable TinyViT stage output towards the
+    /// teacher's (relative MSE, teacher run alongside); 0: off.
+    public var stageLossWeight = 0.0
     public var export = ExportConfig()
     /// The stages `samdistill run` chains (empty: one run of this config); each a complete config.
     public var stages: [RunStage] = []
@@ -433,6 +436,13 @@ extension RunConfig {
             case .conv:
                 if !f.isEmpty { r.problem("freeze", "freezing is implemented for tinyvit students only") }
             }
+        }
+        if let s = r.object("stage_loss") {
+            stageLossWeight = s.double("weight") ?? 1
+            if !(stageLossWeight >= 0) { s.problem("weight", "must be non-negative, got \(stageLossWeight)") }
+            if case .conv = student, stageLossWeight > 0 { s.problem("weight", "stage_loss needs a tinyvit student") }
+            if teacher.checkpoint == nil, stageLossWeight > 0 { r.problem("teacher", "checkpoint is required by stage_loss") }
+            s.finish()
         }
         outputDir = r.string("output_dir") ?? d.outputDir
         // The schedule last: its total_steps defaults to the run's steps.
@@ -767,6 +777,7 @@ extension RunConfig {
             ("export", map([("path", n(export.path)), ("half", n(export.half)), ("full", n(export.full))])),
             ("output_dir", n(outputDir)),
             ("freeze", strings(freeze)),
+            ("stage_loss", stageLossWeight > 0 ? map([("weight", n(stageLossWeight))]) : nil),
         ])
         return try Yams.serialize(node: root, sortKeys: false)
     }

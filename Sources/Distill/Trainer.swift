@@ -67,6 +67,8 @@ public final class Trainer {
     public let totalSteps: Int
     /// The prompt-in-the-loop loss (teacher's prompt encoder and decoder), when the config asks for it.
     public let promptLoop: PromptInTheLoop?
+    /// With `stage_loss`: the teacher TinyViT whose stage outputs the student's are pulled towards.
+    let stageTeacher: TinyViT?
 
     /// Steps completed (optimiser updates applied).
     public private(set) var step = 0
@@ -128,6 +130,43 @@ public final class Trainer {
         } else {
             self.promptLoop = nil
         }
+        stageTeacher = config.stageLossWeight > 0 ? try Self.stageTeacher(config, student: student) : nil
+    }
+
+    /// The teacher encoder of `stage_loss`: a TinyViT with the student's stage output shapes.
+    static func stageTeacher(_ config: RunConfig, student: Student) throws -> TinyViT {
+        guard let path = config.teacher.checkpoint else {
+            throw ConfigError(["teacher: checkpoint is required by stage_loss (the teacher's stage outputs)"])
+        }
+        guard let s = student.network as? TinyViT else { throw ConfigError(["stage_loss: needs a tinyvit student"]) }
+        guard let t = try SAMWeights.read(URL(fileURLWithPath: path)).encoder as? TinyViT,
+              t.config.embedDims == s.config.embedDims, t.config.imageSize == s.config.imageSize else {
+            throw ConfigError(["stage_loss: the teacher \(path) must be a TinyViT with the student's widths \(s.config.embedDims)"])
+        }
+        t.recordsStageOutputs = true
+        s.recordsStageOutputs = true
+        return t
+    }
+
+    /// `stage_loss`: Σ over the student's trainable stage outputs k of weight · ‖s_k − t_k‖² / ‖t_k‖²
+    /// (MSE relative to the teacher output's mean square, so every stage counts alike); sets the
+    /// gradients the student's next backward adds at those outputs (scaled by `gradientScale`).
+    func addStageLoss(to l: inout LossResult, images: Tensor, gradientScale: Float, phases: inout [String: Double]) {
+        guard let teacher = stageTeacher, let s = student.network as? TinyViT else { return }
+        let clock = Date()
+        _ = teacher.forward(images, mode: .inference)
+        var grads: [Tensor?] = []
+        for (k, (so, to)) in zip(s.stageOutputs, teacher.stageOutputs).enumerated() {
+            guard k + 1 >= s.frozenUnits else { grads.append(nil); continue }  // unit k+1 = layers.k
+            let meanSquare = to.data.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(to.count)
+            var m = mseLoss(so, to)
+            let w = config.stageLossWeight / max(meanSquare, 1e-12)
+            l.value += w * m.value
+            m.gradient.scale(by: Float(w) * gradientScale)
+            grads.append(m.gradient)
+        }
+        s.stageGradients = grads
+        phases["stage_loss", default: 0] += Date().timeIntervalSince(clock)
     }
 
     /// The resolved configuration (steps resolved from epochs, schedule total_steps filled).
@@ -205,6 +244,7 @@ public final class Trainer {
                 guard l.value.isFinite else {
                     throw TrainerError.nonFinite(step: step + 1, what: "loss", value: l.value)
                 }
+                addStageLoss(to: &l, images: batch.images, gradientScale: 1 / Float(A), phases: &phases)
                 lossSum += l.value
                 if A > 1 { l.gradient.scale(by: 1 / Float(A)) }
                 clock = Date()

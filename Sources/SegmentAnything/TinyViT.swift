@@ -165,6 +165,15 @@ public final class TinyViT: Module {
     /// Output grid side (64 for 1024×1024 inputs).
     public var outputResolution: Int { config.stageResolutions.last! }
 
+    /// Stage taps for intermediate-feature distillation: with `recordsStageOutputs`, `forward`
+    /// keeps the output of every stage unit (layers.0 … layers.N, downsample included, as tokens
+    /// (B, L, C)) in `stageOutputs`; `backward` adds `stageGradients[k]` (when present) to the
+    /// gradient arriving at output k, then clears them. A depth-pruned student and its teacher
+    /// have the same stage outputs' shapes.
+    public var recordsStageOutputs = false
+    public private(set) var stageOutputs: [Tensor] = []
+    public var stageGradients: [Tensor?] = []
+
     /// image: (B, 3, S, S) normalised and padded -> embedding (B, neck, S/16, S/16)
     public func forward(_ image: Tensor, mode: ForwardMode) -> Tensor {
         let S = config.imageSize
@@ -172,12 +181,15 @@ public final class TinyViT: Module {
                      "TinyViT: expected (B, \(config.inputChannels), \(S), \(S)), got \(image.shape)")
         let B = image.shape[0]
         func unitMode(_ u: Int) -> ForwardMode { u < frozenUnits ? .inference : mode }
+        stageOutputs = []
         var x = patchEmbed.forward(image, mode: unitMode(0))            // (B, C0, S/4, S/4)
         for b in convStage.blocks { x = b.forward(x, mode: unitMode(1)) }
         if let d = convStage.downsample { x = d.forward(x, mode: unitMode(1)) }  // (B, L1, C1)
+        if recordsStageOutputs { stageOutputs.append(x) }
         for (i, s) in stages.enumerated() {
             for b in s.blocks { x = b.forward(x, mode: unitMode(i + 2)) }
             if let d = s.downsample { x = d.forward(x, mode: unitMode(i + 2)) }
+            if recordsStageOutputs { stageOutputs.append(x) }
         }
         let R = outputResolution, C = config.embedDims.last!
         // tokens (B, R·R, C) -> (B, C, R, R)
@@ -190,13 +202,20 @@ public final class TinyViT: Module {
     /// so it does with `imageGradient: false` (training: the first conv's input gradient is skipped).
     @discardableResult
     public func backward(_ dy: Tensor, imageGradient: Bool = true) -> Tensor {
+        let extra = stageGradients
+        stageGradients = []
+        func addStageGradient(_ k: Int, _ g: inout Tensor) {
+            if k < extra.count, let e = extra[k] { g.add(e) }
+        }
         var g = ConvLayout.mapToTokens(neck.backward(dy))  // (B, L, C)
         for (i, s) in stages.enumerated().reversed() {
             if i + 2 < frozenUnits { return Tensor(zeros: [0]) }
+            addStageGradient(i + 1, &g)
             if let d = s.downsample { g = d.backward(g) }
             for b in s.blocks.reversed() { g = b.backward(g) }
         }
         if frozenUnits > 1 { return Tensor(zeros: [0]) }
+        addStageGradient(0, &g)
         if let d = convStage.downsample { g = d.backward(g) }
         for b in convStage.blocks.reversed() { g = b.backward(g) }
         if frozenUnits > 0 { return Tensor(zeros: [0]) }
