@@ -27,7 +27,8 @@ import Yams
 //                   bce_weight: 1.0, dice_weight: 1.0, embedding_weight: 0.0}
 //                  (EdgeSAM: the student's masks through the teacher's frozen prompt encoder and mask
 //                  decoder, from teacher.checkpoint, learn the teacher's masks for K sampled point / box
-//                  prompts per image (box with probability box_fraction), plus correction_rounds (0 or 1)
+//                  prompts per image (box with probability box_fraction; from the cache's everything-masks
+//                  when it has them, data.everything_masks, else from random points), plus correction_rounds (0 or 1)
 //                  rounds with a point where they disagree; BCE + Dice on the 256² low-res logits with
 //                  these weights, plus embedding_weight · MSE of the embeddings. PromptInTheLoop.swift)
 //     optimizer:   {type: adamw, lr: …, beta1, beta2, eps, weight_decay, max_grad_norm}

@@ -734,16 +734,18 @@ public final class FeatureCacheBuilder {
                 t = Date()
                 let y = teacher.encode(p.input)
                 teacherSeconds += Date().timeIntervalSince(t)
-                t = Date()
-                let masks: EverythingRow?
-                do { masks = try everything.map { try $0.masks(image: p.image, embedding: y) } } catch {
-                    // Stop the other two threads (rows already written stay complete), then report.
-                    encoded.close()
-                    done.wait()
-                    produced.close()
-                    throw CacheError("\(plan[p.row].source) (row \(p.row)): \(error)")
+                var masks: EverythingRow?
+                if let everything {
+                    t = Date()
+                    do { masks = try everything.masks(image: p.image, embedding: y) } catch {
+                        // Stop the other two threads (rows already written stay complete), then report.
+                        encoded.close()
+                        done.wait()
+                        produced.close()
+                        throw CacheError("\(plan[p.row].source) (row \(p.row)): \(error)")
+                    }
+                    everythingSeconds += Date().timeIntervalSince(t)
                 }
-                everythingSeconds += Date().timeIntervalSince(t)
                 out = .row(Encoded(prepared: Prepared(row: p.row, image: p.image, input: Tensor(zeros: [0]),
                                                       originalSize: p.originalSize, params: p.params), embedding: y,
                                    everything: masks))
