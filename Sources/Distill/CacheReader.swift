@@ -32,6 +32,8 @@ public struct CacheBatch: Sendable {
     public let validSizes: [ImageSize]
     /// Each row's decoded image size (for mapping prompts and masks back).
     public let originalSizes: [ImageSize]
+    /// Each row's teacher everything-masks (low-res grid), nil when the cache has none.
+    public var everythingMasks: [[EverythingMask]]? = nil
 }
 
 /// Reads a feature cache (one file, or a sharded index) as one row space: random access by
@@ -56,6 +58,8 @@ public final class CacheReader {
     public let views: Int
     /// Root attributes of the index (or single file).
     public let attributes: [String: HDF5AttributeValue]
+    /// L of the everything-masks' L×L grid, nil when the cache holds none.
+    public let everythingMaskSize: Int?
 
     private struct Part {
         let writer: CacheFileWriter
@@ -105,6 +109,14 @@ public final class CacheReader {
         teacher = attrs["teacher"]?.stringValue ?? "?"
         teacherSHA256 = attrs["teacher_sha256"]?.stringValue ?? ""
         views = attrs["views"]?.intValue ?? 1
+        if attrs["everything_masks"] != nil {
+            guard let m = attrs["everything_mask_size"]?.doublesValue, m.count == 2, m[0] == m[1], m[0] >= 1 else {
+                throw fail("root attribute 'everything_mask_size' must be [L, L] when 'everything_masks' is set")
+            }
+            everythingMaskSize = Int(m[0])
+        } else {
+            everythingMaskSize = nil
+        }
 
         var files: [HDF5File] = []
         if case .strings(let names)? = attrs["shards"] {
@@ -138,6 +150,14 @@ public final class CacheReader {
             try expect(w.view, [], [.int32, .int64])
             try expect(w.split, [], [.uint8, .int32, .int64])
             try expect(w.complete, [], [.uint8])
+            if everythingMaskSize != nil {
+                guard let e = w.everything else {
+                    throw FormatError(file: f.filePath, reason: "root attribute 'everything_masks' is set but dataset 'everything_masks' is missing")
+                }
+                let M = e[2].rowCount
+                let shapes = [[], [], [M], [e[3].rowCount], [M], [M]], types: [HDF5ElementType] = [.int32, .int32, .int32, .int32, .float32, .float32]
+                for i in e.indices { try expect(e[i], shapes[i], [types[i]]) }
+            }
             guard case .string? = w.source.elementType else {
                 throw FormatError(file: f.filePath, reason: "dataset 'source' must hold fixed-length strings (h5py dtype 'S<n>'), found \(w.source.typeName)")
             }
@@ -214,6 +234,31 @@ public final class CacheReader {
                         split: CacheSplit(rawValue: try w.split.readInts(rows: local, count: 1)[0]) ?? .train)
     }
 
+    /// The teacher everything-masks of a complete row (nil when the cache has none). Stored counts
+    /// that do not make L×L masks are an error naming the file and the row.
+    public func everythingMasks(_ row: Int) throws -> [EverythingMask]? {
+        guard let L = everythingMaskSize else { return nil }
+        let (w, local) = try locate(row)
+        let d = w.everything!
+        func bad(_ why: String) -> FormatError { FormatError(file: w.file.filePath, reason: "row \(local): everything masks: \(why)") }
+        let n = try d[0].readInts(rows: local, count: 1)[0]
+        let lengths = try d[2].readInts(rows: local, count: 1), counts = try d[3].readInts(rows: local, count: 1)
+        let iou = try d[4].readFloats(rows: local, count: 1), stability = try d[5].readFloats(rows: local, count: 1)
+        guard (0...lengths.count).contains(n) else { throw bad("\(n) masks, the row holds at most \(lengths.count)") }
+        var masks: [EverythingMask] = [], start = 0
+        for i in 0..<n {
+            let c = lengths[i]
+            guard c >= 1, start + c <= counts.count else { throw bad("mask \(i) has \(c) counts from \(start), of \(counts.count)") }
+            let runs = Array(counts[start..<(start + c)])
+            guard runs.allSatisfy({ $0 >= 0 }), runs.reduce(0, +) == L * L else {
+                throw bad("mask \(i)'s counts add up to \(runs.reduce(0, +)), an \(L)×\(L) mask needs \(L * L)")
+            }
+            masks.append(EverythingMask(rle: MaskRLE(height: L, width: L, counts: runs), predictedIoU: iou[i], stabilityScore: stability[i]))
+            start += c
+        }
+        return masks
+    }
+
     /// Images (normalised + padded) and embeddings of `rows`, in that order.
     public func batch(rows: [Int]) throws -> CacheBatch {
         let B = rows.count, S = imageSize
@@ -234,7 +279,9 @@ public final class CacheReader {
             let os = try w.originalSize.readInts(rows: local, count: 1)
             original.append(ImageSize(height: os[0], width: os[1]))
         }
-        return CacheBatch(rows: rows, images: images, embeddings: embeddings, validSizes: valid, originalSizes: original)
+        var batch = CacheBatch(rows: rows, images: images, embeddings: embeddings, validSizes: valid, originalSizes: original)
+        if everythingMaskSize != nil { batch.everythingMasks = try rows.map { try everythingMasks($0)! } }
+        return batch
     }
 
     /// Reads `batches` in order on a background thread, at most `depth` ahead of the consumer.

@@ -26,7 +26,7 @@ public final class CacheTrainingData: TrainingData {
     /// Reads the rows as one batch; `seed` is unused: augmentation was applied when caching
     /// (`--views`), so the same rows always give the same batch.
     public func batch(_ rows: [Int], seed: UInt64) throws -> TrainingBatch {
-        var images: [Tensor] = [], targets: [Tensor] = [], regions: [ValidRegion] = []
+        var images: [Tensor] = [], targets: [Tensor] = [], regions: [ValidRegion] = [], masks: [[MaskRLE]] = []
         // Group consecutive rows by cache to read each cache's rows in one call.
         var i = 0
         while i < rows.count {
@@ -36,13 +36,16 @@ public final class CacheTrainingData: TrainingData {
             let reader = readers[cache]
             let b = try reader.batch(rows: rows[i..<j].map { samples[$0].row })
             images.append(b.images); targets.append(b.embeddings)
+            masks += b.everythingMasks?.map { $0.map(\.rle) } ?? Array(repeating: [], count: j - i)
             let grid = reader.embeddingShape[1]
             regions += b.validSizes.map {
                 ValidRegion.embedding(resizedHeight: $0.height, resizedWidth: $0.width, inputSize: reader.imageSize, gridSize: grid)
             }
             i = j
         }
-        return TrainingBatch(images: Self.concatenate(images), targets: Self.concatenate(targets), validRegions: regions)
+        let anyMasks = readers.contains { $0.everythingMaskSize != nil }
+        return TrainingBatch(images: Self.concatenate(images), targets: Self.concatenate(targets), validRegions: regions,
+                             everythingMasks: anyMasks ? masks : nil)
     }
 
     static func concatenate(_ parts: [Tensor]) -> Tensor {

@@ -11,6 +11,13 @@ import Yams
 // overrides any key before decoding (v is read as a YAML scalar or flow value).
 //
 //     data:        {train: [cache.h5, …], train_split: train, val_split: val, val_fraction: 0.0, val_list: FILE}
+//                  cache building (`samdistill cache --config`, `run`): images: DIR, image_list: FILE, views: 1, cache_dtype: f16,
+//                  everything_masks: {points_per_side: 16, fast: true, pred_iou_thresh: 0.88, stability_score_thresh: 0.95,
+//                   box_nms_thresh: 0.7, max_masks: 64, max_counts: 32768}
+//                  (absent: none; `{}`: these defaults. Each row also stores the teacher's everything-masks,
+//                  SAM's automatic mask generator on the row's image decoding its teacher embedding, on the
+//                  256² low-res grid as RLE, at most max_masks masks / max_counts RLE counts a row;
+//                  prompt_in_the_loop then samples its prompts from them. EverythingMasks.swift)
 //     teacher:     {checkpoint: weights/mobile_sam.pt}
 //     student:     {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], …}   (TinyViTConfig keys)
 //                  {type: conv, image_size: 1024, stem_channels: 32, channels: [...], blocks: [...], strides: [...], …}
@@ -20,7 +27,8 @@ import Yams
 //                   bce_weight: 1.0, dice_weight: 1.0, embedding_weight: 0.0}
 //                  (EdgeSAM: the student's masks through the teacher's frozen prompt encoder and mask
 //                  decoder, from teacher.checkpoint, learn the teacher's masks for K sampled point / box
-//                  prompts per image (box with probability box_fraction), plus correction_rounds (0 or 1)
+//                  prompts per image (box with probability box_fraction; from the cache's everything-masks
+//                  when it has them, data.everything_masks, else from random points), plus correction_rounds (0 or 1)
 //                  rounds with a point where they disagree; BCE + Dice on the 256² low-res logits with
 //                  these weights, plus embedding_weight · MSE of the embeddings. PromptInTheLoop.swift)
 //     optimizer:   {type: adamw, lr: …, beta1, beta2, eps, weight_decay, max_grad_norm}
@@ -67,10 +75,12 @@ public struct DataConfig: Codable, Equatable, Sendable {
     public var views: Int = 1
     /// Embedding storage in the cache: `f16` or `f32`.
     public var cacheDType: String = "f16"
+    /// The teacher's everything-masks stored with each cache row (nil: none).
+    public var everythingMasks: EverythingMaskSettings? = nil
 
     enum CodingKeys: String, CodingKey {
         case train, trainSplit = "train_split", valSplit = "val_split", valFraction = "val_fraction", valList = "val_list"
-        case images, imageList = "image_list", views, cacheDType = "cache_dtype"
+        case images, imageList = "image_list", views, cacheDType = "cache_dtype", everythingMasks = "everything_masks"
     }
     public init() {}
 }
@@ -498,6 +508,19 @@ extension DataConfig {
             cacheDType = d
             if !["f16", "f32"].contains(d) { r.problem("cache_dtype", "must be f16 or f32, got '\(d)'") }
         }
+        if let e = r.object("everything_masks") {
+            var m = EverythingMaskSettings()
+            m.pointsPerSide = e.int("points_per_side") ?? m.pointsPerSide
+            m.fast = e.bool("fast") ?? m.fast
+            m.predIoUThresh = e.double("pred_iou_thresh") ?? m.predIoUThresh
+            m.stabilityScoreThresh = e.double("stability_score_thresh") ?? m.stabilityScoreThresh
+            m.boxNMSThresh = e.double("box_nms_thresh") ?? m.boxNMSThresh
+            m.maxMasks = e.int("max_masks") ?? m.maxMasks
+            m.maxCounts = e.int("max_counts") ?? m.maxCounts
+            m.problems().forEach(e.problemText)
+            e.finish()
+            everythingMasks = m
+        }
     }
 }
 
@@ -759,7 +782,12 @@ extension RunConfig {
             ("data", map([("train", strings(data.train)), ("train_split", n(data.trainSplit)),
                           ("val_split", data.valSplit.map { n($0) } ?? null), ("val_fraction", n(data.valFraction)),
                           ("val_list", data.valList.map { n($0) }), ("images", data.images.map { n($0) }), ("image_list", data.imageList.map { n($0) }),
-                          ("views", n(data.views)), ("cache_dtype", n(data.cacheDType))])),
+                          ("views", n(data.views)), ("cache_dtype", n(data.cacheDType)),
+                          ("everything_masks", data.everythingMasks.map { m in
+                              map([("points_per_side", n(m.pointsPerSide)), ("fast", n(m.fast)), ("pred_iou_thresh", n(m.predIoUThresh)),
+                                   ("stability_score_thresh", n(m.stabilityScoreThresh)), ("box_nms_thresh", n(m.boxNMSThresh)),
+                                   ("max_masks", n(m.maxMasks)), ("max_counts", n(m.maxCounts))])
+                          })])),
             ("teacher", map([("checkpoint", teacher.checkpoint.map { n($0) })])),
             ("student", student),
             ("init", initNode),

@@ -23,6 +23,18 @@ import Tensor
 /// `source`, `view` and `split` (the plan) are written when the file is created; a row whose
 /// `complete` is 0 holds no valid data (not yet computed, or its file could not be decoded).
 ///
+/// Optional, with `--everything-masks` / `data.everything_masks` (EverythingMasks.swift): the
+/// teacher's everything-masks of each row on the L×L low-res grid of the padded input (L = S/4),
+/// as COCO uncompressed RLE (column-major run lengths, starting with a run of zeros), in fixed
+/// per-row capacity (M = max_masks, K = max_counts). Root attributes `everything_masks` (the
+/// generator settings, JSON), `everything_mask_size` ([L, L]) and `everything_rle` (the encoding).
+/// - `everything_masks`     int32 (N,): masks stored in the row
+/// - `everything_dropped`   int32 (N,): generated masks not stored (over M or K, or empty at L×L)
+/// - `everything_rle_lengths` int32 (N, M): counts of each stored mask (0 after the last)
+/// - `everything_rle_counts`  int32 (N, K): the masks' counts, concatenated (0 after the last)
+/// - `everything_iou`, `everything_stability` float32 (N, M): predicted IoU, stability score
+/// Mask i of row r: counts[r, sum(lengths[r, :i]) ..< sum(lengths[r, :i+1])].
+///
 /// Sharded caches (`--shard-size`): the file named by the user is an index holding the same root
 /// attributes plus `shards` (file names relative to the index) and `shard_rows`; each shard is a
 /// full cache file of this schema. `CacheReader` opens either as one row space.
@@ -32,6 +44,11 @@ public enum CacheSchema {
     public static let datasets = ["image", "embedding", "original_size", "resized_size", "source", "view",
                                   "view_params", "split", "complete"]
     public static let splitNames = ["train", "val"]
+    /// Present together, or not at all.
+    public static let everythingDatasets = ["everything_masks", "everything_dropped", "everything_rle_lengths",
+                                            "everything_rle_counts", "everything_iou", "everything_stability"]
+    public static let everythingRLE = "coco_uncompressed_rle: run lengths over the column-major (Fortran order) flattening, "
+        + "starting with a run of 0s (pycocotools 'counts' list); grid: the padded input at 1/4 resolution"
 }
 
 /// Where the train/val split comes from.
@@ -89,6 +106,9 @@ public struct CacheSettings: Equatable, Sendable {
     public var seed: Int
     public var augmentation: String
     public var split: String
+    /// The everything-masks' settings and L (the low-res grid's side), nil and 0 without them.
+    public var everything: EverythingMaskSettings? = nil
+    public var everythingMaskSize = 0
 
     public init(teacher: CacheTeacher, embeddingDType: String, views: Int, seed: Int,
                 augmentation: Augmentation, split: SplitRule) {
@@ -121,6 +141,11 @@ public struct CacheSettings: Equatable, Sendable {
         try o.setAttribute("seed", seed)
         try o.setAttribute("augmentation", augmentation)
         try o.setAttribute("split", split)
+        if let everything {
+            try o.setAttribute("everything_masks", everything.json)
+            try o.setAttribute("everything_mask_size", ints: [everythingMaskSize, everythingMaskSize])
+            try o.setAttribute("everything_rle", CacheSchema.everythingRLE)
+        }
     }
 
     /// Differences between these settings and a file's attributes, one line each, naming the
@@ -153,6 +178,11 @@ public struct CacheSettings: Equatable, Sendable {
         try n("seed", [Double(seed)])
         try s("augmentation", augmentation)
         try s("split", split)
+        let theirs = try o.attribute("everything_masks")?.stringValue ?? ""
+        if theirs != everything?.json ?? "" {
+            func text(_ v: String) -> String { v.isEmpty ? "none" : v }
+            d.append("everything_masks: cache has \(text(theirs)), this run \(text(everything?.json ?? ""))")
+        }
         return d
     }
 }
@@ -183,6 +213,8 @@ public struct CacheOptions: Sendable {
     /// Progress lines on stderr.
     public var progress = true
     public var augmentation = Augmentation()
+    /// Also store each row's teacher everything-masks (FeatureCacheBuilder's `everything`).
+    public var everythingMasks: EverythingMaskSettings? = nil
 
     public init(images: URL, output: URL) {
         self.images = images
@@ -218,6 +250,11 @@ public struct CacheSummary: Sendable {
     public var waitDecodeSeconds = 0.0
     /// Seconds the teacher thread waited for the writer (HDF5 not hidden by overlap).
     public var waitWriteSeconds = 0.0
+    /// Seconds generating everything-masks (teacher thread, after each row's encoder pass), and
+    /// the masks stored / dropped over the rows written.
+    public var everythingSeconds = 0.0
+    public var everythingMasksStored = 0
+    public var everythingMasksDropped = 0
 
     public var report: String {
         var lines: [String] = []
@@ -232,6 +269,11 @@ public struct CacheSummary: Sendable {
                             + "(overlapped: teacher waited %.2f s for decode, %.2f s for writes = %.1f%% of teacher time)",
                             wallSeconds, rate, teacherSeconds, decodeSeconds, writeSeconds, waitDecodeSeconds, waitWriteSeconds,
                             teacherSeconds > 0 ? 100 * (waitDecodeSeconds + waitWriteSeconds) / teacherSeconds : 0))
+        if everythingSeconds > 0 {
+            lines.append(String(format: "everything masks: %.2f s (%.2f s per row written), %d masks stored, %d dropped",
+                                everythingSeconds, everythingSeconds / Double(max(rowsWritten, 1)), everythingMasksStored,
+                                everythingMasksDropped))
+        }
         return lines.joined(separator: "\n")
     }
 }
@@ -243,6 +285,8 @@ final class CacheFileWriter {
     let rows: Int
     let image, embedding, originalSize, resizedSize, viewParams, complete: HDF5Dataset
     let source, view, split: HDF5Dataset
+    /// `CacheSchema.everythingDatasets` in that order, when the file has them.
+    let everything: [HDF5Dataset]?
 
     init(file: HDF5File, firstRow: Int) throws {
         self.file = file
@@ -257,7 +301,16 @@ final class CacheFileWriter {
         view = try file.dataset("view")
         split = try file.dataset("split")
         rows = complete.rows
-        for d in [image, embedding, originalSize, resizedSize, viewParams, source, view, split] where d.rows != rows {
+        let present = CacheSchema.everythingDatasets.filter { file.exists($0) }
+        if present.isEmpty {
+            everything = nil
+        } else {
+            guard present.count == CacheSchema.everythingDatasets.count else {
+                throw CacheError("\(file.filePath): has \(present.joined(separator: ", ")) but not every one of \(CacheSchema.everythingDatasets.joined(separator: ", "))")
+            }
+            everything = try present.map { try file.dataset($0) }
+        }
+        for d in [image, embedding, originalSize, resizedSize, viewParams, source, view, split] + (everything ?? []) where d.rows != rows {
             throw CacheError("\(file.filePath): dataset '\(d.name)' has \(d.rows) rows, 'complete' has \(rows): not a consistent cache file")
         }
     }
@@ -300,6 +353,18 @@ final class CacheFileWriter {
                 try f.dataset(name).write(rows: 0, [Int32](repeating: 0, count: 2 * n))
             }
             try f.dataset("view_params").write(rows: 0, [Float](repeating: 0, count: 5 * n))
+            if let e = settings.everything {
+                let M = e.maxMasks
+                for (name, shape, type) in [("everything_masks", [Int](), HDF5ElementType.int32), ("everything_dropped", [], .int32),
+                                            ("everything_rle_lengths", [M], .int32), ("everything_rle_counts", [e.maxCounts], .int32),
+                                            ("everything_iou", [M], .float32), ("everything_stability", [M], .float32)] {
+                    _ = try f.createDataset(name, type: type, rowShape: shape, rows: n, allocateEarly: true)
+                }
+                // Counts of 0 so incomplete rows read as holding no masks.
+                for name in ["everything_masks", "everything_dropped"] {
+                    try f.dataset(name).write(rows: 0, [Int32](repeating: 0, count: n))
+                }
+            }
             try f.flush()
             f.close()
             try FileManager.default.moveItem(atPath: tmp.path, toPath: url.path)
@@ -329,14 +394,19 @@ final class CacheFileWriter {
 public final class FeatureCacheBuilder {
     public let options: CacheOptions
     public let teacher: CacheTeacher
+    /// Generates each row's everything-masks (required when `options.everythingMasks` is set).
+    public let everything: EverythingMasker?
     /// Called with progress and report lines (stderr in the command line).
     public var log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
     /// Progress line updates in place (`\r`) when true; otherwise one line per ~5% or 30 s.
     public var progressInPlace = isatty(2) != 0
 
-    public init(options: CacheOptions, teacher: CacheTeacher) {
+    public init(options: CacheOptions, teacher: CacheTeacher, everything: EverythingMasker? = nil) {
+        precondition(options.everythingMasks == everything?.settings,
+                     "FeatureCacheBuilder: options.everythingMasks and the everything-masks generator disagree")
         self.options = options
         self.teacher = teacher
+        self.everything = everything
     }
 
     /// Every JPEG/PNG (by extension, case-insensitive) under `directory`, recursively, as paths
@@ -476,8 +546,15 @@ public final class FeatureCacheBuilder {
         }
         guard options.views >= 1 else { throw CacheError("--views must be at least 1") }
         if let s = options.shardSize, s < 1 { throw CacheError("--shard-size must be at least 1 row") }
-        let settings = CacheSettings(teacher: teacher, embeddingDType: options.embeddingDType, views: options.views,
+        var settings = CacheSettings(teacher: teacher, embeddingDType: options.embeddingDType, views: options.views,
                                      seed: options.seed, augmentation: options.augmentation, split: options.split)
+        if let everything {
+            guard everything.maskSize * 4 == teacher.imageSize else {
+                throw CacheError("everything masks: the decoder's \(everything.maskSize)² mask grid is not a quarter of the teacher's \(teacher.imageSize)² input")
+            }
+            settings.everything = everything.settings
+            settings.everythingMaskSize = everything.maskSize
+        }
         let plan = Self.plan(sources: sources, views: options.views, split: options.split)
         summary.rowsPlanned = plan.count
         let (writers, files) = try openOrCreate(settings: settings, plan: plan)
@@ -538,6 +615,7 @@ public final class FeatureCacheBuilder {
     private struct Encoded {
         var prepared: Prepared
         var embedding: Tensor
+        var everything: EverythingRow?
     }
 
     private enum Written {
@@ -556,7 +634,7 @@ public final class FeatureCacheBuilder {
         final class Stats {
             var decodeSeconds = 0.0, decoded = 0
             var writeError: Error? = nil
-            var writeSeconds = 0.0, written = 0
+            var writeSeconds = 0.0, written = 0, masksStored = 0, masksDropped = 0
             var skipped: [(file: String, reason: String)] = []
         }
         let stats = Stats()
@@ -616,6 +694,8 @@ public final class FeatureCacheBuilder {
                         return
                     }
                     stats.written += 1
+                    stats.masksStored += e.everything?.masks.count ?? 0
+                    stats.masksDropped += e.everything?.dropped ?? 0
                     finished += 1
                 }
                 stats.writeSeconds += Date().timeIntervalSince(t)
@@ -642,7 +722,7 @@ public final class FeatureCacheBuilder {
         producer.start()
         writer.start()
 
-        var teacherSeconds = 0.0, waitDecode = 0.0, waitWrite = 0.0
+        var teacherSeconds = 0.0, waitDecode = 0.0, waitWrite = 0.0, everythingSeconds = 0.0
         while true {
             var t = Date()
             guard let w = produced.pop() else { break }
@@ -654,8 +734,21 @@ public final class FeatureCacheBuilder {
                 t = Date()
                 let y = teacher.encode(p.input)
                 teacherSeconds += Date().timeIntervalSince(t)
+                var masks: EverythingRow?
+                if let everything {
+                    t = Date()
+                    do { masks = try everything.masks(image: p.image, embedding: y) } catch {
+                        // Stop the other two threads (rows already written stay complete), then report.
+                        encoded.close()
+                        done.wait()
+                        produced.close()
+                        throw CacheError("\(plan[p.row].source) (row \(p.row)): \(error)")
+                    }
+                    everythingSeconds += Date().timeIntervalSince(t)
+                }
                 out = .row(Encoded(prepared: Prepared(row: p.row, image: p.image, input: Tensor(zeros: [0]),
-                                                      originalSize: p.originalSize, params: p.params), embedding: y))
+                                                      originalSize: p.originalSize, params: p.params), embedding: y,
+                                   everything: masks))
             }
             t = Date()
             let accepted = encoded.push(out)
@@ -675,6 +768,9 @@ public final class FeatureCacheBuilder {
         summary.writeSeconds = stats.writeSeconds
         summary.waitDecodeSeconds = waitDecode
         summary.waitWriteSeconds = waitWrite
+        summary.everythingSeconds = everythingSeconds
+        summary.everythingMasksStored = stats.masksStored
+        summary.everythingMasksDropped = stats.masksDropped
     }
 
     static func clock(_ s: Double) -> String {
@@ -702,9 +798,29 @@ public final class FeatureCacheBuilder {
         try w.originalSize.write(rows: local, [Int32(p.originalSize.height), Int32(p.originalSize.width)])
         try w.resizedSize.write(rows: local, [Int32(p.image.validSize.height), Int32(p.image.validSize.width)])
         try w.viewParams.write(rows: local, p.params.stored)
+        if let row = e.everything {
+            guard let d = w.everything else { throw CacheError("\(w.file.filePath): has no everything-mask datasets") }
+            try Self.writeEverything(row, to: d, row: local)
+        }
         try w.file.flush()
         try w.complete.write(rows: local, [UInt8(1)])
         try w.file.flush()
+    }
+}
+
+extension FeatureCacheBuilder {
+    /// One row of the everything-mask datasets (`CacheSchema.everythingDatasets` order), padded
+    /// with zeros to the datasets' capacity.
+    static func writeEverything(_ e: EverythingRow, to d: [HDF5Dataset], row: Int) throws {
+        let M = d[2].rowCount, K = d[3].rowCount
+        let lengths = e.masks.map { Int32($0.rle.counts.count) }, counts = e.masks.flatMap { $0.rle.counts.map(Int32.init) }
+        precondition(e.masks.count <= M && counts.count <= K, "FeatureCache: \(e.masks.count) masks, \(counts.count) counts exceed \(M), \(K)")
+        try d[0].write(rows: row, [Int32(e.masks.count)])
+        try d[1].write(rows: row, [Int32(e.dropped)])
+        try d[2].write(rows: row, lengths + [Int32](repeating: 0, count: M - lengths.count))
+        try d[3].write(rows: row, counts + [Int32](repeating: 0, count: K - counts.count))
+        try d[4].write(rows: row, e.masks.map(\.predictedIoU) + [Float](repeating: 0, count: M - e.masks.count))
+        try d[5].write(rows: row, e.masks.map(\.stabilityScore) + [Float](repeating: 0, count: M - e.masks.count))
     }
 }
 

@@ -32,6 +32,7 @@ extension CacheOptions {
         views = cfg.data.views
         seed = Int(truncatingIfNeeded: cfg.seed)
         embeddingDType = cfg.data.cacheDType == "f32" ? "float32" : "float16"
+        everythingMasks = cfg.data.everythingMasks
         if let l = cfg.data.imageList { imageList = (l, try SplitRule.listFileEntries(URL(fileURLWithPath: l))) }
         if let l = cfg.data.valList { split = try SplitRule.list(file: URL(fileURLWithPath: l)) } else if cfg.data.valFraction > 0 {
             split = .fraction(cfg.data.valFraction)
@@ -108,7 +109,8 @@ public final class RunPipeline {
             o.command = "samdistill run \(configName)"
             guard let teacherPath = config.teacher.checkpoint else { throw CacheError("\(configName): teacher.checkpoint is not set (needed to build the cache)") }
             let teacher = try CacheTeacher.load(weights: URL(fileURLWithPath: teacherPath), config: nil)
-            let summary = try FeatureCacheBuilder(options: o, teacher: teacher).run()
+            let summary = try FeatureCacheBuilder(options: o, teacher: teacher,
+                                                  everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath)).run()
             outcome.cache = summary
             if summary.rowsWritten == 0 {
                 outcome.skipped.append("cache")

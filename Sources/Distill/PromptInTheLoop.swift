@@ -37,10 +37,14 @@ public struct LoopPrompt: Equatable, Sendable {
 
 /// Prompt-in-the-loop loss (EdgeSAM), per image of a batch:
 ///
-/// 1. K prompts from the teacher: K random points in the image's unpadded region are decoded from
-///    the teacher's embedding (multimask; the output with the highest predicted IoU). Each prompt
-///    is a point (that point, that output) or, with probability `boxFraction`, a box: the bounding
-///    box of that point's teacher mask (a point prompt when the mask is empty), single output.
+/// 1. K prompts from the teacher. With the image's cached everything-masks (the teacher's automatic
+///    mask generator, `samdistill cache --everything-masks`), each prompt picks one of them
+///    uniformly, then is, with probability `boxFraction`, its bounding box (single output), else a
+///    point drawn uniformly from its pixels (the low-res pixel's centre; multimask, the output with
+///    the highest predicted IoU). Without them: K random points in the image's unpadded region
+///    are decoded from the teacher's embedding (multimask, best predicted IoU); each prompt is a
+///    point (that point, that output) or, with probability `boxFraction`, a box: the bounding box
+///    of that point's teacher mask (a point prompt when the mask is empty), single output.
 ///    Targets: the teacher's low-res mask for the same prompt, logits > 0.
 /// 2. The student's embedding is decoded with the same prompts (one batch); loss
 ///    bce_weight · BCE + dice_weight · Dice of the chosen outputs against the targets; its
@@ -69,6 +73,11 @@ public final class PromptInTheLoop {
         public var studentDecodeForward = 0.0
         public var decoderBackward = 0.0
         public init() {}
+
+        /// By the names of the trainer's `phase_s`.
+        public var phases: [String: Double] {
+            ["teacher_decode": teacherDecode, "student_decode_forward": studentDecodeForward, "decoder_backward": decoderBackward]
+        }
     }
 
     /// What a call sampled and what the student's correction round took from its first round:
@@ -136,9 +145,11 @@ public final class PromptInTheLoop {
     var lowResSize: (height: Int, width: Int) { promptEncoder.maskInputSize }
 
     /// student, teacher: (B, C, h, w) embeddings; regions: each image's unpadded grid cells;
-    /// `plan` (from an earlier result) replaces the sampling and the student's mask inputs.
+    /// `plan` (from an earlier result) replaces the sampling and the student's mask inputs;
+    /// `everythingMasks`: per image, the teacher's everything-masks on the low-res grid (an
+    /// image with none samples from random points).
     public func evaluate(student: Tensor, teacher: Tensor, regions: [ValidRegion], seed: UInt64,
-                         plan given: Plan? = nil) -> Result {
+                         plan given: Plan? = nil, everythingMasks: [[MaskRLE]]? = nil) -> Result {
         let B = student.shape[0], C = student.shape[1], h = student.shape[2], w = student.shape[3]
         precondition(student.shape == teacher.shape && regions.count == B,
                      "PromptInTheLoop: student \(student.shape), teacher \(teacher.shape), \(regions.count) regions")
@@ -146,6 +157,8 @@ public final class PromptInTheLoop {
                      && w == promptEncoder.imageEmbeddingSize.width,
                      "PromptInTheLoop: embeddings \(student.shape) do not fit the prompt encoder's (\(promptEncoder.embedDim), \(promptEncoder.imageEmbeddingSize))")
         precondition(given == nil || given!.prompts.count == B, "PromptInTheLoop: a plan for \(given!.prompts.count) images, batch of \(B)")
+        precondition(everythingMasks.map { $0.count == B && $0.joined().allSatisfy { $0.height == lowResSize.height && $0.width == lowResSize.width } } ?? true,
+                     "PromptInTheLoop: everything-masks must be one list per image, of \(lowResSize) masks")
         let per = C * h * w
         var gradient = Tensor(zeros: student.shape)
         var value = 0.0
@@ -156,7 +169,7 @@ public final class PromptInTheLoop {
             var rng = SeededRandom(seed: seed ^ (UInt64(b + 1) &* 0x9E37_79B9_7F4A_7C15))
             let s = Tensor(shape: [1, C, h, w], data: Array(student.data[(b * per)..<((b + 1) * per)]))
             let t = Tensor(shape: [1, C, h, w], data: Array(teacher.data[(b * per)..<((b + 1) * per)]))
-            let r = image(student: s, teacher: t, region: regions[b], rng: &rng,
+            let r = image(student: s, teacher: t, region: regions[b], masks: everythingMasks?[b] ?? [], rng: &rng,
                           plan: given.map { ($0.prompts[b], $0.studentMaskInputs[b]) }, timing: &timing)
             gradient.data.withUnsafeMutableBufferPointer { g in
                 for i in 0..<per { g[b * per + i] = r.gradient.data[i] / Float(B) }
@@ -175,7 +188,7 @@ public final class PromptInTheLoop {
 
     /// One image: the rounds' mask losses, their gradient (1, C, h, w), the prompts and the
     /// student's mask inputs used.
-    func image(student s: Tensor, teacher t: Tensor, region: ValidRegion, rng: inout SeededRandom,
+    func image(student s: Tensor, teacher t: Tensor, region: ValidRegion, masks: [MaskRLE], rng: inout SeededRandom,
                plan given: (prompts: [[LoopPrompt]], maskInputs: [Tensor])?, timing: inout Timing)
         -> (rounds: [Double], gradient: Tensor, prompts: [[LoopPrompt]], maskInputs: [Tensor]) {
         let (lh, lw) = lowResSize
@@ -198,7 +211,8 @@ public final class PromptInTheLoop {
             prompts = given.prompts[0]
             teacherLogits = select(decode(teacherDecoder, t, prompts, masks: nil, mode: .inference), prompts)
         } else {
-            (prompts, teacherLogits) = sampleFirstRound(t, frameH: frameH, frameW: frameW, validH: validH, validW: validW, rng: &rng)
+            (prompts, teacherLogits) = sampleFirstRound(t, frameH: frameH, frameW: frameW, validH: validH, validW: validW,
+                                                        masks: masks, rng: &rng)
         }
         lap(\.teacherDecode)
         var rounds: [Double] = []
@@ -233,41 +247,54 @@ public final class PromptInTheLoop {
         return (rounds, gradient, used, maskInputs)
     }
 
-    /// K random points decoded by the teacher (multimask, best predicted IoU); a box prompt is the
-    /// bounding box of its point's mask, decoded again. → (prompts, teacher logits (K, 1, lh, lw)).
-    func sampleFirstRound(_ t: Tensor, frameH: Int, frameW: Int, validH: Int, validW: Int,
+    /// The first round's prompts (from `masks`, the image's everything-masks, when it has any
+    /// non-empty one; else from random points, see the type's comment) and the teacher's logits
+    /// for them (K, 1, lh, lw). Point prompts decode multimask (best predicted IoU), boxes single.
+    func sampleFirstRound(_ t: Tensor, frameH: Int, frameW: Int, validH: Int, validW: Int, masks: [MaskRLE],
                           rng: inout SeededRandom) -> ([LoopPrompt], Tensor) {
         let K = config.promptsPerImage, (lh, lw) = lowResSize, P = lh * lw
-        var seeds: [LoopPrompt] = []
-        var wantsBox: [Bool] = []
-        for _ in 0..<K {
-            let x = Float(rng.next() % UInt64(frameW)), y = Float(rng.next() % UInt64(frameH))
-            seeds.append(LoopPrompt(points: [x, y], labels: [1], box: nil, output: 1))
-            wantsBox.append(Double(rng.uniform()) < config.boxFraction)
-        }
-        let decoded = decode(teacherDecoder, t, seeds, masks: nil, mode: .inference, outputs: 1..<teacherDecoder.numMaskTokens)
-        let M = teacherDecoder.numMaskTokens, R = M - 1
-        var prompts = seeds
-        var logits = Tensor(zeros: [K, 1, lh, lw])
-        var boxes: [Int] = []
+        let usable = masks.filter { $0.area > 0 }
+        var prompts: [LoopPrompt] = []
+        // Random-point seeds that become the box of their point's teacher mask.
+        var wantsBox = [Bool](repeating: false, count: K)
         for k in 0..<K {
-            var best = 1
-            for i in 1..<M where decoded.iou.data[k * M + i] > decoded.iou.data[k * M + best] { best = i }
-            prompts[k].output = best
-            let o = (k * R + best - 1) * P
-            logits.data.replaceSubrange((k * P)..<((k + 1) * P), with: decoded.masks.data[o..<(o + P)])
-            guard wantsBox[k] else { continue }
-            // The bounding box of the mask inside the unpadded region, in input-frame pixels.
-            var x0 = lw, y0 = lh, x1 = -1, y1 = -1
-            for y in 0..<validH { for x in 0..<validW where decoded.masks.data[o + y * lw + x] > 0 {
-                x0 = min(x0, x); x1 = max(x1, x); y0 = min(y0, y); y1 = max(y1, y)
-            } }
-            guard x1 >= 0 else { continue }  // empty mask: stays a point prompt
-            let s = Float(promptEncoder.inputImageSize.width / lw)
-            prompts[k] = LoopPrompt(points: [], labels: [], box: [Float(x0) * s, Float(y0) * s, Float(x1 + 1) * s - 1, Float(y1 + 1) * s - 1],
-                                    output: 0)
-            boxes.append(k)
+            if usable.isEmpty {
+                let x = Float(rng.next() % UInt64(frameW)), y = Float(rng.next() % UInt64(frameH))
+                prompts.append(LoopPrompt(points: [x, y], labels: [1], box: nil, output: 1))
+                wantsBox[k] = Double(rng.uniform()) < config.boxFraction
+                continue
+            }
+            let m = usable[Int(rng.next() % UInt64(usable.count))]
+            if Double(rng.uniform()) < config.boxFraction, let b = m.runBox {
+                prompts.append(LoopPrompt(points: [], labels: [], box: frameBox(b), output: 0))
+            } else {
+                let p = m.setPixel(Int(rng.next() % UInt64(m.area)))
+                prompts.append(LoopPrompt(points: [frameCentre(p.x), frameCentre(p.y)], labels: [1], box: nil, output: 1))
+            }
         }
+        var logits = Tensor(zeros: [K, 1, lh, lw])
+        let pointed = prompts.indices.filter { prompts[$0].box == nil }
+        if !pointed.isEmpty {
+            let M = teacherDecoder.numMaskTokens, R = M - 1
+            let decoded = decode(teacherDecoder, t, pointed.map { prompts[$0] }, masks: nil, mode: .inference,
+                                 outputs: 1..<M)
+            for (j, k) in pointed.enumerated() {
+                var best = 1
+                for i in 1..<M where decoded.iou.data[j * M + i] > decoded.iou.data[j * M + best] { best = i }
+                prompts[k].output = best
+                let o = (j * R + best - 1) * P
+                logits.data.replaceSubrange((k * P)..<((k + 1) * P), with: decoded.masks.data[o..<(o + P)])
+                guard wantsBox[k] else { continue }
+                // The bounding box of the mask inside the unpadded region.
+                var x0 = lw, y0 = lh, x1 = -1, y1 = -1
+                for y in 0..<validH { for x in 0..<validW where decoded.masks.data[o + y * lw + x] > 0 {
+                    x0 = min(x0, x); x1 = max(x1, x); y0 = min(y0, y); y1 = max(y1, y)
+                } }
+                guard x1 >= 0 else { continue }  // empty mask: stays a point prompt
+                prompts[k] = LoopPrompt(points: [], labels: [], box: frameBox((x0, y0, x1, y1)), output: 0)
+            }
+        }
+        let boxes = prompts.indices.filter { prompts[$0].box != nil }
         if !boxes.isEmpty {
             let boxLogits = select(decode(teacherDecoder, t, boxes.map { prompts[$0] }, masks: nil, mode: .inference), boxes.map { prompts[$0] })
             for (j, k) in boxes.enumerated() {
@@ -276,6 +303,18 @@ public final class PromptInTheLoop {
         }
         return (prompts, logits)
     }
+
+    /// Input-frame pixels per low-res pixel (4 for SAM).
+    var lowResScale: Float { Float(promptEncoder.inputImageSize.width / lowResSize.width) }
+
+    /// An inclusive low-res box as an input-frame box (x0, y0, x1, y1): the outer pixels it covers.
+    func frameBox(_ b: (x0: Int, y0: Int, x1: Int, y1: Int)) -> [Float] {
+        let s = lowResScale
+        return [Float(b.x0) * s, Float(b.y0) * s, Float(b.x1 + 1) * s - 1, Float(b.y1 + 1) * s - 1]
+    }
+
+    /// The centre of low-res pixel column (or row) `i` in input-frame pixels.
+    func frameCentre(_ i: Int) -> Float { Float(i) * lowResScale + (lowResScale - 1) / 2 }
 
     /// Prompt `p` plus one correction point: a pixel drawn uniformly from where student and teacher
     /// masks (logits > 0, image region) disagree, positive where the teacher's mask is, negative
@@ -296,10 +335,8 @@ public final class PromptInTheLoop {
         if candidates.isEmpty { candidates = pixels { _, _ in true } }
         let i = candidates[Int(rng.next() % UInt64(candidates.count))]
         let label = teacher.data[o + i] > 0 ? 1 : 0
-        // The centre of the low-res pixel in input-frame pixel coordinates.
-        let s = Float(promptEncoder.inputImageSize.width / lw)
         var q = p
-        q.points += [Float(i % lw) * s + (s - 1) / 2, Float(i / lw) * s + (s - 1) / 2]
+        q.points += [frameCentre(i % lw), frameCentre(i / lw)]
         q.labels.append(label)
         q.output = 0
         return q

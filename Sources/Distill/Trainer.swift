@@ -182,10 +182,9 @@ public final class Trainer {
     /// The micro-batch's loss and its gradient; prompt-in-the-loop adds its phase times to `phases`.
     func loss(_ prediction: Tensor, _ batch: TrainingBatch, seed: UInt64, phases: inout [String: Double]) -> LossResult {
         guard let promptLoop else { return config.loss.evaluate(prediction, batch.targets, regions: batch.validRegions) }
-        let r = promptLoop.evaluate(student: prediction, teacher: batch.targets, regions: batch.validRegions, seed: seed)
-        phases["teacher_decode", default: 0] += r.timing.teacherDecode
-        phases["student_decode_forward", default: 0] += r.timing.studentDecodeForward
-        phases["decoder_backward", default: 0] += r.timing.decoderBackward
+        let r = promptLoop.evaluate(student: prediction, teacher: batch.targets, regions: batch.validRegions, seed: seed,
+                                    everythingMasks: batch.everythingMasks)
+        phases.merge(r.timing.phases, uniquingKeysWith: +)
         return r.loss
     }
 

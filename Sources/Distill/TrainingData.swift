@@ -1,5 +1,6 @@
 import Foundation
 import Layers
+import SegmentAnything
 import Tensor
 
 /// One batch of distillation data: preprocessed images and the teacher's embeddings.
@@ -10,12 +11,15 @@ public struct TrainingBatch: Sendable {
     public var targets: Tensor
     /// The part of each embedding grid that covers the unpadded image (B entries).
     public var validRegions: [ValidRegion]
+    /// Each sample's teacher everything-masks on the low-res mask grid (B entries, empty for a
+    /// sample without), nil when no sample has any: prompt-in-the-loop samples prompts from them.
+    public var everythingMasks: [[MaskRLE]]?
 
-    public init(images: Tensor, targets: Tensor, validRegions: [ValidRegion]) {
+    public init(images: Tensor, targets: Tensor, validRegions: [ValidRegion], everythingMasks: [[MaskRLE]]? = nil) {
         precondition(images.rank == 4 && targets.rank == 4 && images.shape[0] == targets.shape[0]
-                     && validRegions.count == images.shape[0],
-                     "TrainingBatch: images \(images.shape), targets \(targets.shape), \(validRegions.count) regions")
-        self.images = images; self.targets = targets; self.validRegions = validRegions
+                     && validRegions.count == images.shape[0] && (everythingMasks?.count ?? images.shape[0]) == images.shape[0],
+                     "TrainingBatch: images \(images.shape), targets \(targets.shape), \(validRegions.count) regions, \(everythingMasks?.count ?? 0) mask lists")
+        self.images = images; self.targets = targets; self.validRegions = validRegions; self.everythingMasks = everythingMasks
     }
 }
 

@@ -184,14 +184,16 @@ public final class AutomaticMaskGenerator {
         var encodeSeconds = 0.0, decodeSeconds = 0.0
     }
 
-    /// `generate`: masks for the whole image.
-    public func generate(_ image: RGBImage) throws -> AutomaticMaskResult {
+    /// `generate`: masks for the whole image. `embedding` (1, C, g, g), when given, is the
+    /// image's own embedding (e.g. a cached teacher embedding of exactly this image, already at
+    /// the encoder's input size): the whole-image crop decodes from it instead of encoding again.
+    public func generate(_ image: RGBImage, embedding: Tensor? = nil) throws -> AutomaticMaskResult {
         let size = image.size
         let crops = MaskUtilities.cropBoxes(imageSize: size, cropLayers: options.cropNLayers, overlapRatio: options.cropOverlapRatio)
         var stats = Stats()
         var masks: [GeneratedMask] = []
         for (cropBox, layer) in crops {
-            masks += try processCrop(image, cropBox: cropBox, layer: layer, stats: &stats)
+            masks += try processCrop(image, cropBox: cropBox, layer: layer, embedding: layer == 0 ? embedding : nil, stats: &stats)
         }
         if crops.count > 1 {
             // Duplicates across crops: prefer masks from smaller crops (score 1 / crop area).
@@ -209,12 +211,17 @@ public final class AutomaticMaskGenerator {
 
     /// `_process_crop`: encode the crop, decode its grid (all of it, or hierarchically), NMS
     /// within the crop, back to the image frame.
-    func processCrop(_ image: RGBImage, cropBox: PixelBox, layer: Int, stats: inout Stats) throws -> [GeneratedMask] {
+    func processCrop(_ image: RGBImage, cropBox: PixelBox, layer: Int, embedding: Tensor? = nil,
+                     stats: inout Stats) throws -> [GeneratedMask] {
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         var t = clock()
         let crop = Self.crop(image, cropBox)
-        predictor.setImage(crop)
-        stats.encoderRuns += 1
+        if let embedding {
+            try predictor.setEmbedding(embedding, originalSize: crop.size)
+        } else {
+            predictor.setImage(crop)
+            stats.encoderRuns += 1
+        }
         stats.encodeSeconds += clock() - t
         t = clock()
         defer { predictor.resetImage(); stats.decodeSeconds += clock() - t }

@@ -24,6 +24,17 @@ struct Cache: ParsableCommand {
             or SAM ViT-B/L/H, keys with or without 'image_encoder.'); --teacher-config names a \
             JSON {"architecture": "tinyvit"|"vit", "config": {...}} for any other size (e.g. the \
             tiny teachers the tests use).
+
+            --everything-masks (or data.everything_masks in --config) also stores each row's \
+            teacher everything-masks: SAM's automatic mask generator (as `segment --everything`, \
+            the --fast grid by default) on the row's own image, decoding its teacher embedding \
+            with the teacher checkpoint's prompt encoder and mask decoder (which must be in \
+            --teacher). They are kept on the 256² low-res grid of the padded 1024 input (one \
+            mask pixel per 4×4 input pixels), as COCO uncompressed RLE (column-major counts), at \
+            most --everything-max-masks masks and --everything-max-counts counts a row (highest \
+            predicted IoU first; the rest are counted as dropped); written before the row's \
+            complete flag like every field. samdistill train with loss prompt_in_the_loop then \
+            samples its prompts from these masks.
             """)
 
     @OptionGroup var runtime: RuntimeOptions
@@ -63,6 +74,27 @@ struct Cache: ParsableCommand {
 
     @Option(help: "Rows per shard file; the --out file then indexes the shards.")
     var shardSize: Int?
+
+    @Flag(help: "Also store each row's teacher everything-masks (see below); data.everything_masks in --config does the same.")
+    var everythingMasks = false
+
+    @Option(help: "--everything-masks: the generator's points per side (default 16).")
+    var everythingPointsPerSide: Int?
+
+    @Flag(help: "--everything-masks: decode the whole grid (SAM's algorithm) instead of the --fast hierarchical grid.")
+    var everythingFullGrid = false
+
+    @Option(help: "--everything-masks: keep masks whose predicted IoU is above this (default 0.88; 0 disables).")
+    var everythingPredIouThresh: Double?
+
+    @Option(help: "--everything-masks: keep masks whose stability score is at least this (default 0.95; 0 disables).")
+    var everythingStabilityThresh: Double?
+
+    @Option(help: "--everything-masks: masks stored per row at most (default 64).")
+    var everythingMaxMasks: Int?
+
+    @Option(help: "--everything-masks: RLE counts stored per row at most, all masks together (default 32768, 4 bytes each, reserved).")
+    var everythingMaxCounts: Int?
 
     @Flag(help: "Delete an existing cache at --out (and its shards) and start over.")
     var overwrite = false
@@ -105,6 +137,23 @@ struct Cache: ParsableCommand {
         if let f = valFraction { o.split = .fraction(f) } else if let l = valList {
             o.split = try SplitRule.list(file: URL(fileURLWithPath: l))
         }
+        let tunes = everythingPointsPerSide != nil || everythingFullGrid || everythingMaxMasks != nil || everythingMaxCounts != nil
+            || everythingPredIouThresh != nil || everythingStabilityThresh != nil
+        if everythingMasks || (tunes && o.everythingMasks == nil) {
+            guard everythingMasks else {
+                throw CacheError("--everything-* options tune --everything-masks (or data.everything_masks in \(config ?? "the config")): add --everything-masks")
+            }
+            o.everythingMasks = o.everythingMasks ?? EverythingMaskSettings()
+        }
+        if o.everythingMasks != nil {
+            if let v = everythingPointsPerSide { o.everythingMasks!.pointsPerSide = v }
+            if everythingFullGrid { o.everythingMasks!.fast = false }
+            if let v = everythingPredIouThresh { o.everythingMasks!.predIoUThresh = v }
+            if let v = everythingStabilityThresh { o.everythingMasks!.stabilityScoreThresh = v }
+            if let v = everythingMaxMasks { o.everythingMasks!.maxMasks = v }
+            if let v = everythingMaxCounts { o.everythingMasks!.maxCounts = v }
+            if let p = o.everythingMasks!.problems().first { throw CacheError("--everything-masks: \(p)") }
+        }
         return (o, teacherPath!)
     }
 
@@ -118,7 +167,8 @@ struct Cache: ParsableCommand {
             o.overwrite = overwrite
             o.command = CommandLine.arguments.joined(separator: " ")
             o.progress = !quiet
-            let builder = FeatureCacheBuilder(options: o, teacher: t)
+            let builder = FeatureCacheBuilder(options: o, teacher: t,
+                                              everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath))
             let summary = try builder.run()
             FileHandle.standardError.write(Data((summary.report + "\n").utf8))
         } catch let e as CustomStringConvertible where !(e is ValidationError) {

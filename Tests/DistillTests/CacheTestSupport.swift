@@ -38,6 +38,33 @@ enum CacheTestSupport {
         return (w, c)
     }
 
+    /// Writes `tiny-sam.safetensors`: a whole SAM whose image encoder is a tiny random TinyViT
+    /// with SAM's 256 channels (seeded) and whose prompt encoder and mask decoder are MobileSAM's
+    /// real ones, the encoder named in the metadata: a teacher for caches with everything-masks
+    /// (S = imageSize, low-res masks S/4).
+    static func writeTinySAM(in dir: URL, imageSize: Int = 64, seed: UInt64 = 5) throws -> URL {
+        var c = tinyConfig(imageSize: imageSize)
+        c.neckChannels = 256
+        let model = SAMModel(encoder: .tinyViT(c))
+        var rng = SeededRandom(seed: seed)
+        randomiseSignalPreserving(model.imageEncoder, rng: &rng)
+        let real = try WeightsFile(contentsOf: try Fixture.mobileSAMCheckpoint())
+        var tensors = model.stateDict()
+        for (k, v) in real.tensors where k.hasPrefix("prompt_encoder.") || k.hasPrefix("mask_decoder.") { tensors[k] = v }
+        let url = dir.appendingPathComponent("tiny-sam.safetensors")
+        try SafeTensors.write(tensors, metadata: SAMEncoderConfig.tinyViT(c).metadata, to: url)
+        return url
+    }
+
+    /// Everything-mask settings that keep a tiny random teacher's masks (no score filters).
+    static var tinyEverything: EverythingMaskSettings {
+        var e = EverythingMaskSettings()
+        e.pointsPerSide = 8
+        e.predIoUThresh = 0
+        e.stabilityScoreThresh = 0
+        return e
+    }
+
     /// Random values that keep the input's signal through the network (N(0, 0.3²) everywhere
     /// washes it out, and every image would get the same embedding): matrices N(0, (1.5/√fan-in)²),
     /// norm scales 1 ± 0.2, biases and running means N(0, 0.05²), running variances U(0.5, 1),
@@ -126,6 +153,7 @@ enum CacheTestSupport {
             d["image"] = row.image.pixels
             d["embedding"] = row.embedding.data.withUnsafeBytes { Array($0) }
             d["meta"] = Array("\(row.source)|\(row.view)|\(row.split)|\(row.originalSize)|\(row.image.validSize)|\(row.viewParameters.stored)".utf8)
+            if let m = try r.everythingMasks(i) { d["everything"] = Array("\(m)".utf8) }
             return d
         }
     }

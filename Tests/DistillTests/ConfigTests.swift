@@ -67,6 +67,23 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(try RunConfig.parse(conv.yaml()), conv)
     }
 
+    /// data.everything_masks: absent → none, {} → the defaults, keys read, bad values and
+    /// unknown keys named with their path; the resolved YAML round-trips; CacheOptions carries it.
+    func testEverythingMasksKey() throws {
+        XCTAssertNil(try RunConfig.parse(base).data.everythingMasks)
+        XCTAssertEqual(try RunConfig.parse("data: {everything_masks: {}}").data.everythingMasks, EverythingMaskSettings())
+        let c = try RunConfig.parse("data: {images: imgs, train: [c.h5], everything_masks: {points_per_side: 8, fast: false, max_masks: 5, pred_iou_thresh: 0.5}}")
+        var e = EverythingMaskSettings()
+        e.pointsPerSide = 8; e.fast = false; e.maxMasks = 5; e.predIoUThresh = 0.5
+        XCTAssertEqual(c.data.everythingMasks, e)
+        XCTAssertEqual(try RunConfig.parse(c.yaml()).data, c.data)
+        XCTAssertEqual(try CacheOptions(config: c, configName: "c.yaml").everythingMasks, e)
+        XCTAssertEqual(Set(problems("data: {everything_masks: {max_masks: 0, box_nms_thresh: 2, point_per_side: 4}}")),
+                       ["data.everything_masks.max_masks: must be at least 1, got 0",
+                        "data.everything_masks.box_nms_thresh: must be in [0, 1], got 2.0",
+                        "data.everything_masks.point_per_side: unknown key"])
+    }
+
     func testUnknownKeysAreNamed() {
         XCTAssertEqual(problems(base + "\noptimizer_x: 1"), ["optimizer_x: unknown key"])
         XCTAssertEqual(problems(base.replacingOccurrences(of: "weight_decay:", with: "weight_decayy:")),

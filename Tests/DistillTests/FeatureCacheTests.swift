@@ -338,20 +338,122 @@ final class FeatureCacheTests: XCTestCase {
         }
     }
 
+    // MARK: everything-masks
+
+    /// A cache with everything-masks (tiny random encoder, MobileSAM's decoder, 64² input, 16²
+    /// masks): each row's stored masks equal the generator run again on the row's image and
+    /// float32 teacher embedding (RLE, scores, order), at most max_masks of them with the rest
+    /// counted as dropped; other everything settings, or none, are refused on resume naming
+    /// `everything_masks`; a resumed run keeps the rows.
+    func testEverythingMasksEqualTheGeneratorAndResume() throws {
+        let images = dir.appendingPathComponent("images")
+        try CacheTestSupport.writeSyntheticImages(in: images, count: 3)
+        let weights = try CacheTestSupport.writeTinySAM(in: dir)
+        let teacher = try CacheTeacher.load(weights: weights)
+        let model = try SAMModel.load(contentsOf: weights)
+        var settings = CacheTestSupport.tinyEverything
+        settings.maxMasks = 6
+        let out = dir.appendingPathComponent("e.h5")
+        func build(_ s: EverythingMaskSettings?) throws -> CacheSummary {
+            var o = CacheOptions(images: images, output: out)
+            o.progress = false
+            o.views = 2
+            o.everythingMasks = s
+            return try FeatureCacheBuilder(options: o, teacher: teacher, everything: try s.map { try EverythingMasker(settings: $0, model: model) }).run()
+        }
+        let summary = try build(settings)
+        XCTAssertEqual(summary.rowsWritten, 6)
+        XCTAssertTrue(summary.report.contains("everything masks:"), summary.report)
+        let reader = try CacheReader(out)
+        XCTAssertEqual(reader.everythingMaskSize, 16)
+        let masker = try EverythingMasker(settings: settings, model: model)
+        var stored = 0, dropped = 0
+        for r in reader.rows() {
+            let row = try reader.row(r)
+            let expected = try masker.masks(image: row.image, embedding: teacher.encode(row.image.normalised()))
+            let masks = try XCTUnwrap(try reader.everythingMasks(r))
+            XCTAssertEqual(masks, expected.masks, "row \(r)")
+            XCTAssertLessThanOrEqual(masks.count, 6)
+            XCTAssertEqual(masks.map(\.predictedIoU), masks.map(\.predictedIoU).sorted(by: >))
+            for m in masks {
+                XCTAssertEqual([m.rle.height, m.rle.width], [16, 16])
+                XCTAssertGreaterThan(m.rle.area, 0)
+                // Inside the row's valid region (4 input pixels per mask pixel).
+                let b = try XCTUnwrap(m.rle.runBox)
+                XCTAssertLessThan(4 * b.x1, row.image.validSize.width + 2)
+                XCTAssertLessThan(4 * b.y1, row.image.validSize.height + 2)
+            }
+            stored += masks.count
+            dropped += expected.dropped
+        }
+        XCTAssertEqual(summary.everythingMasksStored, stored)
+        XCTAssertEqual(summary.everythingMasksDropped, dropped)
+        XCTAssertGreaterThan(stored, 12, "the tiny teacher should give several masks a row")
+        XCTAssertGreaterThan(dropped, 0, "max_masks 6 should drop some")
+        XCTAssertEqual(try reader.batch(rows: reader.rows()).everythingMasks?.map { $0.count },
+                       try reader.rows().map { try reader.everythingMasks($0)!.count })
+        reader.close()
+
+        var other = settings
+        other.maxMasks = 7
+        for s in [other, nil] {
+            XCTAssertThrowsError(try build(s)) { e in
+                XCTAssertTrue("\(e)".contains("everything_masks: cache has {"), "\(e)")
+            }
+        }
+        let again = try build(settings)
+        XCTAssertEqual(again.rowsAlreadyComplete, 6)
+        XCTAssertEqual(again.rowsWritten, 0)
+    }
+
+    /// `pack` keeps non-empty masks by predicted IoU within both capacities; `runBox` and
+    /// `setPixel` read the RLE as the decoded mask says (bounding box, n-th set pixel in
+    /// column-major order) on random masks.
+    func testEverythingPackingAndRLEQueries() throws {
+        var rng = SeededRandom(seed: 8)
+        var masks: [EverythingMask] = []
+        for i in 0..<12 {
+            let (h, w) = (5 + i % 4, 7 + i % 3)
+            let fill = i == 3 ? 0 : Float(i % 5 + 1) / 6
+            let mask = BinaryMask(width: w, height: h, pixels: (0..<(h * w)).map { _ in rng.uniform() < fill })
+            let rle = MaskRLE(mask)
+            masks.append(EverythingMask(rle: rle, predictedIoU: Float(i % 7) / 7, stabilityScore: 1))
+            guard let b = rle.runBox else { XCTAssertEqual(mask.area, 0); continue }
+            let bb = try XCTUnwrap(mask.boundingBox)
+            XCTAssertEqual([b.x0, b.y0, b.x1, b.y1], [bb.x0, bb.y0, bb.x1, bb.y1], "mask \(i)")
+            var set: [(Int, Int)] = []
+            for x in 0..<w { for y in 0..<h where mask.pixels[y * w + x] { set.append((x, y)) } }
+            for (n, p) in set.enumerated() { XCTAssertTrue(rle.setPixel(n) == p, "mask \(i) pixel \(n)") }
+        }
+        let row = EverythingMasker.pack(masks, maxMasks: 5, maxCounts: 60)
+        XCTAssertEqual(row.masks.count + row.dropped, 12)
+        XCTAssertLessThanOrEqual(row.masks.count, 5)
+        XCTAssertLessThanOrEqual(row.masks.reduce(0) { $0 + $1.rle.counts.count }, 60)
+        XCTAssertFalse(row.masks.contains { $0.rle.area == 0 })
+        XCTAssertEqual(row.masks.map(\.predictedIoU), row.masks.map(\.predictedIoU).sorted(by: >))
+        // Greedy: every dropped non-empty mask scoring above the last kept one did not fit.
+        let used = row.masks.reduce(0) { $0 + $1.rle.counts.count }
+        for m in masks where m.rle.area > 0 && !row.masks.contains(m) && m.predictedIoU > row.masks.last!.predictedIoU {
+            XCTAssertTrue(row.masks.count == 5 || used + m.rle.counts.count > 60)
+        }
+    }
+
     // MARK: crash safety
 
     /// `samdistill cache` killed with SIGKILL at random moments (at least 5 kills that landed
     /// while it ran): after each kill the file opens (if it was created yet), every row marked
     /// complete equals the uninterrupted run's row, and the final resumed run completes with
-    /// every row equal to the uninterrupted run's.
+    /// every row equal to the uninterrupted run's. The rows hold everything-masks too (a tiny
+    /// SAM teacher, 128² input, 32² masks).
     func testSIGKILLAtRandomMomentsNeverCorruptsTheCache() throws {
         let exe = try CacheTestSupport.executable()
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 12)
-        let (w, c) = try CacheTestSupport.writeTinyTeacher(in: dir, imageSize: 128)
+        let w = try CacheTestSupport.writeTinySAM(in: dir, imageSize: 128)
         func args(_ out: URL) -> [String] {
-            ["cache", "--images", images.path, "--teacher", w.path, "--teacher-config", c.path, "--out", out.path,
-             "--views", "3", "--seed", "5", "--quiet"]
+            ["cache", "--images", images.path, "--teacher", w.path, "--out", out.path,
+             "--views", "3", "--seed", "5", "--quiet", "--everything-masks", "--everything-points-per-side", "4", "--everything-full-grid",
+             "--everything-pred-iou-thresh", "0", "--everything-stability-thresh", "0"]
         }
         let reference = dir.appendingPathComponent("reference.h5")
         let t0 = Date()
@@ -360,7 +462,8 @@ final class FeatureCacheTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.err)
         let expected = try CacheTestSupport.rowDump(reference)
         XCTAssertEqual(expected.count, 36)
-        XCTAssertTrue(expected.allSatisfy { $0["image"] != nil })
+        XCTAssertTrue(expected.allSatisfy { $0["image"] != nil && $0["everything"] != nil })
+        XCTAssertGreaterThan(try CacheReader(reference).everythingMasks(0)?.count ?? 0, 0)
 
         let out = dir.appendingPathComponent("killed.h5")
         var rng = SeededRandom(seed: UInt64(Date().timeIntervalSince1970 * 1000))
@@ -398,7 +501,8 @@ final class FeatureCacheTests: XCTestCase {
 
         let inspect = try CacheTestSupport.run(exe, ["inspect", out.path])
         XCTAssertEqual(inspect.status, 0, inspect.err)
-        XCTAssertTrue(inspect.out.contains("dataset /embedding  (36, 8, 8, 8) float16 chunks (1, 8, 8, 8)"), inspect.out)
+        XCTAssertTrue(inspect.out.contains("dataset /embedding  (36, 256, 8, 8) float16 chunks (1, 256, 8, 8)"), inspect.out)
+        XCTAssertTrue(inspect.out.contains("dataset /everything_rle_counts  (36, 32768) int32"), inspect.out)
         XCTAssertTrue(inspect.out.contains("@teacher_sha256"), inspect.out)
         XCTAssertTrue(inspect.out.contains("36 complete"), inspect.out)
     }
@@ -440,16 +544,26 @@ final class FeatureCacheTests: XCTestCase {
     // MARK: interop
 
     /// h5py reads every dataset of a cache; the embeddings come back as numpy float16 equal to
-    /// our reader's values. Needs a python3 with h5py and numpy: $SAMDISTILL_TEST_PYTHON, else the
+    /// our reader's values, and each complete row's everything-masks, decoded in numpy from the
+    /// RLE (column-major, as pycocotools), equal our reader's masks. Needs a python3 with h5py and numpy: $SAMDISTILL_TEST_PYTHON, else the
     /// project's virtual environment (.venv/bin/python3, made by `Scripts/python-env test`, which
     /// Scripts/test runs), else python3 on PATH.
     func testH5pyReadsTheCache() throws {
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 3)
         let out = dir.appendingPathComponent("c.h5")
-        _ = try build(images, out, teacher: try tinyTeacher()) { $0.views = 2 }
+        let weights = try CacheTestSupport.writeTinySAM(in: dir)
+        var o = CacheOptions(images: images, output: out)
+        o.progress = false
+        o.views = 2
+        o.everythingMasks = CacheTestSupport.tinyEverything
+        _ = try FeatureCacheBuilder(options: o, teacher: try CacheTeacher.load(weights: weights),
+                                    everything: try EverythingMasker.load(o.everythingMasks, checkpoint: weights.path)).run()
         let reader = try CacheReader(out)
         let sums = try reader.rows().map { try reader.row($0).embedding.data.reduce(0.0) { $0 + Double($1) } }
+        // Per complete row, per mask, the decoded mask's pixels (row-major, 0/1).
+        let swiftMasks = try reader.rows().map { try reader.everythingMasks($0)!.map { $0.rle.decode().pixels.map { $0 ? 1 : 0 } } }
+        XCTAssertGreaterThan(swiftMasks.joined().count, 3)
         let script = """
             import sys, json, h5py, numpy as np
             f = h5py.File(sys.argv[1], "r")
@@ -461,6 +575,20 @@ final class FeatureCacheTests: XCTestCase {
             e = f["embedding"][()]
             out["sums"] = [float(e[i].astype(np.float64).sum()) for i in range(e.shape[0]) if f["complete"][i] == 1]
             out["sources"] = [s.decode() for s in f["source"][()]]
+            L = int(f.attrs["everything_mask_size"][0])
+            out["masks"] = []
+            for i in range(f["complete"].shape[0]):
+                if f["complete"][i] != 1: continue
+                lengths, counts = f["everything_rle_lengths"][i], f["everything_rle_counts"][i]
+                starts = np.concatenate([[0], np.cumsum(lengths)])
+                row = []
+                for k in range(int(f["everything_masks"][i])):
+                    flat, at, on = np.zeros(L * L, dtype=np.uint8), 0, 0
+                    for c in counts[starts[k]:starts[k + 1]]:
+                        flat[at:at + c] = on
+                        at, on = at + int(c), 1 - on
+                    row.append(flat.reshape((L, L), order="F").ravel().tolist())
+                out["masks"].append(row)
             print(json.dumps(out))
             """
         let py = Process()
@@ -479,16 +607,21 @@ final class FeatureCacheTests: XCTestCase {
         }
         let j = try JSONSerialization.jsonObject(with: data) as! [String: Any]
         let ds = j["datasets"] as! [String: [String: Any]]
-        XCTAssertEqual(Set(ds.keys), Set(CacheSchema.datasets))
+        XCTAssertEqual(Set(ds.keys), Set(CacheSchema.datasets + CacheSchema.everythingDatasets))
         XCTAssertEqual(ds["embedding"]!["dtype"] as? String, "float16")
-        XCTAssertEqual(ds["embedding"]!["shape"] as? [Int], [6, 8, 4, 4])
-        XCTAssertEqual(ds["embedding"]!["chunks"] as? [Int], [1, 8, 4, 4])
+        XCTAssertEqual(ds["embedding"]!["shape"] as? [Int], [6, 256, 4, 4])
+        XCTAssertEqual(ds["embedding"]!["chunks"] as? [Int], [1, 256, 4, 4])
+        XCTAssertEqual(ds["everything_rle_counts"]!["dtype"] as? String, "int32")
+        XCTAssertEqual(ds["everything_rle_counts"]!["shape"] as? [Int], [6, 32768])
+        XCTAssertEqual(j["masks"] as? [[[Int]]], swiftMasks)
         XCTAssertEqual(ds["image"]!["dtype"] as? String, "uint8")
         XCTAssertEqual(ds["image"]!["shape"] as? [Int], [6, 64, 64, 3])
         XCTAssertEqual(ds["complete"]!["dtype"] as? String, "uint8")
         let attrs = j["attrs"] as! [String: Any]
         XCTAssertEqual(attrs["format"] as? String, CacheSchema.format)
         XCTAssertEqual(attrs["embedding_dtype"] as? String, "float16")
+        XCTAssertEqual(attrs["everything_rle"] as? String, CacheSchema.everythingRLE)
+        XCTAssertEqual(attrs["everything_mask_size"] as? [Int], [16, 16])
         XCTAssertEqual((j["sources"] as! [String]).count, 6)
         let pySums = j["sums"] as! [Double]
         XCTAssertEqual(pySums.count, sums.count)

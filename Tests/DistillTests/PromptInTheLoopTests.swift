@@ -154,6 +154,66 @@ final class PromptInTheLoopTests: XCTestCase {
         XCTAssertTrue(metrics.contains("\"teacher_decode\""))
     }
 
+    /// A cache with everything-masks drives the sampler (the trainer's path: CacheTrainingData's
+    /// batch → evaluate): every first-round box is the input-frame box of one of its image's
+    /// cached masks, every point the centre of a low-res pixel inside one; both kinds occur; the
+    /// same seed gives the same prompts, another seed others; a row without masks samples as
+    /// before (random points).
+    func testCachedEverythingMasksDriveTheSampler() throws {
+        let dir = try CacheTestSupport.temporaryDirectory("pitl-masks")
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        let images = dir.appendingPathComponent("images")
+        try CacheTestSupport.writeSyntheticImages(in: images, count: 2)
+        let weights = try CacheTestSupport.writeTinySAM(in: dir)
+        var o = CacheOptions(images: images, output: dir.appendingPathComponent("c.h5"))
+        o.progress = false
+        o.everythingMasks = CacheTestSupport.tinyEverything
+        _ = try FeatureCacheBuilder(options: o, teacher: try CacheTeacher.load(weights: weights),
+                                    everything: try EverythingMasker.load(o.everythingMasks, checkpoint: weights.path)).run()
+        let data = try CacheTrainingData.open({ var d = DataConfig(); d.train = [o.output.path]; return d }()).train
+        let batch = try data.batch([0, 1], seed: 0)
+        let masks = try XCTUnwrap(batch.everythingMasks)
+        XCTAssertTrue(masks.allSatisfy { $0.count >= 2 }, "masks per image: \(masks.map(\.count))")
+        var rng = SeededRandom(seed: 2)
+        let student = batch.targets + Tensor.randomNormal(batch.targets.shape, std: 0.1, rng: &rng)
+        let loop = try Self.loop(Self.loopConfig(prompts: 8))
+        func run(_ seed: UInt64, _ m: [[MaskRLE]]?) -> PromptInTheLoop.Result {
+            loop.evaluate(student: student, teacher: batch.targets, regions: batch.validRegions, seed: seed, everythingMasks: m)
+        }
+        let a = run(5, masks)
+        XCTAssertEqual(a.plan, run(5, masks).plan)
+        XCTAssertNotEqual(a.plan.prompts, run(6, masks).plan.prompts)
+        XCTAssertTrue(a.loss.value.isFinite && a.loss.value > 0)
+        var boxes = 0, points = 0
+        for (image, rounds) in a.plan.prompts.enumerated() {
+            let frameBoxes = masks[image].map { m -> [Float] in
+                let b = m.runBox!
+                return [Float(4 * b.x0), Float(4 * b.y0), Float(4 * b.x1 + 3), Float(4 * b.y1 + 3)]
+            }
+            for p in rounds[0] {
+                if let box = p.box {
+                    boxes += 1
+                    XCTAssertEqual(p.output, 0)
+                    XCTAssertTrue(frameBoxes.contains(box), "image \(image): box \(box) is no cached mask's \(frameBoxes)")
+                } else {
+                    points += 1
+                    XCTAssertTrue((1...3).contains(p.output))
+                    // Low-res pixel centres: 4·i + 1.5.
+                    let x = Int((p.points[0] - 1.5) / 4), y = Int((p.points[1] - 1.5) / 4)
+                    XCTAssertEqual(p.points, [Float(4 * x) + 1.5, Float(4 * y) + 1.5])
+                    XCTAssertTrue(masks[image].contains { $0.decode().pixels[y * 16 + x] }, "image \(image): point \(p.points) in no cached mask")
+                }
+            }
+        }
+        XCTAssertGreaterThan(boxes, 0)
+        XCTAssertGreaterThan(points, 0)
+        // No masks for the second image: it samples as without any (the first keeps its masks).
+        let mixed = run(5, [masks[0], []]), plain = run(5, nil)
+        XCTAssertEqual(mixed.plan.prompts[0], a.plan.prompts[0])
+        XCTAssertEqual(mixed.plan.prompts[1], plain.plan.prompts[1])
+        XCTAssertNotEqual(plain.plan.prompts[0], a.plan.prompts[0])
+    }
+
     func testConfig() throws {
         let yaml = """
         teacher: {checkpoint: weights/mobile_sam.pt}

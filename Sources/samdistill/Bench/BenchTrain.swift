@@ -16,7 +16,7 @@ struct BenchTrain: ParsableCommand {
             decay 0.01). Reports the median seconds per step and the process's peak resident set \
             (run one benchmark per process). Scripts/bench_pytorch.py --what train is the PyTorch peer.
 
-            With --config, the step is the run config's: its student with its initial weights             (init), its batch_size, loss, AdamW settings and gradient clipping; the batch is still             random (no cache is read).
+            With --config, the step is the run config's: its student with its initial weights             (init), its batch_size, loss, AdamW settings and gradient clipping; the batch is still             random (no cache is read). With loss prompt_in_the_loop the teacher's prompt encoder             and mask decoder come from teacher.checkpoint, the random targets stand for the teacher             embeddings, and the prompts are random points (no cached everything-masks), so the             teacher decodes each point multimask before its box; the step's median phase times             (wall clock, as the trainer's phase_s) are printed: encoder forward, teacher decode,             student decode forward, decoder backward, encoder backward.
             """)
 
     @OptionGroup var options: BenchOptions
@@ -87,25 +87,54 @@ struct BenchTrain: ParsableCommand {
         let regions = Array(repeating: ValidRegion(height: g, width: g), count: B)
         let params = student.namedParameters().filter { $0.1.isTrainable && !student.isFrozen($0.0) }.map(\.1)
         let optimiser = AdamW(parameters: params, configuration: cfg.optimizer.adamW)
+        var promptLoop: PromptInTheLoop?
+        if case .promptInTheLoop(let c) = cfg.loss {
+            // RunConfig refuses prompt_in_the_loop without teacher.checkpoint.
+            promptLoop = try PromptInTheLoop(config: c, teacherCheckpoint: URL(fileURLWithPath: cfg.teacher.checkpoint!),
+                                             imageSize: S, embeddingSize: g)
+        }
         let baseline = peakResidentMiB()
         var lastLoss = 0.0
+        var phases: [[String: Double]] = []  // per run, the first the warm-up
         let seconds = medianSeconds(repeats: options.repeats) {
             student.zeroGradients()
+            var t = BenchClock.now()
             let y = student.forward(x, mode: .training)
-            let loss = cfg.loss.evaluate(y, target, regions: regions)
+            var phase = ["encoder_forward": BenchClock.now() - t]
+            let loss: LossResult
+            if let promptLoop {
+                let r = promptLoop.evaluate(student: y, teacher: target, regions: regions, seed: UInt64(phases.count))
+                phase.merge(r.timing.phases) { $1 }
+                loss = r.loss
+            } else {
+                loss = cfg.loss.evaluate(y, target, regions: regions)
+            }
             lastLoss = loss.value
+            t = BenchClock.now()
             student.backward(loss.gradient, imageGradient: false)
+            phase["encoder_backward"] = BenchClock.now() - t
             if let m = cfg.optimizer.maxGradNorm { _ = clipGradientNorm(params, maxNorm: m) }
             optimiser.step(learningRate: cfg.schedule.lr(at: 0))
+            phases.append(phase)
         }
         let peak = peakResidentMiB()
         let name = config.map { URL(fileURLWithPath: $0).lastPathComponent } ?? ""
-        print(String(format: "train step  %@ (%@ student, %.1f GFLOP forward/image)  batch %d  %d×%d  threads %d: median %.3f s per step  peak RSS %.0f MiB (weights+inputs %.0f MiB)  loss %.5f",
-                     name, cfg.student.typeName, Double(student.forwardFLOPs) / 1e9, B, S, S, Threads.count, seconds, peak, baseline, lastLoss))
+        print(String(format: "train step  %@ (%@ student, %@ loss, %.1f GFLOP forward/image)  batch %d  %d×%d  threads %d: median %.3f s per step  peak RSS %.0f MiB (weights+inputs %.0f MiB)  loss %.5f",
+                     name, cfg.student.typeName, cfg.loss.typeName, Double(student.forwardFLOPs) / 1e9, B, S, S, Threads.count,
+                     seconds, peak, baseline, lastLoss))
+        // Each phase's median over the timed runs.
+        let order = ["encoder_forward", "teacher_decode", "student_decode_forward", "decoder_backward", "encoder_backward"]
+        var medians: [String: Double] = [:]
+        for k in order where phases[0][k] != nil {
+            let v = phases.dropFirst().map { $0[k]! }.sorted()
+            medians[k] = v[v.count / 2]
+        }
+        print("phases (median s): " + order.compactMap { k in medians[k].map { String(format: "%@ %.3f", k, $0) } }.joined(separator: ", "))
         if options.json {
-            printJSON(["bench": "train", "config": name, "student": cfg.student.typeName, "batch": B, "image_size": S,
-                       "threads": Threads.count, "seconds": seconds, "median_ms": seconds * 1e3, "peak_rss_mib": peak,
-                       "baseline_rss_mib": baseline, "loss": lastLoss, "forward_gflop_per_image": Double(student.forwardFLOPs) / 1e9])
+            printJSON(["bench": "train", "config": name, "student": cfg.student.typeName, "loss_type": cfg.loss.typeName, "batch": B,
+                       "image_size": S, "threads": Threads.count, "seconds": seconds, "median_ms": seconds * 1e3, "peak_rss_mib": peak,
+                       "baseline_rss_mib": baseline, "loss": lastLoss, "forward_gflop_per_image": Double(student.forwardFLOPs) / 1e9,
+                       "phase_s": medians])
         }
     }
 }
