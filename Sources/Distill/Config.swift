@@ -34,7 +34,7 @@ import Yams
 //     optimizer:   {type: adamw, lr: …, beta1, beta2, eps, weight_decay, max_grad_norm}
 //     schedule:    LearningRateSchedule ({type: warmup_cosine, peak_lr, …}; total_steps defaults to the run's steps)
 //     batch_size, grad_accumulation, steps | epochs, seed, checkpoint_every, keep_last, eval_every, log_every
-//     eval:        {prompts: {types: [point, box], count: 8}, max_images: N}
+//     eval:        {prompts: {types: [point, two-point, box], count: 8}, max_images: N, split, before, during_training}
 //     output_dir:  runs/NAME
 //     freeze:      [patch_embed, layers.0]   (leading TinyViT units kept as initialised)
 //     stages:      [{name: mse, steps: 150}, {name: pitl, steps: 50, loss: {type: prompt_in_the_loop}}]
@@ -202,8 +202,11 @@ public struct EvalConfig: Codable, Equatable, Sendable {
     public var before = true
     /// Prompt-draw and bootstrap seed.
     public var seed: UInt64 = 0
+    /// `samdistill run` also measures this mIoU at every `eval_every` step (logged as
+    /// `miou_<prompt>` beside the embedding MSE: the held-out mIoU curve; costs one evaluation each).
+    public var duringTraining = false
 
-    enum CodingKeys: String, CodingKey { case prompts, maxImages = "max_images", split, multimask, before, seed }
+    enum CodingKeys: String, CodingKey { case prompts, maxImages = "max_images", split, multimask, before, seed, duringTraining = "during_training" }
     public init() {}
 
     /// The evaluator's options for these settings.
@@ -717,6 +720,7 @@ extension EvalConfig {
         multimask = r.bool("multimask") ?? multimask
         before = r.bool("before") ?? before
         if let v = r.int("seed", min: 0) { seed = UInt64(v) }
+        duringTraining = r.bool("during_training") ?? duringTraining
     }
 }
 
@@ -801,7 +805,8 @@ extension RunConfig {
             ("eval_every", n(evalEvery)), ("log_every", n(logEvery)),
             ("eval", map([("prompts", map([("types", strings(eval.prompts.types)), ("count", n(eval.prompts.count))])),
                           ("max_images", eval.maxImages.map { n($0) }), ("split", n(eval.split)),
-                          ("multimask", n(eval.multimask)), ("before", n(eval.before)), ("seed", n(Int(eval.seed)))])),
+                          ("multimask", n(eval.multimask)), ("before", n(eval.before)), ("seed", n(Int(eval.seed))),
+                          ("during_training", n(eval.duringTraining))])),
             ("export", map([("path", n(export.path)), ("half", n(export.half)), ("full", n(export.full))])),
             ("output_dir", n(outputDir)),
             ("freeze", strings(freeze)),

@@ -191,6 +191,20 @@ public final class RunPipeline {
                                           student: { initial.forward($0, mode: .inference) }, imageSize: initial.imageSize)
         }
 
+        // The held-out mIoU curve: the evaluator on the student being trained, at each eval_every step.
+        if config.eval.duringTraining {
+            let settings = config.eval
+            trainer.evaluationHook = { student, _ in
+                let r = try makeEvaluator().evaluateCache(reader, split: split, maxImages: settings.maxImages,
+                                                          student: { student.forward($0, mode: .inference) }, studentImageSize: student.imageSize)
+                let report = EvaluationReport(student: "", teacher: "", data: "", options: settings.evaluationOptions,
+                                              images: r.images, studentSeconds: r.studentSeconds)
+                var m: [String: Double] = [:]
+                for s in report.summary { m["miou_\(s.prompt)" + (s.metric == "single" ? "" : "_\(s.metric)")] = s.miou }
+                return m
+            }
+        }
+
         // 3. train (after the baseline evaluation)
         if FileManager.default.fileExists(atPath: finalCheckpoint.path) {
             outcome.skipped.append("train")

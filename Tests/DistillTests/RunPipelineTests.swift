@@ -132,6 +132,36 @@ final class RunPipelineTests: XCTestCase {
 
     /// The command line: `samdistill run` on the same tiny setup prints the before/after table and
     /// the exported path; a second call says every step is up to date.
+    /// `eval.during_training`: the held-out mIoU at every eval_every step lands in metrics.jsonl
+    /// (`miou_point`, `miou_box`), and the last one equals the final evaluation of the same weights
+    /// (same prompts, same teacher masks; the checkpoint is float32: to 1e-12).
+    func testHeldOutMIoUDuringTraining() throws {
+        let dir = try CacheTestSupport.temporaryDirectory("runpipeline-curve")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let teacher = try Self.writeTinySAM(in: dir)
+        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
+        try (names.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
+        try "\(names[0])\n\(names[3])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let config = try RunConfig.parse(Self.yaml(dir: dir, teacher: teacher),
+                                         overrides: ["eval.during_training=true", "eval_every=2", "eval.before=false"])
+        let p = RunPipeline(config: config, configName: "test.yaml")
+        p.showsProgress = false
+        p.log = { _ in }
+        let outcome = try p.run()
+        let metrics = try String(contentsOf: URL(fileURLWithPath: config.outputDir).appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        var curve: [Int: [String: Double]] = [:]
+        for line in metrics.split(separator: "\n") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            if let e = o["eval"] as? [String: Double] { curve[o["step"] as! Int] = e }
+        }
+        XCTAssertEqual(Set(curve.keys), [2, 4])
+        for (_, e) in curve { XCTAssertNotNil(e["miou_point"]); XCTAssertNotNil(e["miou_box"]); XCTAssertNotNil(e["val_mse"]) }
+        let after = try XCTUnwrap(outcome.after)
+        for s in after.summary {
+            XCTAssertEqual(try XCTUnwrap(curve[4]?["miou_\(s.prompt)"]), s.miou, accuracy: 1e-12, s.prompt)
+        }
+    }
+
     func testRunCommand() throws {
         let dir = try CacheTestSupport.temporaryDirectory("runcli")
         defer { try? FileManager.default.removeItem(at: dir) }
