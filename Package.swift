@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -42,7 +43,8 @@ let package = Package(
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: optimised),
         .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "CHDF5",
-                                                .product(name: "Yams", package: "Yams")],
+                                                .product(name: "Yams", package: "Yams"),
+                                                .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimised),
         .executableTarget(name: "samdistill", dependencies: [
             "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "CBLAS",

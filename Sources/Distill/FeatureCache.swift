@@ -43,7 +43,7 @@ public enum CacheSchema {
     public static let version = 1
     public static let datasets = ["image", "embedding", "original_size", "resized_size", "source", "view",
                                   "view_params", "split", "complete"]
-    public static let splitNames = ["train", "val"]
+    public static let splitNames = CacheSplit.allCases.map(\.name)
     /// Present together, or not at all.
     public static let everythingDatasets = ["everything_masks", "everything_dropped", "everything_rle_lengths",
                                             "everything_rle_counts", "everything_iou", "everything_stability"]
@@ -54,7 +54,7 @@ public enum CacheSchema {
 /// Where the train/val split comes from.
 public enum SplitRule: Equatable, Sendable {
     case none
-    /// Each image is in val when `stableHash(relative path) / 2⁶⁴ < fraction` (independent of seed).
+    /// Each image is in val when `FNV1a.hash(relative path) / 2⁶⁴ < fraction` (independent of seed).
     case fraction(Double)
     /// Images whose relative path (or file name) is listed are val.
     case list([String], sha256: String)
@@ -69,7 +69,7 @@ public enum SplitRule: Equatable, Sendable {
 
     public static func list(file url: URL) throws -> SplitRule {
         let lines = try listFileEntries(url)
-        return .list(lines, sha256: SHA256.hex(Data(lines.sorted().joined(separator: "\n").utf8)))
+        return .list(lines, sha256: Checksum.sha256(Data(lines.sorted().joined(separator: "\n").utf8)))
     }
 
     /// The entries of a list file: one per line, blank lines and `#` comments skipped.
@@ -83,7 +83,7 @@ public enum SplitRule: Equatable, Sendable {
     public func isValidation(_ source: String) -> Bool {
         switch self {
         case .none: return false
-        case .fraction(let f): return Double(Augmentation.stableHash(source) >> 11) / Double(UInt64(1) << 53) < f
+        case .fraction(let f): return Double(FNV1a.hash(source) >> 11) / Double(UInt64(1) << 53) < f
         case .list(let names, _):
             let base = (source as NSString).lastPathComponent
             return names.contains(source) || names.contains(base)
