@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependency direction (ARCHITECTURE.md): Tensor ← Layers ← SegmentAnything ← Distill ← samdistill,
-// with Optim (← Tensor, Layers for `Parameter`) used by Distill. C libraries come from Debian
+// with Optim (← Tensor only; `Parameter` lives in Tensor) used by Distill. C libraries come from Debian
 // through pkg-config.
 //
 // Release builds target the CPU they are built on (`-target-cpu native`): the toolkit is built
@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -36,13 +37,14 @@ let package = Package(
 
         .target(name: "Tensor", dependencies: ["CBLAS"], swiftSettings: optimised),
         .target(name: "Layers", dependencies: ["Tensor"], swiftSettings: optimised),
-        .target(name: "Optim", dependencies: ["Tensor", "Layers"], swiftSettings: optimised),
+        .target(name: "Optim", dependencies: ["Tensor"], swiftSettings: optimised),
         .target(name: "SegmentAnything", dependencies: [
             "Tensor", "Layers", "CImageIO",
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: optimised),
         .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "CHDF5",
-                                                .product(name: "Yams", package: "Yams")],
+                                                .product(name: "Yams", package: "Yams"),
+                                                .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimised),
         .executableTarget(name: "samdistill", dependencies: [
             "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "CBLAS",
@@ -56,7 +58,8 @@ let package = Package(
         .testTarget(name: "LayersTests", dependencies: ["Tensor", "Layers", "TestSupport"]),
         .testTarget(name: "OptimTests", dependencies: ["Tensor", "Layers", "Optim", "TestSupport"]),
         .testTarget(name: "SegmentAnythingTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "TestSupport"]),
-        .testTarget(name: "DistillTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "Distill", "TestSupport"]),
+        .testTarget(name: "DistillTests", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "Distill",
+                                                        "TestSupport"]),
     ],
     // Swift 5 mode: kernels share raw buffers across DispatchQueue.concurrentPerform workers by
     // design (disjoint ranges), which Swift 6's strict Sendable checking cannot express.

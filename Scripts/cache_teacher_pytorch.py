@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes a samdistill feature cache (format "samdistill-feature-cache" v1, the schema of
-Sources/Distill/FeatureCache.swift) with the PyTorch SAM reference code, for users who run a big
+Sources/Distill/CacheSchema.swift) with the PyTorch SAM reference code, for users who run a big
 teacher (SAM ViT-H) on a GPU elsewhere and train with `samdistill` on the CPU.
 
     python3 Scripts/cache_teacher_pytorch.py --images DIR --teacher sam_vit_h_4b8939.pth --out cache.h5 \

@@ -61,20 +61,9 @@ public struct Augmentation: Codable, Equatable, Sendable {
         return String(decoding: try! e.encode(self), as: UTF8.self)
     }
 
-    /// FNV-1a 64 of the UTF-8 bytes: a stable hash across runs and machines (Swift's `Hasher` is
-    /// randomly seeded per process).
-    public static func stableHash(_ s: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 {
-            h ^= UInt64(b)
-            h = h &* 0x0000_0100_0000_01b3
-        }
-        return h
-    }
-
     /// The generator for one view: seed, source and view mixed (splitmix-style) into one state.
     public static func generator(seed: UInt64, source: String, view: Int) -> SeededRandom {
-        var z = seed &+ 0x9E37_79B9_7F4A_7C15 &* (stableHash(source) | 1)
+        var z = seed &+ 0x9E37_79B9_7F4A_7C15 &* (FNV1a.hash(source) | 1)
         z ^= UInt64(view) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 31)) &* 0x94D0_49BB_1331_11EB
         return SeededRandom(seed: z ^ (z >> 29))

@@ -5,6 +5,20 @@ import Tensor
 /// Train/val membership of a cache row (dataset `split`).
 public enum CacheSplit: Int, Sendable, CaseIterable {
     case train = 0, val = 1
+
+    /// "train" or "val": the name configs, `--split` and the cache's split attribute use.
+    public var name: String { self == .train ? "train" : "val" }
+
+    public init?(name: String) {
+        guard let s = Self.allCases.first(where: { $0.name == name }) else { return nil }
+        self = s
+    }
+
+    /// The rows an evaluation selects: "all" (nil: every row), "train" or "val"; the value is
+    /// checked where it is read (the config, `--split`).
+    public static func selection(_ name: String) -> CacheSplit? {
+        name == "all" ? nil : CacheSplit(name: name) ?? .val
+    }
 }
 
 /// One cache row, as stored.
@@ -284,11 +298,6 @@ public final class CacheReader {
         return batch
     }
 
-    /// Reads `batches` in order on a background thread, at most `depth` ahead of the consumer.
-    public func prefetch(_ batches: [[Int]], depth: Int = 2) -> CachePrefetcher {
-        CachePrefetcher(reader: self, batches: batches, depth: depth)
-    }
-
     /// Shuffled batches of `size` rows from `rows` (the last one may be short unless
     /// `dropLast`), with a seeded generator: an epoch's order for the trainer.
     public static func shuffledBatches(_ rows: [Int], size: Int, seed: UInt64, dropLast: Bool = false) -> [[Int]] {
@@ -304,33 +313,5 @@ public final class CacheReader {
             if b.count == size || !dropLast { out.append(b) }
         }
         return out
-    }
-}
-
-/// Batches read ahead on a background thread. `next()` returns them in order, rethrows a read
-/// error at the batch that failed, and nil at the end. Stops its thread when released.
-public final class CachePrefetcher {
-    private let queue: BoundedQueue<Result<CacheBatch, Error>>
-    private let thread: Thread
-
-    init(reader: CacheReader, batches: [[Int]], depth: Int) {
-        let q = BoundedQueue<Result<CacheBatch, Error>>(capacity: max(1, depth))
-        queue = q
-        thread = Thread {
-            for b in batches {
-                let r = Result { try reader.batch(rows: b) }
-                if !q.push(r) { return }
-                if case .failure = r { break }
-            }
-            q.close()
-        }
-        thread.start()
-    }
-
-    deinit { queue.close() }
-
-    public func next() throws -> CacheBatch? {
-        guard let r = queue.pop() else { return nil }
-        return try r.get()
     }
 }

@@ -68,11 +68,10 @@ public final class CacheTrainingData: TrainingData {
             throw CacheReader.FormatError(file: data.train.joined(separator: ", "), reason: "caches differ in image size or embedding shape: \(shapes.sorted())")
         }
         func split(_ name: String, _ field: String) throws -> CacheSplit {
-            switch name {
-            case "train": return .train
-            case "val": return .val
-            default: throw CacheReader.FormatError(file: data.train[0], reason: "\(field): unknown split '\(name)' (train or val)")
+            guard let s = CacheSplit(name: name) else {
+                throw CacheReader.FormatError(file: data.train[0], reason: "\(field): unknown split '\(name)' (train or val)")
             }
+            return s
         }
         let trainSplit = try split(data.trainSplit, "data.train_split")
         var train: [(cache: Int, row: Int)] = [], val: [(cache: Int, row: Int)] = []
@@ -92,7 +91,7 @@ public final class CacheTrainingData: TrainingData {
         } else if val.isEmpty, data.valFraction > 0 {
             var keep: [(cache: Int, row: Int)] = []
             for s in train {
-                let h = stableHash(try readers[s.cache].source(of: s.row))
+                let h = FNV1a.hash(try readers[s.cache].source(of: s.row))
                 if Double(h % 10_000) / 10_000 < data.valFraction { val.append(s) } else { keep.append(s) }
             }
             train = keep
@@ -101,12 +100,5 @@ public final class CacheTrainingData: TrainingData {
             throw CacheReader.FormatError(file: data.train.joined(separator: ", "), reason: "no complete '\(data.trainSplit)' rows to train on")
         }
         return (CacheTrainingData(readers: readers, samples: train), val.isEmpty ? nil : CacheTrainingData(readers: readers, samples: val))
-    }
-
-    /// FNV-1a 64 over the UTF-8 bytes: stable across runs and machines.
-    static func stableHash(_ s: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
     }
 }

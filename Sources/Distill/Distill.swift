@@ -1,4 +1,4 @@
-// Distill: the HDF5 feature cache (HDF5.swift, FeatureCache.swift, CacheReader.swift,
+// Distill: the HDF5 feature cache (HDF5.swift, CacheSchema.swift, FeatureCache.swift, CacheReader.swift,
 // Augment.swift, CacheTeacher.swift); students, trainer, evaluator, exporter and the YAML config
 // arrive with issues 5–6.
 import Layers

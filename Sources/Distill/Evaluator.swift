@@ -29,6 +29,14 @@ import Tensor
 // Overall mIoU = mean over all prompts; its 95% interval is a percentile bootstrap over IMAGES
 // (prompts of one image are correlated), seeded.
 
+/// Evaluation cannot run on its inputs: the file (or role) at fault and why.
+public struct EvaluationError: Error, CustomStringConvertible, Equatable {
+    public let file: String
+    public let reason: String
+    public init(file: String, reason: String) { self.file = file; self.reason = reason }
+    public var description: String { "\(file): \(reason)" }
+}
+
 /// A prompt protocol of the evaluation.
 public enum PromptProtocol: String, CaseIterable, Codable, Sendable {
     case point
@@ -138,7 +146,7 @@ public struct EvaluationReport: Codable, Sendable {
                 guard total > 0 else { continue }
                 let mean = used.reduce(0) { $0 + $1.sum } / Double(total)
                 let (lo, hi) = Self.bootstrapInterval(used, samples: options.bootstrapSamples,
-                                                      seed: options.seed ^ Self.hash(p.rawValue + "/" + m))
+                                                      seed: options.seed ^ FNV1a.hash(p.rawValue + "/" + m))
                 summary.append(Summary(prompt: p.rawValue, metric: m, images: used.count, prompts: total, miou: mean, ciLow: lo, ciHigh: hi))
             }
         }
@@ -167,13 +175,6 @@ public struct EvaluationReport: Codable, Sendable {
             return i + 1 < samples ? means[i] * (1 - f) + means[i + 1] * f : means[i]
         }
         return (quantile(0.025), quantile(0.975))
-    }
-
-    /// FNV-1a of a string (stable across runs, unlike `hashValue`).
-    static func hash(_ s: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
     }
 
     /// The terminal table: per-image rows, then the overall means with their intervals.
@@ -265,7 +266,7 @@ public final class Evaluator {
 
     /// The prompts of one protocol for the image currently set on the teacher predictor.
     func prompts(_ p: PromptProtocol, name: String, frame: ImageSize) throws -> [SAMPrompt] {
-        var rng = SeededRandom(seed: options.seed ^ EvaluationReport.hash(name + "|" + p.rawValue))
+        var rng = SeededRandom(seed: options.seed ^ FNV1a.hash(name + "|" + p.rawValue))
         let N = options.pointsPerImage, W = frame.width, H = frame.height
         if p == .grid {
             let n = max(1, Int(Double(N).squareRoot().rounded()))
@@ -320,10 +321,10 @@ public final class Evaluator {
 
     /// FNV-1a over a tensor's shape and bits: tells embeddings apart for `teacherMemo`.
     static func digest(_ t: Tensor) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for d in t.shape { h = (h ^ UInt64(d)) &* 0x100_0000_01b3 }
-        for v in t.data { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
-        return h
+        var h = FNV1a()
+        for d in t.shape { h.combine(UInt64(d)) }
+        for v in t.data { h.combine(UInt64(v.bitPattern)) }
+        return h.value
     }
 
     /// A pixel drawn uniformly among the mask's pixels (mask non-empty).
@@ -414,10 +415,10 @@ public final class Evaluator {
                               student encode: (Tensor) -> Tensor, studentImageSize: Int) throws
         -> (images: [ImageEvaluation], studentSeconds: Double) {
         guard studentImageSize == cache.imageSize else {
-            throw ExportError(file: cache.url.path, reason: "the cache holds \(cache.imageSize)×\(cache.imageSize) images, the student takes \(studentImageSize)")
+            throw EvaluationError(file: cache.url.path, reason: "the cache holds \(cache.imageSize)×\(cache.imageSize) images, the student takes \(studentImageSize)")
         }
         guard cache.imageSize == model.imageSize else {
-            throw ExportError(file: cache.url.path, reason: "the cache holds \(cache.imageSize)×\(cache.imageSize) images, the teacher's decoder expects \(model.imageSize)")
+            throw EvaluationError(file: cache.url.path, reason: "the cache holds \(cache.imageSize)×\(cache.imageSize) images, the teacher's decoder expects \(model.imageSize)")
         }
         var rows = cache.rows(split: split)
         if let maxImages { rows = Array(rows.prefix(maxImages)) }
@@ -440,7 +441,7 @@ public final class Evaluator {
     public func evaluateImages(_ urls: [URL], names: [String]? = nil, student encode: (Tensor) -> Tensor,
                                studentImageSize: Int) throws -> (images: [ImageEvaluation], studentSeconds: Double, teacherSeconds: Double) {
         guard studentImageSize == model.imageSize else {
-            throw ExportError(file: "student", reason: "the student takes \(studentImageSize)-pixel inputs, the teacher \(model.imageSize)")
+            throw EvaluationError(file: "student", reason: "the student takes \(studentImageSize)-pixel inputs, the teacher \(model.imageSize)")
         }
         var out: [ImageEvaluation] = [], ss = 0.0, ts = 0.0
         for (i, u) in urls.enumerated() {
@@ -473,19 +474,5 @@ public final class Evaluator {
             }
         }
         return RGBImage(width: W, height: H, pixels: pixels)
-    }
-
-    /// The JPEG/PNG files under `dir` (recursive), sorted by relative path: (urls, relative names).
-    public static func imageFiles(in dir: URL) throws -> (urls: [URL], names: [String]) {
-        let base = dir.standardizedFileURL.path
-        guard let e = FileManager.default.enumerator(atPath: base) else {
-            throw ExportError(file: dir.path, reason: "not a readable folder")
-        }
-        var names: [String] = []
-        while let rel = e.nextObject() as? String {
-            if ["jpg", "jpeg", "png"].contains((rel as NSString).pathExtension.lowercased()) { names.append(rel) }
-        }
-        names.sort()
-        return (names.map { URL(fileURLWithPath: base).appendingPathComponent($0) }, names)
     }
 }

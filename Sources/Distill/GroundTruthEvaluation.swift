@@ -91,7 +91,7 @@ public struct GroundTruthReport: Codable, Sendable {
                 guard total > 0 else { continue }
                 let mean = clusters.reduce(0) { $0 + $1.sum } / Double(total)
                 let (lo, hi) = EvaluationReport.bootstrapInterval(clusters, samples: bootstrapSamples,
-                                                                  seed: seed ^ EvaluationReport.hash("coco/" + model + "/" + size))
+                                                                  seed: seed ^ FNV1a.hash("coco/" + model + "/" + size))
                 summary.append(Summary(model: model, size: size, images: clusters.count, annotations: total, miou: mean, ciLow: lo, ciHigh: hi))
             }
         }
@@ -186,7 +186,7 @@ public final class GroundTruthEvaluator {
                                protocols: Evaluator? = nil) throws
         -> (groundTruth: [GroundTruthImageResult], protocols: [ImageEvaluation], crowdSkipped: Int, studentSeconds: Double, teacherSeconds: Double) {
         guard studentImageSize == model.imageSize else {
-            throw ExportError(file: "student", reason: "the student takes \(studentImageSize)-pixel inputs, the teacher \(model.imageSize)")
+            throw EvaluationError(file: "student", reason: "the student takes \(studentImageSize)-pixel inputs, the teacher \(model.imageSize)")
         }
         var gt: [GroundTruthImageResult] = [], pe: [ImageEvaluation] = [], crowd = 0, ss = 0.0, ts = 0.0
         for image in evaluatedImages(maxImages: maxImages) {

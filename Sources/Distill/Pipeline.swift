@@ -141,7 +141,7 @@ public final class RunPipeline {
 
         // 2. eval of the initial student (before training), so a user sees the baseline early.
         let reader = try CacheReader(URL(fileURLWithPath: config.data.train[0]))
-        let split: CacheSplit? = config.eval.split == "all" ? nil : config.eval.split == "train" ? .train : .val
+        let split = CacheSplit.selection(config.eval.split)
         var evaluator: Evaluator?
         func makeEvaluator() throws -> Evaluator {
             if let evaluator { return evaluator }
@@ -168,7 +168,7 @@ public final class RunPipeline {
             defer { evaluator.reportSamples = []; evaluator.reportPhotos = [:] }
             let r = try evaluator.evaluateCache(reader, split: split, maxImages: config.eval.maxImages, student: encode, studentImageSize: imageSize)
             guard !r.images.isEmpty else {
-                throw ExportError(file: config.data.train[0], reason: "no complete rows in split '\(config.eval.split)' to evaluate (set data.val_list or data.val_fraction, or eval.split)")
+                throw EvaluationError(file: config.data.train[0], reason: "no complete rows in split '\(config.eval.split)' to evaluate (set data.val_list or data.val_fraction, or eval.split)")
             }
             let report = EvaluationReport(student: label, teacher: config.teacher.checkpoint ?? "", data: "\(config.data.train[0]) (split \(config.eval.split))",
                                           options: config.eval.evaluationOptions, images: r.images, studentSeconds: r.studentSeconds)
@@ -261,7 +261,7 @@ public final class RunPipeline {
         return e
     }
 
-    static func digest(_ text: String) -> String { SHA256.hex(Data(text.utf8)) }
+    static func digest(_ text: String) -> String { Checksum.sha256(Data(text.utf8)) }
 
     /// The before/after table: per protocol and metric, mIoU [95% CI] of the initial and the
     /// trained student.

@@ -196,7 +196,7 @@ public struct VisualReport {
             return s + "<p class=\"meta\">No training metrics given (a run's metrics.jsonl): no curves.</p>\n"
         }
         guard let text = try? String(contentsOf: metrics, encoding: .utf8) else {
-            throw ExportError(file: metrics.path, reason: "cannot read the training metrics (metrics.jsonl)")
+            throw EvaluationError(file: metrics.path, reason: "cannot read the training metrics (metrics.jsonl)")
         }
         var loss: [(Int, Double)] = [], validation: [(Int, Double)] = [], miou: [String: [(Int, Double)]] = [:], unreadable = 0
         for line in text.split(separator: "\n") {

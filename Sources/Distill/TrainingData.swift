@@ -110,16 +110,17 @@ public struct BatchOrder: Sendable {
 }
 
 /// Loads the next micro-batch on a background queue while the current one trains.
-final class Prefetcher: @unchecked Sendable {
-    let data: TrainingData
+public final class Prefetcher: @unchecked Sendable {
+    public let data: TrainingData
     private let queue = DispatchQueue(label: "samdistill.prefetch")
     private var pending: (rows: [Int], seed: UInt64, group: DispatchGroup, box: ResultBox)?
 
     final class ResultBox: @unchecked Sendable { var result: Result<TrainingBatch, Error>? }
 
-    init(_ data: TrainingData) { self.data = data }
+    public init(_ data: TrainingData) { self.data = data }
 
-    func request(_ rows: [Int], seed: UInt64) {
+    /// Starts loading `rows` (with `seed`) in the background.
+    public func request(_ rows: [Int], seed: UInt64) {
         let group = DispatchGroup(), box = ResultBox(), data = self.data
         group.enter()
         queue.async {
@@ -130,7 +131,7 @@ final class Prefetcher: @unchecked Sendable {
     }
 
     /// The batch for `rows`: the prefetched one when it matches, else loaded now.
-    func take(_ rows: [Int], seed: UInt64) throws -> TrainingBatch {
+    public func take(_ rows: [Int], seed: UInt64) throws -> TrainingBatch {
         if let p = pending {
             p.group.wait()
             pending = nil
@@ -139,7 +140,8 @@ final class Prefetcher: @unchecked Sendable {
         return try data.batch(rows, seed: seed)
     }
 
-    func drain() {
+    /// Waits for a pending load and drops it.
+    public func drain() {
         pending?.group.wait()
         pending = nil
     }

@@ -74,11 +74,11 @@ public final class BatchNorm2d: Module {
                         // in Float (vectorised), totals in Double.
                         parallelFor(C, costPerItem: n * 2) { c in
                             var total: Double = 0
-                            for b in 0..<B { total += Double(ConvReductions.sum(xp + (b * C + c) * HW, HW)) }
+                            for b in 0..<B { total += Double(Reductions.sum(xp + (b * C + c) * HW, HW)) }
                             let m = Float(total / Double(n))
                             var sq: Double = 0
                             for b in 0..<B {
-                                sq += Double(ConvReductions.sumSquaredDeviations(xp + (b * C + c) * HW, HW, from: m))
+                                sq += Double(Reductions.sumSquaredDeviations(xp + (b * C + c) * HW, HW, from: m))
                             }
                             mp[c] = m
                             vp[c] = Float(sq / Double(n))
@@ -172,14 +172,14 @@ public final class BatchNorm2d: Module {
                                                 let o = (b * C + c) * HW
                                                 switch act {
                                                 case .gelu:
-                                                    FastMath.geluBackward(dyp + o, normalized: h + o, scale: w[c], shift: bv[c],
-                                                                          gelu: yp! + o, out + o, HW)
+                                                    normalizedGELUBackward(dyp + o, normalized: h + o, scale: w[c], shift: bv[c],
+                                                                           gelu: yp! + o, out + o, HW)
                                                 case .relu:
                                                     for i in 0..<HW { out[o + i] = yp![o + i] > 0 ? dyp[o + i] : 0 }
                                                 case nil: break
                                                 }
-                                                t1 += Double(ConvReductions.sum(g + o, HW))
-                                                t2 += Double(ConvReductions.dot(g + o, h + o, HW))
+                                                t1 += Double(Reductions.sum(g + o, HW))
+                                                t2 += Double(Reductions.dot(g + o, h + o, HW))
                                             }
                                             s1[c] = t1; s2[c] = t2
                                         }
@@ -208,4 +208,12 @@ public final class BatchNorm2d: Module {
         xhat = nil; rstd = []; activation = nil; activated = nil
         return dx
     }
+}
+
+/// dx[i] = dy[i] · GELU'(v) with v = xhat[i]·scale + shift recomputed (BatchNorm's output, the
+/// same float expression its forward evaluated) and y[i] = GELU(v) (distinct buffers): the fused
+/// BatchNorm → GELU backward's elementwise step.
+private func normalizedGELUBackward(_ dy: UnsafePointer<Float>, normalized xhat: UnsafePointer<Float>, scale: Float,
+                                    shift: Float, gelu y: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+    for i in 0..<n { dx[i] = dy[i] * FastMath.geluDerivative(xhat[i] * scale + shift, gelu: y[i]) }
 }

@@ -395,7 +395,7 @@ public final class Conv2d: Module {
                                     let dxs = dxrow + (kx - p)
                                     for ox in lo..<hi { dxs[ox] += wv * grow[ox] }
                                 }
-                                acc = ConvReductions.dot(grow + lo, xs + lo, hi - lo)
+                                acc = Reductions.dot(grow + lo, xs + lo, hi - lo)
                             } else {
                                 for ox in lo..<hi {
                                     let ix = ox * s - p + kx
@@ -556,7 +556,7 @@ func accumulateChannelBiasGradient(_ dy: UnsafePointer<Float>, _ db: UnsafeMutab
     parallelFor(C, costPerItem: B * HW) { c in
         var total: Double = 0
         for b in 0..<B {
-            total += Double(ConvReductions.sum(dy + (b * C + c) * HW, HW))
+            total += Double(Reductions.sum(dy + (b * C + c) * HW, HW))
         }
         db[c] += Float(total)
     }
@@ -617,62 +617,4 @@ public func conv2dBackwardReference(_ x: Tensor, weight: Tensor, dy: Tensor, str
     } }
     return (Tensor(shape: x.shape, data: dx.map(Float.init)), Tensor(shape: weight.shape, data: dw.map(Float.init)),
             Tensor(shape: [g.O], data: db.map(Float.init)))
-}
-
-// MARK: - Vectorised reductions
-
-/// Float reductions with 2×8 independent SIMD accumulators (a plain `s += p[i]` loop is one serial
-/// dependency chain that the compiler may not reorder). Used by the conv and BatchNorm kernels.
-enum ConvReductions {
-    /// Σ p[i]
-    @inline(__always)
-    static func sum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
-        let raw = UnsafeRawPointer(p)
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
-        var i = 0
-        while i + 16 <= n {
-            a0 += raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            a1 += raw.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-            i += 16
-        }
-        var s = (a0 + a1).sum()
-        while i < n { s += p[i]; i += 1 }
-        return s
-    }
-
-    /// Σ a[i] · b[i]
-    @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
-        var i = 0
-        while i + 16 <= n {
-            a0 += ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-                * rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            a1 += ra.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-                * rb.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-            i += 16
-        }
-        var s = (a0 + a1).sum()
-        while i < n { s += a[i] * b[i]; i += 1 }
-        return s
-    }
-
-    /// Σ (p[i] − m)²
-    @inline(__always)
-    static func sumSquaredDeviations(_ p: UnsafePointer<Float>, _ n: Int, from m: Float) -> Float {
-        let raw = UnsafeRawPointer(p)
-        let mv = SIMD8<Float>(repeating: m)
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
-        var i = 0
-        while i + 16 <= n {
-            let d0 = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - mv
-            let d1 = raw.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self) - mv
-            a0 += d0 * d0; a1 += d1 * d1
-            i += 16
-        }
-        var s = (a0 + a1).sum()
-        while i < n { let d = p[i] - m; s += d * d; i += 1 }
-        return s
-    }
 }

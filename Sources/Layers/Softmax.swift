@@ -24,7 +24,7 @@ public func softmaxRow(_ row: UnsafeMutablePointer<Float>, _ n: Int) {
 /// Backward of one row in place on the gradient: g = p ⊙ (g − Σ_j g_j p_j).
 @inline(__always)
 public func softmaxRowBackward(_ p: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ n: Int) {
-    let dot = ConvReductions.dot(p, UnsafePointer(g), n)
+    let dot = Reductions.dot(p, UnsafePointer(g), n)
     for j in 0..<n { g[j] = p[j] * (g[j] - dot) }
 }
 

@@ -1,5 +1,4 @@
 import Foundation
-import Layers
 import Tensor
 
 /// `torch.optim.AdamW` (single-tensor path, amsgrad off) over two parameter groups chosen by

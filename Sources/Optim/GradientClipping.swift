@@ -1,4 +1,3 @@
-import Layers
 import Tensor
 
 /// The total L2 norm of the gradients of the trainable parameters (buffers are skipped),

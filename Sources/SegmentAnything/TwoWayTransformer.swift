@@ -3,7 +3,7 @@ import Layers
 import Tensor
 
 // The mask decoder's two-way transformer, side by side with MobileSAM's modeling/transformer.py
-// (`TwoWayTransformer`, `TwoWayAttentionBlock`; `Attention` is Layers' `SAMAttention`).
+// (`TwoWayTransformer`, `TwoWayAttentionBlock`; `Attention` is Layers' `MaskDecoderAttention`).
 // Forward in training mode keeps what `backward` needs; backward gives the gradients of the
 // queries and keys (prompt-in-the-loop distillation backpropagates a mask loss into the image
 // embedding). The positional encodings are constants: no gradient is formed for them.
@@ -32,33 +32,33 @@ func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> Strin
 /// residual add and a LayerNorm. With `skipFirstLayerPE` the first self-attention gets no
 /// positional encoding and no residual (the reference's first layer).
 ///
-/// Checkpoint keys: `self_attn.*` (SAMAttention, downsample 1), `norm1.*`,
-/// `cross_attn_token_to_image.*` (SAMAttention, downsample r), `norm2.*`, `mlp.lin1.*`,
+/// Checkpoint keys: `self_attn.*` (MaskDecoderAttention, downsample 1), `norm1.*`,
+/// `cross_attn_token_to_image.*` (MaskDecoderAttention, downsample r), `norm2.*`, `mlp.lin1.*`,
 /// `mlp.lin2.*` (MLPBlock, ReLU), `norm3.*`, `norm4.*`, `cross_attn_image_to_token.*`.
 public final class TwoWayAttentionBlock: Module {
     public let embeddingDim: Int
     public let skipFirstLayerPE: Bool
-    public let selfAttn: SAMAttention
+    public let selfAttn: MaskDecoderAttention
     public let norm1: LayerNorm
-    public let crossAttnTokenToImage: SAMAttention
+    public let crossAttnTokenToImage: MaskDecoderAttention
     public let norm2: LayerNorm
     public let mlp: MLPBlock
     public let norm3: LayerNorm
     public let norm4: LayerNorm
-    public let crossAttnImageToToken: SAMAttention
+    public let crossAttnImageToToken: MaskDecoderAttention
 
     public init(embeddingDim: Int, heads: Int, mlpDim: Int = 2048, activation: Activation = .relu,
                 attentionDownsampleRate: Int = 2, skipFirstLayerPE: Bool = false) {
         self.embeddingDim = embeddingDim
         self.skipFirstLayerPE = skipFirstLayerPE
-        selfAttn = SAMAttention(embeddingDim: embeddingDim, heads: heads)
+        selfAttn = MaskDecoderAttention(embeddingDim: embeddingDim, heads: heads)
         norm1 = LayerNorm(embeddingDim)
-        crossAttnTokenToImage = SAMAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
+        crossAttnTokenToImage = MaskDecoderAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
         norm2 = LayerNorm(embeddingDim)
         mlp = MLPBlock(embeddingDim: embeddingDim, mlpDim: mlpDim, activation: activation)
         norm3 = LayerNorm(embeddingDim)
         norm4 = LayerNorm(embeddingDim)
-        crossAttnImageToToken = SAMAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
+        crossAttnImageToToken = MaskDecoderAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
     }
 
     public func namedParameters() -> [(String, Parameter)] {
@@ -137,14 +137,14 @@ public final class TwoWayAttentionBlock: Module {
 /// final tokens → image attention with a residual and `norm_final_attn`.
 ///
 /// Checkpoint keys: `layers.{i}.*` (TwoWayAttentionBlock), `final_attn_token_to_image.*`
-/// (SAMAttention, downsample r), `norm_final_attn.*` (LayerNorm).
+/// (MaskDecoderAttention, downsample r), `norm_final_attn.*` (LayerNorm).
 public final class TwoWayTransformer: Module {
     public let depth: Int
     public let embeddingDim: Int
     public let heads: Int
     public let mlpDim: Int
     public let layers: [TwoWayAttentionBlock]
-    public let finalAttnTokenToImage: SAMAttention
+    public let finalAttnTokenToImage: MaskDecoderAttention
     public let normFinalAttn: LayerNorm
 
     public init(depth: Int = 2, embeddingDim: Int = 256, heads: Int = 8, mlpDim: Int = 2048,
@@ -157,7 +157,7 @@ public final class TwoWayTransformer: Module {
             TwoWayAttentionBlock(embeddingDim: embeddingDim, heads: heads, mlpDim: mlpDim, activation: activation,
                                  attentionDownsampleRate: attentionDownsampleRate, skipFirstLayerPE: $0 == 0)
         }
-        finalAttnTokenToImage = SAMAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
+        finalAttnTokenToImage = MaskDecoderAttention(embeddingDim: embeddingDim, heads: heads, downsampleRate: attentionDownsampleRate)
         normFinalAttn = LayerNorm(embeddingDim)
     }
 

@@ -13,7 +13,7 @@ import Foundation
 public enum FastMath {
     /// e^x (Cephes `expf` scheme: x = n·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial, 2ⁿ from the
     /// exponent bits). 0 below −87.3; clamped above 88.37 (no Inf).
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func exp(_ v: Float) -> Float {
         let x0 = v < -87.3 ? -87.3 : (v > 88.3762626647949 ? 88.3762626647949 : v)
         // n = round(x·log2 e) by the 1.5·2²³ trick: the sum's low mantissa bits hold n.
@@ -69,7 +69,7 @@ public enum FastMath {
 
     /// GELU'(x) given y = GELU(x), the forward's output: Φ(x) = y / x, so only φ's exponential is
     /// evaluated, not erf (backward ~1.5× faster). |x| < 1e-20 takes Φ(0) = ½.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func geluDerivative(_ x: Float, gelu y: Float) -> Float {
         let q = y / x
         // (two comparisons rather than `abs`, which keeps the loop from vectorising)
@@ -108,14 +108,6 @@ public enum FastMath {
     public static func geluBackward(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, gelu y: UnsafePointer<Float>,
                                     _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
         for i in 0..<n { dx[i] = dy[i] * geluDerivative(x[i], gelu: y[i]) }
-    }
-
-    /// dx[i] = dy[i] · GELU'(v) with v = xhat[i]·scale + shift recomputed (BatchNorm's output, the
-    /// same float expression its forward evaluated) and y[i] = GELU(v) (distinct buffers).
-    public static func geluBackward(_ dy: UnsafePointer<Float>, normalized xhat: UnsafePointer<Float>, scale: Float,
-                                    shift: Float, gelu y: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
-                                    _ n: Int) {
-        for i in 0..<n { dx[i] = dy[i] * geluDerivative(xhat[i] * scale + shift, gelu: y[i]) }
     }
 
     /// y[i] = e^(y[i] − m) in place; returns Σ y[i] (4 partial sums).

@@ -18,7 +18,7 @@ struct Cache: ParsableCommand {
             teacher, preprocessing, view, split or image settings are refused unless --overwrite. \
             Files that cannot be decoded are skipped and listed; a folder with no readable image \
             is an error. The file is crash-safe: a killed run leaves no row marked complete that \
-            is not. Layout: Sources/Distill/FeatureCache.swift (CacheSchema); h5py reads it.
+            is not. Layout: Sources/Distill/CacheSchema.swift; h5py reads it.
 
             Teacher: a .pt/.pth/.safetensors file holding an image encoder (MobileSAM's TinyViT \
             or SAM ViT-B/L/H, keys with or without 'image_encoder.'); --teacher-config names a \

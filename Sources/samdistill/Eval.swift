@@ -138,15 +138,15 @@ struct Eval: ParsableCommand {
         let report: EvaluationReport
         if let cache {
             let reader = try CacheReader(URL(fileURLWithPath: cache))
-            let s: CacheSplit? = split == "all" ? nil : split == "train" ? .train : .val
+            let s = CacheSplit.selection(split)
             let r = try evaluator.evaluateCache(reader, split: s, maxImages: maxImages, student: encode, studentImageSize: studentEncoder.imageSize)
-            guard !r.images.isEmpty else { throw ExportError(file: cache, reason: "no complete rows in split '\(split)'") }
+            guard !r.images.isEmpty else { throw EvaluationError(file: cache, reason: "no complete rows in split '\(split)'") }
             report = EvaluationReport(student: student, teacher: teacher, data: "\(cache) (split \(split))", options: options,
                                       images: r.images, studentSeconds: r.studentSeconds)
         } else if let annotations, let dataset {
             let gte = GroundTruthEvaluator(model: model, dataset: dataset, decoderBatch: options.decoderBatch)
             guard !gte.evaluatedImages(maxImages: maxImages).isEmpty else {
-                throw ExportError(file: annotations, reason: "no image with a non-crowd annotation")
+                throw EvaluationError(file: annotations, reason: "no image with a non-crowd annotation")
             }
             let r = try gte.evaluateImages(directory: URL(fileURLWithPath: images!), maxImages: maxImages, student: encode,
                                            studentImageSize: studentEncoder.imageSize, protocols: options.prompts.isEmpty ? nil : evaluator)
@@ -156,9 +156,12 @@ struct Eval: ParsableCommand {
                                                 crowdSkipped: r.crowdSkipped, bootstrapSamples: options.bootstrapSamples, seed: seed)
             report = rep
         } else {
-            var (urls, names) = try Evaluator.imageFiles(in: URL(fileURLWithPath: images!))
-            if let maxImages { urls = Array(urls.prefix(maxImages)); names = Array(names.prefix(maxImages)) }
-            guard !urls.isEmpty else { throw ExportError(file: images!, reason: "no JPEG/PNG images") }
+            // The cache builder's listing: the same images in the same order as `cache` sees them.
+            let folder = URL(fileURLWithPath: images!).standardizedFileURL
+            var names = try FeatureCacheBuilder.listImages(folder)
+            if let maxImages { names = Array(names.prefix(maxImages)) }
+            let urls = names.map { folder.appendingPathComponent($0) }
+            guard !urls.isEmpty else { throw EvaluationError(file: images!, reason: "no JPEG/PNG images") }
             let r = try evaluator.evaluateImages(urls, names: names, student: encode, studentImageSize: studentEncoder.imageSize)
             report = EvaluationReport(student: student, teacher: teacher, data: images!, options: options, images: r.images,
                                       studentSeconds: r.studentSeconds, teacherSeconds: r.teacherSeconds)

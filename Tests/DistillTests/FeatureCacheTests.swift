@@ -86,9 +86,9 @@ final class FeatureCacheTests: XCTestCase {
     }
 
     func testSHA256KnownAnswers() {
-        XCTAssertEqual(SHA256.hex(Data()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        XCTAssertEqual(SHA256.hex(Data("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        XCTAssertEqual(SHA256.hex(Data(String(repeating: "a", count: 1000).utf8)),
+        XCTAssertEqual(Checksum.sha256(Data()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(Checksum.sha256(Data("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(Checksum.sha256(Data(String(repeating: "a", count: 1000).utf8)),
                        "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3")
     }
 
@@ -277,23 +277,27 @@ final class FeatureCacheTests: XCTestCase {
         XCTAssertEqual(resumed.rowsAlreadyComplete, 10)
     }
 
-    /// The prefetch thread delivers the same batches as direct reads, in order.
+    /// The trainer's prefetcher delivers the same batches as direct reads, in order.
     func testPrefetchMatchesDirectBatches() throws {
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 4)
         let out = dir.appendingPathComponent("c.h5")
         _ = try build(images, out, teacher: try tinyTeacher()) { $0.views = 2 }
         let reader = try CacheReader(out)
-        let batches = CacheReader.shuffledBatches(reader.rows(), size: 3, seed: 4)
+        let data = CacheTrainingData(readers: [reader], samples: reader.rows().map { (cache: 0, row: $0) })
+        let batches = CacheReader.shuffledBatches(Array(0..<data.count), size: 3, seed: 4)
         XCTAssertEqual(batches.map(\.count), [3, 3, 2])
-        XCTAssertEqual(Set(batches.flatMap { $0 }), Set(reader.rows()))
-        let prefetcher = reader.prefetch(batches, depth: 2)
+        XCTAssertEqual(Set(batches.flatMap { $0 }), Set(0..<data.count))
+        let prefetcher = Prefetcher(data)
+        defer { prefetcher.drain() }
+        prefetcher.request(batches[0], seed: 0)
         var n = 0
-        while let b = try prefetcher.next() {
-            let direct = try reader.batch(rows: batches[n])
-            XCTAssertEqual(b.rows, batches[n])
+        for rows in batches {
+            let b = try prefetcher.take(rows, seed: 0)
+            if n + 1 < batches.count { prefetcher.request(batches[n + 1], seed: 0) }
+            let direct = try data.batch(rows, seed: 0)
             XCTAssertEqual(b.images.data, direct.images.data)
-            XCTAssertEqual(b.embeddings.data, direct.embeddings.data)
+            XCTAssertEqual(b.targets.data, direct.targets.data)
             n += 1
         }
         XCTAssertEqual(n, 3)

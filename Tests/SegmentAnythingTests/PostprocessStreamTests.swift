@@ -3,7 +3,7 @@ import Tensor
 import TestSupport
 import XCTest
 
-/// The streamed separable `postprocessMasks` (SAM.swift `BilinearStream`) against the literal
+/// The streamed separable `postprocessMasks` (BilinearResize.swift `BilinearStream`) against the literal
 /// reference loops: equal within 1e-6 relative as logits (the arithmetic per value is the same;
 /// only the order of evaluation across rows differs), and the fused binarisation equals
 /// thresholding the logits, exactly, for blocks of rows that split the output (parallel jobs).

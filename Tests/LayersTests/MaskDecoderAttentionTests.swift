@@ -3,21 +3,21 @@ import Tensor
 import TestSupport
 import XCTest
 
-/// SAMAttention, ViTAttention, MLPBlock, MLP and ViTBlock.
+/// MaskDecoderAttention, ViTAttention, MLPBlock, MLP and ViTBlock.
 ///
 /// Finite differences use the GradientCheck defaults (eps 1e-2, atol 1e-3, rtol 1e-2) unless a
 /// test says otherwise: every layer here is smooth except ReLU, whose kinks the MLP test keeps
 /// away from (see there). PyTorch fixtures (Scripts/refdump/sam_attention.py, built from
 /// MobileSAM's own classes): relative error ≤ 1e-5 on the output, every input gradient and every
 /// parameter gradient. Naive references vs the gemm path: relative error ≤ 1e-5.
-final class SAMAttentionTests: XCTestCase {
-    // MARK: SAMAttention
+final class MaskDecoderAttentionTests: XCTestCase {
+    // MARK: MaskDecoderAttention
 
     /// Three separate inputs, Nq ≠ Nk, downsample 1 and 2.
-    func testSAMAttentionFiniteDifferences() {
+    func testMaskDecoderAttentionFiniteDifferences() {
         var rng = SeededRandom(seed: 31)
         for (rate, Nq, Nk) in [(1, 3, 5), (2, 4, 2)] {
-            let attn = SAMAttention(embeddingDim: 8, heads: 2, downsampleRate: rate)
+            let attn = MaskDecoderAttention(embeddingDim: 8, heads: 2, downsampleRate: rate)
             randomiseParameters(attn, rng: &rng)
             var inputs = [Tensor.randomNormal([2, Nq, 8], rng: &rng), .randomNormal([2, Nk, 8], rng: &rng),
                           .randomNormal([2, Nk, 8], rng: &rng)]
@@ -31,19 +31,19 @@ final class SAMAttentionTests: XCTestCase {
 
     /// Self-attention (one tensor as q, k and v): the caller's sum of the three gradients is the
     /// gradient of the shared input.
-    func testSAMAttentionSharedInputFiniteDifferences() {
+    func testMaskDecoderAttentionSharedInputFiniteDifferences() {
         var rng = SeededRandom(seed: 32)
-        let attn = SAMAttention(embeddingDim: 6, heads: 3, downsampleRate: 1)
+        let attn = MaskDecoderAttention(embeddingDim: 6, heads: 3, downsampleRate: 1)
         randomiseParameters(attn, rng: &rng)
         assertGradientsMatchFiniteDifferences(attn, input: .randomNormal([2, 4, 6], rng: &rng),
             forward: { attn.forward(q: $0, k: $0, v: $0, mode: .training) },
             backward: { let g = attn.backward($0); return g.dq + g.dk + g.dv })
     }
 
-    func testSAMAttentionMatchesPyTorch() throws {
+    func testMaskDecoderAttentionMatchesPyTorch() throws {
         for name in ["sam_attention_ds1", "sam_attention_ds2"] {
             let f = try Fixture(name)
-            let attn = SAMAttention(embeddingDim: f.int("embedding"), heads: f.int("heads"),
+            let attn = MaskDecoderAttention(embeddingDim: f.int("embedding"), heads: f.int("heads"),
                                     downsampleRate: f.int("downsample"))
             try attn.load(f.stateDict())
             attn.zeroGradients()
@@ -66,9 +66,9 @@ final class SAMAttentionTests: XCTestCase {
     }
 
     /// The gemm path equals plain loops at a bigger shape, in training and inference mode.
-    func testSAMAttentionMatchesNaiveReference() {
+    func testMaskDecoderAttentionMatchesNaiveReference() {
         var rng = SeededRandom(seed: 33)
-        let attn = SAMAttention(embeddingDim: 32, heads: 4, downsampleRate: 2)
+        let attn = MaskDecoderAttention(embeddingDim: 32, heads: 4, downsampleRate: 2)
         randomiseParameters(attn, std: 0.3, rng: &rng)
         let q = Tensor.randomNormal([2, 40, 32], rng: &rng)
         let k = Tensor.randomNormal([2, 70, 32], rng: &rng), v = Tensor.randomNormal([2, 70, 32], rng: &rng)

@@ -1,7 +1,7 @@
 import Foundation
 import Tensor
 
-// Inference-only fast paths of SAMAttention for the mask decoder's shapes: a few prompt tokens
+// Inference-only fast paths of MaskDecoderAttention for the mask decoder's shapes: a few prompt tokens
 // (Nq ≈ 7) against thousands of image tokens (4096), or the other way round. The projections of
 // the many tokens (Nk·C·I multiply-adds each) are folded into the few tokens' side, which is
 // exact algebra (only the rounding differs):
@@ -17,7 +17,7 @@ import Tensor
 // Each costs 2·Nbig·(heads·Nsmall)·C multiply-adds instead of the projections' (2 to 4)·Nbig·C·I,
 // a win when heads·Nsmall < I (8 · 7 = 56 < 128 in SAM's decoder).
 
-extension SAMAttention {
+extension MaskDecoderAttention {
     /// Which folded form `forward` uses in inference for these token counts, if any: the large
     /// side must have at least `foldMinimumTokens` tokens and heads · (small side) < internalDim.
     public enum Fold: Sendable, Equatable { case keys, queries }
@@ -38,9 +38,9 @@ extension SAMAttention {
     public func forwardFolded(q: Tensor, k: Tensor, v: Tensor, fold: Fold) -> Tensor {
         let C = embeddingDim
         precondition(q.rank == 3 && q.shape[2] == C,
-                     "SAMAttention(\(C)).forwardFolded: expected q of shape (B, Nq, \(C)), got \(q.shape)")
+                     "MaskDecoderAttention(\(C)).forwardFolded: expected q of shape (B, Nq, \(C)), got \(q.shape)")
         precondition(k.rank == 3 && k.shape[0] == q.shape[0] && k.shape[2] == C && v.shape == k.shape,
-                     "SAMAttention(\(C)).forwardFolded: expected k and v of shape (\(q.shape[0]), Nk, \(C)), got \(k.shape), \(v.shape)")
+                     "MaskDecoderAttention(\(C)).forwardFolded: expected k and v of shape (\(q.shape[0]), Nk, \(C)), got \(k.shape), \(v.shape)")
         switch fold {
         case .keys: return foldedOverKeys(q: q, k: k, v: v)
         case .queries: return foldedOverQueries(q: q, k: k, v: v)

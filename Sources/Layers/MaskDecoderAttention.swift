@@ -15,7 +15,7 @@ import Tensor
 ///
 /// Three inputs, three input gradients: `forward(q:k:v:mode:)` and `backward(_:) -> (dq, dk, dv)`.
 /// Callers that pass one tensor as several inputs (self-attention) add the matching gradients.
-public final class SAMAttention: Module {
+public final class MaskDecoderAttention: Module {
     public let embeddingDim: Int
     public let heads: Int
     public let downsampleRate: Int
@@ -37,10 +37,10 @@ public final class SAMAttention: Module {
 
     public init(embeddingDim: Int, heads: Int, downsampleRate: Int = 1) {
         precondition(downsampleRate > 0 && embeddingDim % downsampleRate == 0,
-                     "SAMAttention: downsampleRate \(downsampleRate) must divide embeddingDim \(embeddingDim)")
+                     "MaskDecoderAttention: downsampleRate \(downsampleRate) must divide embeddingDim \(embeddingDim)")
         let internalDim = embeddingDim / downsampleRate
         precondition(heads > 0 && internalDim % heads == 0,
-                     "SAMAttention: heads \(heads) must divide the internal dimension \(internalDim)")
+                     "MaskDecoderAttention: heads \(heads) must divide the internal dimension \(internalDim)")
         self.embeddingDim = embeddingDim
         self.heads = heads
         self.downsampleRate = downsampleRate
@@ -56,7 +56,7 @@ public final class SAMAttention: Module {
             + prefixed("out_proj.", outProj)
     }
 
-    private var name: String { "SAMAttention(\(embeddingDim), heads \(heads), downsample \(downsampleRate))" }
+    private var name: String { "MaskDecoderAttention(\(embeddingDim), heads \(heads), downsample \(downsampleRate))" }
 
     /// q: (B, Nq, C), k: (B, Nk, C), v: (B, Nk, C) -> y: (B, Nq, C), C = embeddingDim.
     public func forward(q: Tensor, k: Tensor, v: Tensor, mode: ForwardMode) -> Tensor {
@@ -71,7 +71,7 @@ public final class SAMAttention: Module {
         let keep = mode.keepsActivations
         if !keep, let f = fold(queries: Nq, keys: Nk) {
             // Inference over many image tokens: the big side's projections folded away
-            // (SAMAttentionFolded.swift).
+            // (MaskDecoderAttentionFolded.swift).
             projected = nil
             probabilities = nil
             return forwardFolded(q: q, k: k, v: v, fold: f)

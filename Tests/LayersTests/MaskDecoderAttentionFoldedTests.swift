@@ -3,18 +3,18 @@ import Tensor
 import TestSupport
 import XCTest
 
-/// SAMAttention's folded inference paths (SAMAttentionFolded.swift) against the naive Double
+/// MaskDecoderAttention's folded inference paths (MaskDecoderAttentionFolded.swift) against the naive Double
 /// reference `forwardReference`: relative error ≤ 1e-5 (the folds only reassociate sums), and the
 /// dispatch rule `fold(queries:keys:)`.
-final class SAMAttentionFoldedTests: XCTestCase {
+final class MaskDecoderAttentionFoldedTests: XCTestCase {
     /// Few queries against many keys and many queries against few keys, both folds called
     /// directly at small shapes, with biases (the query bias matters in the queries fold, the key
     /// bias drops out of the keys fold through softmax's shift invariance).
     func testFoldsMatchNaiveReference() {
         var rng = SeededRandom(seed: 71)
-        let attn = SAMAttention(embeddingDim: 32, heads: 4, downsampleRate: 2)
+        let attn = MaskDecoderAttention(embeddingDim: 32, heads: 4, downsampleRate: 2)
         randomiseParameters(attn, std: 0.3, rng: &rng)
-        for (Nq, Nk, fold) in [(3, 50, SAMAttention.Fold.keys), (50, 3, .queries), (5, 5, .keys), (5, 5, .queries)] {
+        for (Nq, Nk, fold) in [(3, 50, MaskDecoderAttention.Fold.keys), (50, 3, .queries), (5, 5, .keys), (5, 5, .queries)] {
             let q = Tensor.randomNormal([2, Nq, 32], rng: &rng)
             let k = Tensor.randomNormal([2, Nk, 32], rng: &rng), v = Tensor.randomNormal([2, Nk, 32], rng: &rng)
             let ref = attn.forwardReference(q: q, k: k, v: v)
@@ -28,7 +28,7 @@ final class SAMAttentionFoldedTests: XCTestCase {
     /// hundreds of image tokens) and still equals the reference; training mode never folds.
     func testInferenceDispatchAtDecoderShapes() {
         var rng = SeededRandom(seed: 72)
-        let attn = SAMAttention(embeddingDim: 64, heads: 4, downsampleRate: 1)  // internal dim 64
+        let attn = MaskDecoderAttention(embeddingDim: 64, heads: 4, downsampleRate: 1)  // internal dim 64
         randomiseParameters(attn, std: 0.2, rng: &rng)
         XCTAssertEqual(attn.fold(queries: 7, keys: 300), .keys)
         XCTAssertEqual(attn.fold(queries: 300, keys: 7), .queries)
