@@ -18,7 +18,7 @@ import Tensor
 public struct EverythingMaskSettings: Codable, Equatable, Sendable {
     /// The generator's grid (`points_per_side`).
     public var pointsPerSide = 16
-    /// The hierarchical fast mode (`segment --everything --fast`, stride 4).
+    /// The hierarchical fast mode (`segment everything --fast`, stride 4).
     public var fast = true
     public var predIoUThresh = 0.88
     public var stabilityScoreThresh = 0.95

@@ -293,12 +293,13 @@ public struct VisualReport {
         let size = ImageSize(height: p.teacherMask.height, width: p.teacherMask.width)
         let photo = photos[p.image].flatMap { $0.size == size ? $0 : nil }
             ?? RGBImage(width: size.width, height: size.height, pixels: [UInt8](repeating: 128, count: size.width * size.height * 3))
-        var left = Self.overlay(photo, outline: teacher) { teacher[$0] ? Self.blue : nil }
-        var right = Self.overlay(photo, outline: student) { i in
+        var left = MaskOverlay.blend(photo, outline: teacher, alpha: 0.5, edge: .solid) { teacher[$0] ? Self.blue : nil }
+        var right = MaskOverlay.blend(photo, outline: student, alpha: 0.5, edge: .solid) { i in
             teacher[i] && student[i] ? Self.blue : student[i] ? Self.red : teacher[i] ? Self.yellow : nil
         }
-        Self.draw(p.prompt, scale: Double(size.width) / Double(p.frame.width), on: &left)
-        Self.draw(p.prompt, scale: Double(size.width) / Double(p.frame.width), on: &right)
+        let scale = Double(size.width) / Double(p.frame.width)
+        MaskOverlay.draw(points: p.prompt.points, box: p.prompt.box, on: &left, scale: scale, radius: 6, thickness: 2, boxColour: Self.green)
+        MaskOverlay.draw(points: p.prompt.points, box: p.prompt.box, on: &right, scale: scale, radius: 6, thickness: 2, boxColour: Self.green)
         let grade = p.iou < 0.5 ? "bad" : p.iou < 0.8 ? "mid" : "good"
         func img(_ image: RGBImage, _ alt: String) throws -> String {
             "<div><div class=\"side\">\(alt)</div><img alt=\"\(alt)\" width=\"\(image.width)\" height=\"\(image.height)\" src=\"data:image/jpeg;base64,\(try ImageIO.encodeJPEG(image, quality: 85).base64EncodedString())\"></div>"
@@ -307,53 +308,8 @@ public struct VisualReport {
             + "<figcaption><span class=\"\(grade)\">IoU \(Self.number(p.iou))</span> · \(p.promptType.rawValue) · \(Self.escape(p.image)) · \(Self.describe(p.prompt))</figcaption></figure>\n"
     }
 
-    typealias RGB = (UInt8, UInt8, UInt8)
+    typealias RGB = MaskOverlay.RGB
     static let blue: RGB = (30, 100, 255), red: RGB = (255, 32, 32), yellow: RGB = (255, 210, 0), green: RGB = (0, 220, 0)
-
-    /// The photo with `colour(pixel)` blended in at half strength and solid on `outline`'s edge.
-    static func overlay(_ photo: RGBImage, outline: [Bool], colour: (Int) -> RGB?) -> RGBImage {
-        var out = photo
-        let W = photo.width, H = photo.height
-        for y in 0..<H {
-            for x in 0..<W {
-                let i = y * W + x
-                guard let c = colour(i) else { continue }
-                let edge = outline[i] && (x == 0 || y == 0 || x == W - 1 || y == H - 1
-                                          || !outline[i - 1] || !outline[i + 1] || !outline[i - W] || !outline[i + W])
-                let a = edge ? 1.0 : 0.5
-                for (k, v) in [c.0, c.1, c.2].enumerated() {
-                    out.pixels[3 * i + k] = UInt8((Double(out.pixels[3 * i + k]) * (1 - a) + Double(v) * a).rounded())
-                }
-            }
-        }
-        return out
-    }
-
-    /// Points as dots in a white ring (green foreground, red background), the box as a green outline.
-    static func draw(_ prompt: SAMPrompt, scale: Double, on image: inout RGBImage) {
-        func paint(_ x: Int, _ y: Int, _ c: RGB) {
-            guard x >= 0, y >= 0, x < image.width, y < image.height else { return }
-            let i = 3 * (y * image.width + x)
-            image.pixels[i] = c.0; image.pixels[i + 1] = c.1; image.pixels[i + 2] = c.2
-        }
-        if let b = prompt.box {
-            let x0 = Int((b.x0 * scale).rounded()), y0 = Int((b.y0 * scale).rounded())
-            let x1 = Int((b.x1 * scale).rounded()), y1 = Int((b.y1 * scale).rounded())
-            for t in 0..<2 {
-                for x in x0...max(x0, x1) { paint(x, y0 + t, green); paint(x, y1 - t, green) }
-                for y in y0...max(y0, y1) { paint(x0 + t, y, green); paint(x1 - t, y, green) }
-            }
-        }
-        for p in prompt.points {
-            let cx = p.x * scale, cy = p.y * scale
-            for dy in -6...6 {
-                for dx in -6...6 {
-                    let r = Double(dx * dx + dy * dy).squareRoot()
-                    if r <= 4.5 { paint(Int(cx) + dx, Int(cy) + dy, p.label == 1 ? green : red) } else if r <= 6 { paint(Int(cx) + dx, Int(cy) + dy, (255, 255, 255)) }
-                }
-            }
-        }
-    }
 
     static func describe(_ p: SAMPrompt) -> String {
         var parts = p.points.map { "(\(Int($0.x)), \(Int($0.y)))\($0.label == 1 ? "" : " background")" }

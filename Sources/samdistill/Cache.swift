@@ -26,8 +26,8 @@ struct Cache: ParsableCommand {
             tiny teachers the tests use).
 
             --everything-masks (or data.everything_masks in --config) also stores each row's \
-            teacher everything-masks: SAM's automatic mask generator (as `segment --everything`, \
-            the --fast grid by default) on the row's own image, decoding its teacher embedding \
+            teacher everything-masks: SAM's automatic mask generator (as `segment everything`, \
+            with 16 points per side and the --fast grid by default) on the row's own image, decoding its teacher embedding \
             with the teacher checkpoint's prompt encoder and mask decoder (which must be in \
             --teacher). They are kept on the 256² low-res grid of the padded 1024 input (one \
             mask pixel per 4×4 input pixels), as COCO uncompressed RLE (column-major counts), at \
@@ -78,17 +78,8 @@ struct Cache: ParsableCommand {
     @Flag(help: "Also store each row's teacher everything-masks (see below); data.everything_masks in --config does the same.")
     var everythingMasks = false
 
-    @Option(help: "--everything-masks: the generator's points per side (default 16).")
-    var everythingPointsPerSide: Int?
-
-    @Flag(help: "--everything-masks: decode the whole grid (SAM's algorithm) instead of the --fast hierarchical grid.")
-    var everythingFullGrid = false
-
-    @Option(help: "--everything-masks: keep masks whose predicted IoU is above this (default 0.88; 0 disables).")
-    var everythingPredIouThresh: Double?
-
-    @Option(help: "--everything-masks: keep masks whose stability score is at least this (default 0.95; 0 disables).")
-    var everythingStabilityThresh: Double?
+    @OptionGroup(title: "Everything-masks generator (with --everything-masks; defaults: 16 points per side, --fast)")
+    var generator: MaskGeneratorArguments
 
     @Option(help: "--everything-masks: masks stored per row at most (default 64).")
     var everythingMaxMasks: Int?
@@ -137,19 +128,16 @@ struct Cache: ParsableCommand {
         if let f = valFraction { o.split = .fraction(f) } else if let l = valList {
             o.split = try SplitRule.list(file: URL(fileURLWithPath: l))
         }
-        let tunes = everythingPointsPerSide != nil || everythingFullGrid || everythingMaxMasks != nil || everythingMaxCounts != nil
-            || everythingPredIouThresh != nil || everythingStabilityThresh != nil
+        let tunes = generator.given || everythingMaxMasks != nil || everythingMaxCounts != nil
         if everythingMasks || (tunes && o.everythingMasks == nil) {
             guard everythingMasks else {
-                throw CacheError("--everything-* options tune --everything-masks (or data.everything_masks in \(config ?? "the config")): add --everything-masks")
+                throw CacheError("--points-per-side, --fast/--full-grid, --*-thresh and --everything-max-* tune --everything-masks "
+                                 + "(or data.everything_masks in \(config ?? "the config")): add --everything-masks")
             }
             o.everythingMasks = o.everythingMasks ?? EverythingMaskSettings()
         }
         if o.everythingMasks != nil {
-            if let v = everythingPointsPerSide { o.everythingMasks!.pointsPerSide = v }
-            if everythingFullGrid { o.everythingMasks!.fast = false }
-            if let v = everythingPredIouThresh { o.everythingMasks!.predIoUThresh = v }
-            if let v = everythingStabilityThresh { o.everythingMasks!.stabilityScoreThresh = v }
+            generator.apply(to: &o.everythingMasks!)
             if let v = everythingMaxMasks { o.everythingMasks!.maxMasks = v }
             if let v = everythingMaxCounts { o.everythingMasks!.maxCounts = v }
             if let p = o.everythingMasks!.problems().first { throw CacheError("--everything-masks: \(p)") }

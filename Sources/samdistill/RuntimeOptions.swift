@@ -18,7 +18,8 @@ protocol RuntimeConfigured {
 }
 
 extension Run: RuntimeConfigured {}
-extension Segment: RuntimeConfigured {}
+extension SegmentPrompt: RuntimeConfigured {}
+extension SegmentEverything: RuntimeConfigured {}
 extension Cache: RuntimeConfigured {}
 extension Train: RuntimeConfigured {}
 extension Eval: RuntimeConfigured {}

@@ -19,7 +19,8 @@ struct SAMDistill: ParsableCommand {
         Runtime.prepareEnvironment()
         do {
             var command = try parseAsRoot()
-            Runtime.configure(threads: (command as? RuntimeConfigured)?.runtime.threads)
+            // Only commands that compute (help and command groups print nothing else).
+            if let computing = command as? RuntimeConfigured { Runtime.configure(threads: computing.runtime.threads) }
             try command.run()
         } catch {
             exit(withError: error)

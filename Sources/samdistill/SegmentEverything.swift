@@ -3,28 +3,113 @@ import Foundation
 import SegmentAnything
 import Tensor
 
-/// `samdistill segment --everything`: SAM's automatic mask generator, the fast mode, FastSAM-style
-/// selection among the generated masks.
-extension Segment {
-    func runEverything() throws {
+/// `samdistill segment everything`: SAM's automatic mask generator, TinySAM's hierarchical fast
+/// mode, FastSAM-style selection among the generated masks.
+struct SegmentEverything: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "everything",
+        abstract: "Segment everything in an image: SAM's automatic mask generator.",
+        discussion: """
+            A grid of point prompts (--points-per-side², decoded in batches, three masks each), \
+            masks kept by predicted IoU and stability score, duplicates removed by box NMS, \
+            optionally on crops (--crop-n-layers) and with small holes and islands removed \
+            (--min-mask-region-area). Defaults are SAM's: 32 points per side, the full grid. \
+            --fast decodes a coarse grid (every 4th point per side) first and then only the grid \
+            points no confident mask covers. --json writes every mask as SAM's record \
+            (segmentation as uncompressed column-major RLE, area, bbox XYWH, predicted_iou, \
+            stability_score, point_coords, crop_box); the overlay colours every mask. \
+            --select-box / --select-point pick among the masks FastSAM-style: the mask with the \
+            highest IoU with the box, or the union of the masks hit by foreground points minus \
+            those hit by background points (--mask-out writes the selection).
+
+            Example: samdistill segment everything --checkpoint weights/mobile_sam.pt \
+            --image photo.jpg --fast --out everything.png --json masks.json
+            """)
+
+    @OptionGroup var io: SegmentArguments
+
+    @OptionGroup(title: "Mask generator") var generator: MaskGeneratorArguments
+
+    @Option(help: "Prompts decoded per batch (default 64).")
+    var pointsPerBatch: Int?
+
+    @Option(help: "Crop layers after the whole image, layer i with (2^i)² crops (default 0).")
+    var cropNLayers: Int?
+
+    @Option(help: "Fill holes and remove islands smaller than this many pixels (default 0: off).")
+    var minMaskRegionArea: Int?
+
+    @Option(help: "--fast: the coarse grid takes every Nth grid point per side (default 4).")
+    var fastStride: Int?
+
+    @Option(help: "--fast: a grid point is covered where a confident coarse mask's logit exceeds this (default 8.5; 0: anywhere inside the mask).")
+    var fastCoverLogit: Float?
+
+    @Option(help: "--fast: coarse masks with a predicted IoU of at least this are confident (default 0.88).")
+    var fastConfidentIou: Double?
+
+    @Flag(help: "--fast: also run the full grid and print the speedup and the mask agreement.")
+    var compareFull = false
+
+    @Option(help: ArgumentHelp("Select the mask with the highest IoU with this box.", valueName: "x0,y0,x1,y1"))
+    var selectBox: BoxArgument?
+
+    @Option(name: .customLong("select-point"), parsing: .singleValue,
+            help: ArgumentHelp("Select the masks hit by this point (label 1 adds, 0 removes). Repeatable.",
+                               valueName: "x,y[,label]"))
+    var selectPoints: [PointArgument] = []
+
+    @OptionGroup var runtime: RuntimeOptions
+
+    /// True when the hierarchical grid runs.
+    var fast: Bool { generator.grid == .fast }
+
+    /// The automatic mask generator's options from the flags (SAM's defaults where not given).
+    var generatorOptions: AutomaticMaskGeneratorOptions {
+        var o = AutomaticMaskGeneratorOptions()
+        generator.apply(to: &o, fastByDefault: false)
+        if let v = pointsPerBatch { o.pointsPerBatch = v }
+        if let v = cropNLayers { o.cropNLayers = v }
+        if let v = minMaskRegionArea { o.minMaskRegionArea = v }
+        if o.hierarchical != nil {
+            if let v = fastStride { o.hierarchical!.stride = v }
+            if let v = fastCoverLogit { o.hierarchical!.coverLogit = v }
+            if let v = fastConfidentIou { o.hierarchical!.confidentIoU = v }
+        }
+        return o
+    }
+
+    func validate() throws {
+        if selectBox != nil && !selectPoints.isEmpty { throw ValidationError("give --select-box or --select-point, not both") }
+        if compareFull && !fast { throw ValidationError("--compare-full compares --fast with the full grid: add --fast") }
+        if let (flag, _) = [("--fast-stride", fastStride != nil), ("--fast-cover-logit", fastCoverLogit != nil),
+                            ("--fast-confident-iou", fastConfidentIou != nil)].first(where: \.1), !fast {
+            throw ValidationError("\(flag) tunes --fast: add --fast")
+        }
+        if io.maskOut != nil && selectBox == nil && selectPoints.isEmpty {
+            throw ValidationError("--mask-out writes the selected mask: add --select-box or --select-point")
+        }
+        do { try generatorOptions.validate() } catch let e as AutomaticMaskGeneratorError {
+            if case .invalidOptions(let why) = e { throw ValidationError(why) }
+        }
+    }
+
+    func run() throws {
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
-        let picture = try ImageIO.read(URL(fileURLWithPath: image))
+        let picture = try io.readImage()
         let selectionPoints = selectPoints.map(\.point)
         for p in selectionPoints where p.x < 0 || p.y < 0 || p.x >= Double(picture.width) || p.y >= Double(picture.height) {
-            throw SegmentError(description: "\(image): --select-point \(p.x),\(p.y) is outside the \(picture.width)×\(picture.height) image")
+            throw SegmentError(description: "\(io.image): --select-point \(p.x),\(p.y) is outside the \(picture.width)×\(picture.height) image")
         }
+        let (model, loadSeconds) = try io.loadModel()
         var t = clock()
-        let model = try SAMModel.load(contentsOf: URL(fileURLWithPath: checkpoint),
-                                      decoderWeights: decoderCheckpoint.map { URL(fileURLWithPath: $0) })
-        let loadSeconds = clock() - t
-        print(String(format: "load    %7.3f s  %@ (%@)", loadSeconds, checkpoint, model.encoderConfig.description))
 
         let options = generatorOptions
         let predictor = SAMPredictor(model: model)
         t = clock()
         let result = try AutomaticMaskGenerator(predictor: predictor, options: options).generate(picture)
         let generateSeconds = clock() - t
-        print(String(format: "encode  %7.3f s  %@ %d×%d, %d crop(s)", result.encodeSeconds, image, picture.width, picture.height, result.encoderRuns))
+        print(String(format: "encode  %7.3f s  %@ %d×%d, %d crop(s)", result.encodeSeconds, io.image, picture.width, picture.height, result.encoderRuns))
         print(String(format: "decode  %7.3f s  %d of %d grid prompts%@", result.decodeSeconds, result.decodedPrompts, result.gridPoints,
                      fast ? " (fast mode)" : ""))
         print(String(format: "masks   %d in %.3f s", result.masks.count, generateSeconds))
@@ -58,7 +143,7 @@ extension Segment {
                 selection = (s.mask, s.added, s.removed, nil)
             }
             guard let selection else {
-                throw SegmentError(description: "\(image): no masks were generated, so there is nothing to select")
+                throw SegmentError(description: "\(io.image): no masks were generated, so there is nothing to select")
             }
             print("select  masks \(selection.indices)" + (selection.removed.isEmpty ? "" : " minus \(selection.removed)")
                   + ", area \(selection.mask.area) px" + (selection.iou.map { String(format: ", box IoU %.4f", $0) } ?? ""))
@@ -66,17 +151,17 @@ extension Segment {
 
         let overlayImage: RGBImage
         if let selection {
-            overlayImage = Self.overlay(picture, mask: selection.mask, points: selectionPoints, box: selectBox?.box)
+            overlayImage = SegmentPrompt.overlay(picture, mask: selection.mask, points: selectionPoints, box: selectBox?.box)
         } else {
-            overlayImage = Self.overlay(picture, masks: result.masks)
+            overlayImage = MaskOverlay.tint(picture, masks: result.masks.map(\.mask))
         }
-        try ImageIO.writePNG(overlayImage, to: URL(fileURLWithPath: out))
-        if let maskOut, let selection { try ImageIO.writePNG(selection.mask.greyImage, to: URL(fileURLWithPath: maskOut)) }
-        print("wrote   \(out)" + (maskOut.map { ", \($0)" } ?? "") + (json.map { ", \($0)" } ?? ""))
+        try ImageIO.writePNG(overlayImage, to: URL(fileURLWithPath: io.out))
+        if let maskOut = io.maskOut, let selection { try ImageIO.writePNG(selection.mask.greyImage, to: URL(fileURLWithPath: maskOut)) }
+        print("wrote   \(io.out)" + (io.maskOut.map { ", \($0)" } ?? "") + (io.json.map { ", \($0)" } ?? ""))
 
-        if let json {
+        if let json = io.json {
             var object: [String: Any] = [
-                "image": image, "checkpoint": checkpoint, "encoder": model.encoderConfig.description,
+                "image": io.image, "checkpoint": io.checkpoint, "encoder": model.encoderConfig.description,
                 "width": picture.width, "height": picture.height, "masks": result.masks.map(\.jsonObject),
                 "options": [
                     "points_per_side": options.pointsPerSide, "points_per_batch": options.pointsPerBatch,
@@ -104,45 +189,5 @@ extension Segment {
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             try AtomicFile.write(data + Data("\n".utf8), to: URL(fileURLWithPath: json))
         }
-    }
-
-    /// A colour per mask index (golden-ratio hues, deterministic).
-    static func maskColour(_ index: Int) -> (Float, Float, Float) {
-        let h = (Double(index) * 0.618_033_988_749_895 + 0.1).truncatingRemainder(dividingBy: 1) * 6
-        let s = 0.8, v = 0.95, c = v * s, x = c * (1 - abs(h.truncatingRemainder(dividingBy: 2) - 1)), m = v - c
-        let (r, g, b): (Double, Double, Double) = switch Int(h) {
-        case 0: (c, x, 0)
-        case 1: (x, c, 0)
-        case 2: (0, c, x)
-        case 3: (0, x, c)
-        case 4: (x, 0, c)
-        default: (c, 0, x)
-        }
-        return (Float((r + m) * 255), Float((g + m) * 255), Float((b + m) * 255))
-    }
-
-    /// The image with every mask tinted in its colour (55%), largest first so that smaller masks
-    /// stay visible on top, with white outlines.
-    static func overlay(_ image: RGBImage, masks: [GeneratedMask]) -> RGBImage {
-        var out = image
-        let W = image.width, H = image.height
-        for i in masks.indices.sorted(by: { masks[$0].area > masks[$1].area || (masks[$0].area == masks[$1].area && $0 < $1) }) {
-            let mask = masks[i].mask, colour = maskColour(i)
-            for y in 0..<H {
-                for x in 0..<W where mask.pixels[y * W + x] {
-                    let p = 3 * (y * W + x)
-                    let edge = x == 0 || y == 0 || x == W - 1 || y == H - 1 || !mask.pixels[y * W + x - 1]
-                        || !mask.pixels[y * W + x + 1] || !mask.pixels[(y - 1) * W + x] || !mask.pixels[(y + 1) * W + x]
-                    if edge {
-                        out.pixels[p] = 255; out.pixels[p + 1] = 255; out.pixels[p + 2] = 255
-                    } else {
-                        out.pixels[p] = UInt8(0.45 * Float(image.pixels[p]) + 0.55 * colour.0)
-                        out.pixels[p + 1] = UInt8(0.45 * Float(image.pixels[p + 1]) + 0.55 * colour.1)
-                        out.pixels[p + 2] = UInt8(0.45 * Float(image.pixels[p + 2]) + 0.55 * colour.2)
-                    }
-                }
-            }
-        }
-        return out
     }
 }

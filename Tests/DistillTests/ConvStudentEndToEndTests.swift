@@ -9,7 +9,7 @@ import XCTest
 
 /// The conv student is a SAM image encoder like TinyViT: trained two steps (a tiny-width network
 /// at SAM's 1024 input, so its embedding is 256×64×64), its training checkpoint is exported and
-/// the export runs `segment`, `segment --everything` and `cache --teacher`; `eval` reads the
+/// the export runs `segment`, `segment everything` and `cache --teacher`; `eval` reads the
 /// checkpoint itself. The loader keeps TinyViT's head rule away from it.
 final class ConvStudentEndToEndTests: XCTestCase {
     /// ResNet-style trunk of width 4 (stride 4 · 8 = 32, one ×2 transposed conv back to 64×64).
@@ -69,9 +69,9 @@ final class ConvStudentEndToEndTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(summary["score"] as? Double), Double(p.iou(prompt: 0, index: 0)), accuracy: 1e-6)
         XCTAssertTrue((summary["encoder"] as? String)?.hasPrefix("ConvStudent") == true, "\(summary)")
 
-        // segment --everything on a 4×4 grid: every grid prompt decoded.
+        // segment everything on a 4×4 grid: every grid prompt decoded.
         let everything = dir.appendingPathComponent("everything.json")
-        let g = try CacheTestSupport.run(exe, ["segment", "--checkpoint", full.path, "--image", photo.path, "--everything",
+        let g = try CacheTestSupport.run(exe, ["segment", "everything", "--checkpoint", full.path, "--image", photo.path,
                                                "--points-per-side", "4", "--out", dir.appendingPathComponent("all.png").path,
                                                "--json", everything.path])
         XCTAssertEqual(g.status, 0, g.err)

@@ -456,8 +456,8 @@ final class FeatureCacheTests: XCTestCase {
         let w = try CacheTestSupport.writeTinySAM(in: dir, imageSize: 128)
         func args(_ out: URL) -> [String] {
             ["cache", "--images", images.path, "--teacher", w.path, "--out", out.path,
-             "--views", "3", "--seed", "5", "--quiet", "--everything-masks", "--everything-points-per-side", "4", "--everything-full-grid",
-             "--everything-pred-iou-thresh", "0", "--everything-stability-thresh", "0"]
+             "--views", "3", "--seed", "5", "--quiet", "--everything-masks", "--points-per-side", "4", "--full-grid",
+             "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
         }
         let reference = dir.appendingPathComponent("reference.h5")
         let t0 = Date()

@@ -9,7 +9,7 @@ import XCTest
 /// reference functions themselves (Scripts/refdump/amg.py → Tests/Fixtures/amg_utils.safetensors),
 /// the whole generator with the real MobileSAM checkpoint on a real photo against PyTorch's
 /// `SamAutomaticMaskGenerator` (Tests/Fixtures/amg/*.json), the hierarchical fast mode against
-/// the full grid, FastSAM-style selection, and the `samdistill segment --everything` CLI.
+/// the full grid, FastSAM-style selection, and the `samdistill segment everything` CLI.
 final class AutomaticMaskGeneratorTests: XCTestCase {
     func mask(_ rows: [String]) -> BinaryMask {
         BinaryMask(width: rows[0].count, height: rows.count, pixels: rows.flatMap { $0.map { $0 == "#" } })
@@ -367,34 +367,33 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
     /// Bad flag combinations fail before any work, with a message naming the problem.
     func testCLIRejectsBadCombinations() throws {
         let dir = try temporaryDirectory()
-        let base = ["segment", "--checkpoint", try Fixture.mobileSAMCheckpoint().path, "--image", try TestData.photo("fruits.jpg").path,
-                    "--out", dir.appendingPathComponent("o.png").path]
+        let io = ["--checkpoint", try Fixture.mobileSAMCheckpoint().path, "--image", try TestData.photo("fruits.jpg").path,
+                  "--out", dir.appendingPathComponent("o.png").path]
+        let prompt = ["segment"] + io, everything = ["segment", "everything"] + io
         let cases: [([String], String)] = [
-            (["--everything", "--point", "10,10"], "takes no --point/--box prompts"),
-            (["--everything", "--box", "0,0,10,10"], "takes no --point/--box prompts"),
-            (["--select-box", "0,0,10,10", "--point", "10,10"], "--select-box needs --everything"),
-            (["--select-point", "5,5"], "--select-point needs --everything"),
-            (["--fast", "--point", "10,10"], "--fast needs --everything"),
-            (["--points-per-side", "8"], "--points-per-side needs --everything"),
-            (["--everything", "--select-box", "0,0,10,10", "--select-point", "5,5"], "not both"),
-            (["--everything", "--points-per-side", "0"], "points per side must be at least 1"),
-            (["--everything", "--pred-iou-thresh", "1.5"], "predicted IoU threshold must be in [0, 1]"),
-            (["--everything", "--mask-out", dir.appendingPathComponent("m.png").path], "--mask-out with --everything"),
-            (["--everything", "--compare-full"], "add --fast"),
-            (["--everything", "--fast-stride", "2"], "--fast-stride tunes --fast"),
-            (["--everything", "--fast", "--fast-stride", "1"], "coarse stride must be at least 2"),
-            (["--everything", "--multimask"], "--multimask is for prompts"),
-            ([], "give at least one prompt"),
+            (prompt + ["--select-box", "0,0,10,10", "--point", "10,10"], "Unknown option '--select-box'"),
+            (prompt + ["--fast", "--point", "10,10"], "Unknown option '--fast'"),
+            (prompt, "give at least one prompt"),
+            (everything + ["--point", "10,10"], "Unknown option '--point'"),
+            (everything + ["--multimask"], "Unknown option '--multimask'"),
+            (everything + ["--select-box", "0,0,10,10", "--select-point", "5,5"], "not both"),
+            (everything + ["--points-per-side", "0"], "points per side must be at least 1"),
+            (everything + ["--pred-iou-thresh", "1.5"], "predicted IoU threshold must be in [0, 1]"),
+            (everything + ["--mask-out", dir.appendingPathComponent("m.png").path], "--mask-out writes the selected mask"),
+            (everything + ["--compare-full"], "add --fast"),
+            (everything + ["--fast-stride", "2"], "--fast-stride tunes --fast"),
+            (everything + ["--fast", "--fast-stride", "1"], "coarse stride must be at least 2"),
+            (everything + ["--fast", "--full-grid"], "--full-grid"),
         ]
-        for (extra, message) in cases {
-            let r = try Self.run(base + extra)
-            XCTAssertNotEqual(r.status, 0, "\(extra) should fail")
-            XCTAssertTrue(r.err.contains(message), "\(extra): expected '\(message)' in: \(r.err)")
+        for (args, message) in cases {
+            let r = try Self.run(args)
+            XCTAssertNotEqual(r.status, 0, "\(args) should fail")
+            XCTAssertTrue(r.err.contains(message), "\(args): expected '\(message)' in: \(r.err)")
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), [], "nothing written")
     }
 
-    /// `--everything` on a real photo: the JSON (written by temp file + rename over an older
+    /// `segment everything` on a real photo: the JSON (written by temp file + rename over an older
     /// one, no temp file left) lists SAM's records, every RLE decodes to a mask whose area and
     /// box are the record's; the overlay has the image's size; --select-point writes the union
     /// of the masks it hits as --mask-out, equal to the JSON's selection.
@@ -403,7 +402,7 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
         let json = dir.appendingPathComponent("everything.json"), overlay = dir.appendingPathComponent("overlay.png")
         try Data("stale".utf8).write(to: json)
         let photo = try TestData.photo("fruits.jpg")
-        let base = ["segment", "--checkpoint", try Fixture.mobileSAMCheckpoint().path, "--image", photo.path, "--everything",
+        let base = ["segment", "everything", "--checkpoint", try Fixture.mobileSAMCheckpoint().path, "--image", photo.path,
                     "--points-per-side", "4", "--json", json.path, "--out", overlay.path]
         let r = try Self.run(base)
         XCTAssertEqual(r.status, 0, r.err)
