@@ -36,30 +36,40 @@ let package = Package(
                        providers: [.apt(["libpng-dev", "libjpeg-dev"])]),
 
         .target(name: "Tensor", dependencies: ["CBLAS"], swiftSettings: optimised),
+        // File formats with no model type in them: HDF5 (the feature cache's container), the
+        // checkpoint formats (PyTorch's zip + pickle subset, safetensors), the image codecs.
+        .target(name: "HDF5", dependencies: ["CHDF5"], swiftSettings: optimised),
+        .target(name: "CheckpointFormats", dependencies: [
+            "Tensor", .product(name: "ZIPFoundation", package: "ZIPFoundation"),
+        ], swiftSettings: optimised),
+        .target(name: "ImageCodecs", dependencies: ["Tensor", "CImageIO"], swiftSettings: optimised),
         .target(name: "Layers", dependencies: ["Tensor"], swiftSettings: optimised),
         .target(name: "Optim", dependencies: ["Tensor"], swiftSettings: optimised),
         .target(name: "SegmentAnything", dependencies: [
-            "Tensor", "Layers", "CImageIO",
-            .product(name: "ZIPFoundation", package: "ZIPFoundation"),
+            "Tensor", "Layers", "CheckpointFormats", "ImageCodecs",
         ], swiftSettings: optimised),
-        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "CHDF5",
+        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "HDF5", "CheckpointFormats", "ImageCodecs",
                                                 .product(name: "Yams", package: "Yams"),
                                                 .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimised),
         .executableTarget(name: "samdistill", dependencies: [
-            "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "CBLAS",
+            "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "HDF5", "CheckpointFormats", "ImageCodecs", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimised),
 
+        // The naive references (plain loops, Double) the tests compare the fast layers with, kept
+        // apart from the production kernels.
+        .target(name: "LayersReference", dependencies: ["Tensor", "Layers"], path: "Sources/LayersReference"),
         // Test helpers (finite differences, fixture loading, comparisons), shared by test targets.
-        .target(name: "TestSupport", dependencies: ["Tensor", "Layers"], path: "Sources/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Tensor", "Layers", "CheckpointFormats"], path: "Sources/TestSupport"),
 
-        .testTarget(name: "TensorTests", dependencies: ["Tensor", "TestSupport"]),
-        .testTarget(name: "LayersTests", dependencies: ["Tensor", "Layers", "TestSupport"]),
-        .testTarget(name: "OptimTests", dependencies: ["Tensor", "Layers", "Optim", "TestSupport"]),
-        .testTarget(name: "SegmentAnythingTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "TestSupport"]),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CheckpointFormats", "TestSupport"]),
+        .testTarget(name: "LayersTests", dependencies: ["Tensor", "Layers", "LayersReference", "TestSupport"]),
+        .testTarget(name: "OptimTests", dependencies: ["Tensor", "Layers", "Optim", "CheckpointFormats", "TestSupport"]),
+        .testTarget(name: "SegmentAnythingTests", dependencies: ["Tensor", "Layers", "CheckpointFormats", "ImageCodecs",
+                                                                "SegmentAnything", "TestSupport"]),
         .testTarget(name: "DistillTests", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "Distill",
-                                                        "TestSupport"]),
+                                                        "HDF5", "CheckpointFormats", "ImageCodecs", "TestSupport"]),
     ],
     // Swift 5 mode: kernels share raw buffers across DispatchQueue.concurrentPerform workers by
     // design (disjoint ranges), which Swift 6's strict Sendable checking cannot express.

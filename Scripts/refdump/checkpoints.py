@@ -1,4 +1,4 @@
-"""Small PyTorch checkpoints for the Swift checkpoint reader (Sources/SegmentAnything/TorchCheckpoint.swift).
+"""Small PyTorch checkpoints for the Swift checkpoint reader (Sources/CheckpointFormats/TorchCheckpoint.swift).
 
 Writes into Tests/Fixtures/checkpoints/:
   types.pt       one tensor per dtype (float32/16, bfloat16, float64, int64/32/16, int8, uint8, bool),

@@ -14,7 +14,7 @@ static inline hid_t chdf5_p_dataset_create(void) { return H5P_DATASET_CREATE; }
 static inline hid_t chdf5_s_all(void) { return H5S_ALL; }
 static inline hsize_t chdf5_s_unlimited(void) { return H5S_UNLIMITED; }
 
-// Added for the feature cache (Sources/Distill/HDF5.swift): more predefined types, property-list
+// Added for the feature cache (Sources/HDF5/HDF5.swift): more predefined types, property-list
 // classes, file-access flags and the default error stack, all C macros.
 static inline hid_t chdf5_native_double(void) { return H5T_NATIVE_DOUBLE; }
 static inline hid_t chdf5_native_uint16(void) { return H5T_NATIVE_UINT16; }

@@ -5,7 +5,7 @@
 #include <jerror.h>
 
 // ---------------------------------------------------------------------------------------------
-// Error-safe wrappers used by Sources/SegmentAnything/ImageIO.swift.
+// Error-safe wrappers used by Sources/ImageCodecs/ImageIO.swift.
 //
 // libpng and libjpeg report errors by longjmp. Swift frames must never be jumped over, so every
 // call into either library happens inside the small C functions below: each installs its own

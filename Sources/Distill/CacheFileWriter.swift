@@ -1,4 +1,5 @@
 import Foundation
+import HDF5
 import SegmentAnything
 import Tensor
 

@@ -1,4 +1,6 @@
 import Foundation
+import HDF5
+import ImageCodecs
 import SegmentAnything
 import Tensor
 
@@ -14,10 +16,19 @@ public enum CacheSplit: Int, Sendable, CaseIterable {
         self = s
     }
 
-    /// The rows an evaluation selects: "all" (nil: every row), "train" or "val"; the value is
-    /// checked where it is read (the config, `--split`).
-    public static func selection(_ name: String) -> CacheSplit? {
-        name == "all" ? nil : CacheSplit(name: name) ?? .val
+}
+
+/// The rows an evaluation reads: `train`, `val` or `all` (eval.split in configs, `eval --split`).
+public enum CacheSelection: String, CaseIterable, Codable, Sendable {
+    case train, val, all
+
+    /// The split to filter on (nil: every row).
+    public var split: CacheSplit? {
+        switch self {
+        case .train: .train
+        case .val: .val
+        case .all: nil
+        }
     }
 }
 

@@ -80,13 +80,10 @@ public final class CacheTrainingData: TrainingData {
             if let v = data.valSplit { val += r.rows(split: try split(v, "data.val_split")).map { (c, $0) } }
         }
         if val.isEmpty, let listPath = data.valList {
-            let text: String
-            do { text = try String(contentsOfFile: listPath, encoding: .utf8) } catch {
-                throw CacheReader.FormatError(file: listPath, reason: "data.val_list cannot be read (\(error.localizedDescription))")
-            }
-            let listed = Set(text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+            // The cache builder's rule: a listed path or file name is validation.
+            let rule = try SplitRule.list(file: URL(fileURLWithPath: listPath))
             var keep: [(cache: Int, row: Int)] = []
-            for s in train { (listed.contains(try readers[s.cache].source(of: s.row)) ? { val.append(s) } : { keep.append(s) })() }
+            for s in train { (rule.isValidation(try readers[s.cache].source(of: s.row)) ? { val.append(s) } : { keep.append(s) })() }
             train = keep
         } else if val.isEmpty, data.valFraction > 0 {
             var keep: [(cache: Int, row: Int)] = []

@@ -1,4 +1,5 @@
 import Foundation
+import ImageCodecs
 import SegmentAnything
 
 // COCO instances files (ground truth for `samdistill eval --annotations`), read strictly, with

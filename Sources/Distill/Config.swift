@@ -195,7 +195,7 @@ public struct EvalConfig: Codable, Equatable, Sendable {
     /// At most this many validation images per evaluation (nil: all).
     public var maxImages: Int? = nil
     /// Cache split the mIoU evaluation reads: train, val or all.
-    public var split = "val"
+    public var split = CacheSelection.val
     /// Three masks per prompt (report top and best-of-3) instead of one.
     public var multimask = false
     /// Also evaluate the initial student (before training), for a before/after table.
@@ -714,8 +714,7 @@ extension EvalConfig {
         }
         maxImages = r.int("max_images", min: 1)
         if let v = r.string("split") {
-            split = v
-            if !["train", "val", "all"].contains(v) { r.problem("split", "must be train, val or all, got '\(v)'") }
+            if let s = CacheSelection(rawValue: v) { split = s } else { r.problem("split", "must be train, val or all, got '\(v)'") }
         }
         multimask = r.bool("multimask") ?? multimask
         before = r.bool("before") ?? before
@@ -804,7 +803,7 @@ extension RunConfig {
             ("seed", n(Int(seed))), ("checkpoint_every", n(checkpointEvery)), ("keep_last", n(keepLast)),
             ("eval_every", n(evalEvery)), ("log_every", n(logEvery)),
             ("eval", map([("prompts", map([("types", strings(eval.prompts.types)), ("count", n(eval.prompts.count))])),
-                          ("max_images", eval.maxImages.map { n($0) }), ("split", n(eval.split)),
+                          ("max_images", eval.maxImages.map { n($0) }), ("split", n(eval.split.rawValue)),
                           ("multimask", n(eval.multimask)), ("before", n(eval.before)), ("seed", n(Int(eval.seed))),
                           ("during_training", n(eval.duringTraining))])),
             ("export", map([("path", n(export.path)), ("half", n(export.half)), ("full", n(export.full))])),

@@ -1,4 +1,6 @@
 import Foundation
+import HDF5
+import ImageCodecs
 import SegmentAnything
 import Tensor
 

@@ -141,7 +141,7 @@ public final class RunPipeline {
 
         // 2. eval of the initial student (before training), so a user sees the baseline early.
         let reader = try CacheReader(URL(fileURLWithPath: config.data.train[0]))
-        let split = CacheSplit.selection(config.eval.split)
+        let split = config.eval.split.split
         var evaluator: Evaluator?
         func makeEvaluator() throws -> Evaluator {
             if let evaluator { return evaluator }
@@ -168,9 +168,9 @@ public final class RunPipeline {
             defer { evaluator.reportSamples = []; evaluator.reportPhotos = [:] }
             let r = try evaluator.evaluateCache(reader, split: split, maxImages: config.eval.maxImages, student: encode, studentImageSize: imageSize)
             guard !r.images.isEmpty else {
-                throw EvaluationError(file: config.data.train[0], reason: "no complete rows in split '\(config.eval.split)' to evaluate (set data.val_list or data.val_fraction, or eval.split)")
+                throw EvaluationError(file: config.data.train[0], reason: "no complete rows in split '\(config.eval.split.rawValue)' to evaluate (set data.val_list or data.val_fraction, or eval.split)")
             }
-            let report = EvaluationReport(student: label, teacher: config.teacher.checkpoint ?? "", data: "\(config.data.train[0]) (split \(config.eval.split))",
+            let report = EvaluationReport(student: label, teacher: config.teacher.checkpoint ?? "", data: "\(config.data.train[0]) (split \(config.eval.split.rawValue))",
                                           options: config.eval.evaluationOptions, images: r.images, studentSeconds: r.studentSeconds)
             try AtomicFile.write(try report.json(), to: json)
             try AtomicFile.write(Data(report.markdown().utf8), to: md)
@@ -184,7 +184,7 @@ public final class RunPipeline {
             return report
         }
         if config.eval.before {
-            log("[2/5] eval: the initial student (\(config.initialisation.typeName)) on split \(config.eval.split)")
+            log("[2/5] eval: the initial student (\(config.initialisation.typeName)) on split \(config.eval.split.rawValue)")
             // The trainer's student before `run` restores or trains anything: the initial weights.
             let initial = trainer.student
             outcome.before = try evaluate("init", label: "initial student (\(config.initialisation.typeName))",
@@ -222,7 +222,7 @@ public final class RunPipeline {
         }
 
         // 4. eval of the final student
-        log("[4/5] eval: the trained student (\(finalCheckpoint.lastPathComponent)) on split \(config.eval.split)")
+        log("[4/5] eval: the trained student (\(finalCheckpoint.lastPathComponent)) on split \(config.eval.split.rawValue)")
         let finalEncoder = try SAMWeights.readStudent(finalCheckpoint).weights.encoder
         outcome.after = try evaluate("final", label: "trained student (\(finalCheckpoint.lastPathComponent))", withReport: true,
                                      student: { finalEncoder.forward($0, mode: .inference) }, imageSize: finalEncoder.imageSize)

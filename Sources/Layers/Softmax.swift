@@ -28,19 +28,6 @@ public func softmaxRowBackward(_ p: UnsafePointer<Float>, _ g: UnsafeMutablePoin
     for j in 0..<n { g[j] = p[j] * (g[j] - dot) }
 }
 
-/// Plain scalar reference of `softmaxRows` (libm `expf`), in place.
-public func softmaxRowsReference(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
-    for r in 0..<rows {
-        let row = x + r * n
-        var m = -Float.infinity
-        for j in 0..<n { m = Swift.max(m, row[j]) }
-        var s: Float = 0
-        for j in 0..<n { let e = expf(row[j] - m); row[j] = e; s += e }
-        let inv = 1 / s
-        for j in 0..<n { row[j] *= inv }
-    }
-}
-
 /// Backward of softmax, in place on the gradient: dx = p ⊙ (dp − Σ_j dp_j p_j), row by row.
 /// p: (rows, n) probabilities from the forward; g: (rows, n) dL/dp on entry, dL/dx on return.
 @inline(__always)

@@ -1,4 +1,5 @@
 import Foundation
+import ImageCodecs
 import Tensor
 
 // SAM's automatic mask generator ("segment everything"), side by side with MobileSAM's

@@ -1,3 +1,4 @@
+import ImageCodecs
 /// Masks and prompts drawn on a photo: `samdistill segment` (one mask, or every generated mask)
 /// and the evaluation report (teacher and student masks) use these.
 public enum MaskOverlay {

@@ -1,4 +1,5 @@
 import Foundation
+import ImageCodecs
 import Tensor
 
 // The helpers of SAM's automatic mask generator, side by side with MobileSAM's utils/amg.py:

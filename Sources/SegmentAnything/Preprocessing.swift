@@ -1,4 +1,5 @@
 import Foundation
+import ImageCodecs
 import Tensor
 
 // SAM's image preprocessing, exactly as MobileSAM's reference does it:

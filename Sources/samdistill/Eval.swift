@@ -40,8 +40,8 @@ struct Eval: ParsableCommand {
     @Option(help: "A feature cache (HDF5) whose embeddings come from this teacher.")
     var cache: String?
 
-    @Option(help: "The cache split to evaluate: train, val or all.")
-    var split: String = "val"
+    @Option(help: "The cache split to evaluate.")
+    var split: CacheSelection = .val
 
     @Option(help: "A folder of images (JPEG/PNG, recursive) instead of a cache.")
     var images: String?
@@ -49,8 +49,9 @@ struct Eval: ParsableCommand {
     @Option(help: "COCO instances JSON: box-prompt mIoU against its ground truth (requires --images).")
     var annotations: String?
 
-    @Option(help: "Prompt protocols, comma-separated: point, two-point, box, grid (none: only --annotations).")
-    var prompts: String = "point,box"
+    @Option(help: ArgumentHelp("Prompt protocols, comma-separated: point, two-point, box, grid (none: only --annotations).",
+                               valueName: "protocol,…"))
+    var prompts = PromptList(protocols: [.point, .box])
 
     @Option(help: "Prompts per protocol per image (grid: round(√N)² points).")
     var pointsPerImage: Int = 8
@@ -81,24 +82,12 @@ struct Eval: ParsableCommand {
 
     @OptionGroup var runtime: RuntimeOptions
 
-    func parsedPrompts() throws -> [PromptProtocol] {
-        if prompts.trimmingCharacters(in: .whitespaces) == "none" { return [] }
-        return try prompts.split(separator: ",").map { s in
-            let t = s.trimmingCharacters(in: .whitespaces)
-            guard let p = PromptProtocol(rawValue: t) else {
-                throw ValidationError("--prompts: unknown protocol '\(t)' (point, two-point, box, grid)")
-            }
-            return p
-        }
-    }
-
     func validate() throws {
         if (cache == nil) == (images == nil) { throw ValidationError("give exactly one of --cache FILE or --images DIR") }
         if annotations != nil && images == nil { throw ValidationError("--annotations needs --images DIR (the folder its file_name entries are relative to)") }
-        if try parsedPrompts().isEmpty && annotations == nil { throw ValidationError("--prompts: give at least one protocol") }
+        if prompts.protocols.isEmpty && annotations == nil { throw ValidationError("--prompts: give at least one protocol") }
         if pointsPerImage < 1 { throw ValidationError("--points-per-image must be at least 1") }
         if !(pointDistance > 0) { throw ValidationError("--point-distance must be positive") }
-        if !["train", "val", "all"].contains(split) { throw ValidationError("--split must be train, val or all") }
         for (flag, path) in [("--student", student), ("--teacher", teacher)] + (cache.map { [("--cache", $0)] } ?? [])
             + (annotations.map { [("--annotations", $0)] } ?? []) {
             guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("\(flag): no such file: \(path)") }
@@ -123,7 +112,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         var options = EvaluationOptions()
-        options.prompts = try parsedPrompts()
+        options.prompts = prompts.protocols
         options.pointsPerImage = pointsPerImage
         options.seed = seed
         options.multimask = multimask
@@ -138,10 +127,9 @@ struct Eval: ParsableCommand {
         let report: EvaluationReport
         if let cache {
             let reader = try CacheReader(URL(fileURLWithPath: cache))
-            let s = CacheSplit.selection(split)
-            let r = try evaluator.evaluateCache(reader, split: s, maxImages: maxImages, student: encode, studentImageSize: studentEncoder.imageSize)
-            guard !r.images.isEmpty else { throw EvaluationError(file: cache, reason: "no complete rows in split '\(split)'") }
-            report = EvaluationReport(student: student, teacher: teacher, data: "\(cache) (split \(split))", options: options,
+            let r = try evaluator.evaluateCache(reader, split: split.split, maxImages: maxImages, student: encode, studentImageSize: studentEncoder.imageSize)
+            guard !r.images.isEmpty else { throw EvaluationError(file: cache, reason: "no complete rows in split '\(split.rawValue)'") }
+            report = EvaluationReport(student: student, teacher: teacher, data: "\(cache) (split \(split.rawValue))", options: options,
                                       images: r.images, studentSeconds: r.studentSeconds)
         } else if let annotations, let dataset {
             let gte = GroundTruthEvaluator(model: model, dataset: dataset, decoderBatch: options.decoderBatch)
@@ -175,4 +163,24 @@ struct Eval: ParsableCommand {
             print("report: \(page.path)")
         }
     }
+}
+
+extension CacheSelection: ExpressibleByArgument {}
+
+/// `--prompts point,two-point,box,grid` (or `none`): the evaluation's prompt protocols.
+struct PromptList: ExpressibleByArgument {
+    let protocols: [PromptProtocol]
+
+    init(protocols: [PromptProtocol]) { self.protocols = protocols }
+
+    init?(argument: String) {
+        if argument.trimmingCharacters(in: .whitespaces) == "none" { self.init(protocols: []); return }
+        let parsed = argument.split(separator: ",").map { PromptProtocol(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
+        guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else { return nil }
+        self.init(protocols: parsed.map { $0! })
+    }
+
+    var defaultValueDescription: String { protocols.map(\.rawValue).joined(separator: ",") }
+
+    static var allValueStrings: [String] { PromptProtocol.allCases.map(\.rawValue) + ["none"] }
 }

@@ -1,6 +1,8 @@
 import ArgumentParser
+import CheckpointFormats
 import Distill
 import Foundation
+import HDF5
 import SegmentAnything
 
 struct Inspect: ParsableCommand {

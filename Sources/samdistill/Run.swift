@@ -54,7 +54,7 @@ struct Run: ParsableCommand {
             throw ExitCode.failure
         }
         print("")
-        print("mIoU against the teacher's masks (\(cfg.eval.split) split of \(cfg.data.train[0]), 95% bootstrap intervals over images):")
+        print("mIoU against the teacher's masks (\(cfg.eval.split.rawValue) split of \(cfg.data.train[0]), 95% bootstrap intervals over images):")
         if let after = o.after { print(RunPipeline.comparisonTable(before: o.before, after: after), terminator: "") }
         let phases = o.seconds.sorted { $0.key < $1.key }.map { String(format: "%@ %.0f s", $0.key, $0.value) }
         print(String(format: "time: %.0f s in this call", Date().timeIntervalSince(t0)) + (phases.isEmpty ? "" : " (" + phases.joined(separator: ", ") + ")")

@@ -1,5 +1,7 @@
+import CheckpointFormats
 import Distill
 import Foundation
+import ImageCodecs
 import Layers
 import SegmentAnything
 import Tensor

@@ -1,5 +1,7 @@
+import CheckpointFormats
 import Distill
 import Foundation
+import ImageCodecs
 import Layers
 import SegmentAnything
 import Tensor
@@ -243,6 +245,15 @@ final class EvalExportTests: XCTestCase {
         }
         XCTAssertTrue(try String(contentsOf: md, encoding: .utf8).contains("| fruits.jpg |"))
         XCTAssertTrue(r.out.contains("95% CI"), r.out)
+
+        // Value sets are checked before any weights load, each error naming the option and the values.
+        for (args, expected) in [(["--split", "test"], ["--split", "'train', 'val' or 'all'"]),
+                                 (["--prompts", "point,lasso"], ["--prompts", "'point'", "'two-point'", "'none'"]),
+                                 (["--prompts", ""], ["--prompts"])] {
+            let bad = try CacheTestSupport.run(exe, ["eval", "--student", half.path, "--teacher", pt.path, "--images", images.path] + args)
+            XCTAssertNotEqual(bad.status, 0, "\(args)")
+            for e in expected { XCTAssertTrue(bad.err.contains(e), "\(args): expected \(e) in \(bad.err)") }
+        }
     }
 }
 

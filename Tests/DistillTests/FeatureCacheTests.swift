@@ -1,5 +1,7 @@
 import Distill
 import Foundation
+import HDF5
+import ImageCodecs
 import Layers
 import SegmentAnything
 import Tensor

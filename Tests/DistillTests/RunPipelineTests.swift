@@ -1,3 +1,4 @@
+import CheckpointFormats
 import Distill
 import Foundation
 import Optim

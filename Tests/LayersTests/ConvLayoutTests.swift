@@ -1,4 +1,5 @@
 import Layers
+import LayersReference
 import Tensor
 import TestSupport
 import XCTest

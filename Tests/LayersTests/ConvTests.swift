@@ -1,5 +1,6 @@
 import Foundation
 import Layers
+import LayersReference
 import Tensor
 import TestSupport
 import XCTest

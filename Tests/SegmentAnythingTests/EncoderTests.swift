@@ -1,8 +1,9 @@
+import CheckpointFormats
+import Foundation
 import Layers
 import SegmentAnything
 import Tensor
 import TestSupport
-import Foundation
 import XCTest
 
 /// Whole encoders against PyTorch (Scripts/refdump/models.py): a small TinyViT on MobileSAM's

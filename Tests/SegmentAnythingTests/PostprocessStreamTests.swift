@@ -1,3 +1,4 @@
+import ImageCodecs
 import SegmentAnything
 import Tensor
 import TestSupport

@@ -1,4 +1,6 @@
+import CheckpointFormats
 import Foundation
+import ImageCodecs
 import Layers
 import SegmentAnything
 import Tensor
