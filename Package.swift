@@ -20,6 +20,10 @@ let package = Package(
     products: [
         .executable(name: "samdistill", targets: ["samdistill"]),
         .library(name: "SegmentAnything", targets: ["SegmentAnything"]),
+        // The readers of user-supplied files, for the fuzz harnesses (Fuzz/Package.swift).
+        .library(name: "CheckpointFormats", targets: ["CheckpointFormats"]),
+        .library(name: "ImageCodecs", targets: ["ImageCodecs"]),
+        .library(name: "Distill", targets: ["Distill"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
