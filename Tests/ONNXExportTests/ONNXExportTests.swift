@@ -183,6 +183,7 @@ final class ONNXExportTests: XCTestCase {
                     "--json", json.path, "--encoder", "mobilesam=\(pt.path)"]
         for s in students { args += ["--encoder", "\(s.name)=\(s.url.path)"] }
         let r = try Fixture.runProcess(python, args)
+        print(r.out)  // the figures, one row per check
         XCTAssertEqual(r.status, 0, "Scripts/check_onnx.py:\n\(r.out)\n\(r.err)\n\(Self.photosNote)")
         let j = try JSONSerialization.jsonObject(with: try Data(contentsOf: json)) as! [String: Any]
         let rows = j["rows"] as! [[String: Any]]
