@@ -38,6 +38,9 @@ extension Exporter {
                     "weights": half ? "float16" : "float32"]
         let content: String
         if decoder {
+            if promptDecoderFrom == nil, try SAMWeights.read(checkpoint).decoder.isEmpty {
+                throw ExportError(file: checkpoint.path, reason: "--decoder: no prompt_encoder.* / mask_decoder.* tensors here: give --prompt-decoder-from W (e.g. the teacher checkpoint)")
+            }
             let model = try SAMModel.load(contentsOf: checkpoint, decoderWeights: promptDecoderFrom)
             ONNXDecoder.build(model, g)
             content = "prompt encoder + mask decoder (SamOnnxModel interface)"

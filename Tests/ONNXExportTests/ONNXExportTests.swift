@@ -199,7 +199,13 @@ final class ONNXExportTests: XCTestCase {
     func testBadExportInputGivesOneErrorAndStatus1() throws {
         let exe = try Fixture.samdistillExecutable()
         let pt = try Fixture.mobileSAMCheckpoint().path
+        let dir = try Self.temporaryDirectory("onnx-bad")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let encoderOnly = dir.appendingPathComponent("encoder.safetensors")
+        try Exporter.export(checkpoint: URL(fileURLWithPath: pt), to: encoderOnly)
+        let out = dir.appendingPathComponent("x.onnx").path
         let cases: [([String], String)] = [
+            (["export", encoderOnly.path, "--format", "onnx", "--decoder", "--out", out], "--decoder: no prompt_encoder.* / mask_decoder.* tensors"),
             (["export", pt, "--format", "tflite", "--out", "x.tflite"], "--format: unknown format 'tflite'"),
             (["export", "/nonexistent/w.pt", "--format", "onnx", "--out", "x.onnx"], "no such file: /nonexistent/w.pt"),
             (["export", pt, "--format", "onnx", "--out", "x.safetensors"], "must be a .onnx file"),
