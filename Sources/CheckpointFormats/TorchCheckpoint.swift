@@ -148,6 +148,7 @@ public struct TorchCheckpoint: Sendable {
             TorchCheckpointError(file: file, kind: kind)
         }
         try TorchCheckpoint.checkContainer(url, fail)
+        let fileSize = ((try? FileManager.default.attributesOfItem(atPath: file)[.size]) as? NSNumber)?.uint64Value ?? 0
 
         let archive: Archive
         do { archive = try Archive(url: url, accessMode: .read) } catch {
@@ -163,8 +164,14 @@ public struct TorchCheckpoint: Sendable {
 
         func record(_ name: String) throws -> Data {
             guard let entry = entries[prefix + name] else { throw fail(.missingRecord(prefix + name)) }
-            let expected = Int(entry.uncompressedSize)
-            var data = Data(capacity: expected)
+            // A record's sizes come from the (possibly damaged) zip directory: no record may
+            // claim more than its stored bytes (or deflate's 1032:1 ratio) before it is read.
+            let stored = UInt64(entry.compressedSize), claimed = UInt64(entry.uncompressedSize)
+            guard stored <= fileSize, claimed <= stored * 1032 + 1024 else {
+                throw fail(.damagedArchive("record '\(entry.path)' claims \(claimed) bytes from \(stored) stored in a \(fileSize)-byte file"))
+            }
+            let expected = Int(claimed)
+            var data = Data(capacity: min(expected, 1 << 26))
             do {
                 let crc = try archive.extract(entry, bufferSize: max(1, min(expected, 1 << 26)), skipCRC32: false) {
                     data.append($0)
