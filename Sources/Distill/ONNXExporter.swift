@@ -1,12 +1,11 @@
 import Foundation
 import ONNX
 import SegmentAnything
-import SwiftProtobuf
 import Tensor
 
 // `samdistill export --format onnx`: the image encoder of any model the inference core loads
 // (ONNXEncoders.swift), or with `decoder` SAM's prompt encoder + mask decoder with the interface
-// of the reference's SamOnnxModel (ONNXDecoder.swift), as one ONNX file (opset 17, IR version 8;
+// of the reference's SamOnnxModel (ONNXDecoder.swift), as an ONNX model (opset 17, IR version 8;
 // ONNXVersion). Weights float32, or float16 with `half` (cast to float32 in the graph); inside
 // the file, or with `externalData` (automatic past protobuf's 2 GiB) in OUT.data beside it.
 
