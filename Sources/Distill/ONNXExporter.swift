@@ -1,13 +1,13 @@
 import Foundation
 import ONNX
 import SegmentAnything
-import SwiftProtobuf
 import Tensor
 
 // `samdistill export --format onnx`: the image encoder of any model the inference core loads
 // (ONNXEncoders.swift), or with `decoder` SAM's prompt encoder + mask decoder with the interface
-// of the reference's SamOnnxModel (ONNXDecoder.swift), as one ONNX file (opset 17, IR version 8;
-// ONNXVersion). Weights float32, or float16 with `half` (cast to float32 in the graph).
+// of the reference's SamOnnxModel (ONNXDecoder.swift), as an ONNX model (opset 17, IR version 8;
+// ONNXVersion). Weights float32, or float16 with `half` (cast to float32 in the graph); inside
+// the file, or with `externalData` (automatic past protobuf's 2 GiB) in OUT.data beside it.
 
 extension Exporter {
     /// What an ONNX export wrote.
@@ -19,6 +19,8 @@ extension Exporter {
         public let initializers: Int
         public let parameters: Int
         public let half: Bool
+        /// The weights are in `<output>.data` beside the model.
+        public let externalData: Bool
         public let bytes: Int
     }
 
@@ -27,12 +29,13 @@ extension Exporter {
     public static let onnxInputDescription =
         "image (1, 3, S, S) float32: RGB resized to longest side S, (x - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375], zero-padded bottom-right"
 
-    /// Largest model protobuf can hold in one file (2 GiB); bigger ones (ViT-H in float32) need --half.
-    static let protobufLimit = Int(Int32.max)
+    /// Largest model protobuf holds in one file (2 GiB, less a margin for the graph): bigger ones
+    /// (ViT-H in float32) keep their weights in external data.
+    static let protobufLimit = Int(Int32.max) - (64 << 20)
 
     @discardableResult
     public static func exportONNX(checkpoint: URL, to output: URL, half: Bool = false, decoder: Bool = false,
-                                  promptDecoderFrom: URL? = nil) throws -> ONNXSummary {
+                                  promptDecoderFrom: URL? = nil, externalData: Bool = false) throws -> ONNXSummary {
         let g = GraphBuilder(name: decoder ? "sam_prompt_encoder_mask_decoder" : "sam_image_encoder", halfWeights: half)
         var meta = ["source": checkpoint.lastPathComponent, "format": "samdistill-onnx-1", "opset": "\(ONNXVersion.opset)",
                     "weights": half ? "float16" : "float32"]
@@ -56,17 +59,13 @@ extension Exporter {
             meta["input"] = onnxInputDescription
         }
         let graph = g.graph
-        let bytes = graph.initializer.reduce(0) { $0 + $1.rawData.count }
-        guard bytes < protobufLimit - (64 << 20) else {
-            throw ExportError(file: checkpoint.path, reason: "the weights take \(bytes) bytes, more than one ONNX protobuf file holds (2 GiB): export with --half")
-        }
+        let external = externalData || graph.initializer.reduce(0) { $0 + $1.rawData.count } >= protobufLimit
         let model = g.model(producer: "samdistill", version: "1", docString: content, metadata: meta)
-        let data: Data = try model.serializedData()
         try FileManager.default.createDirectory(at: output.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try AtomicFile.write(data, to: output)
+        let bytes = try ONNXFile.write(model, to: output, externalData: external)
         let floatTypes: Set<Int32> = [Int32(Onnx_TensorProto.DataType.float.rawValue), Int32(Onnx_TensorProto.DataType.float16.rawValue)]
         let parameters = graph.initializer.filter { floatTypes.contains($0.dataType) }.reduce(0) { $0 + Int($1.dims.reduce(1, *)) }
         return ONNXSummary(output: output, content: content, nodes: graph.node.count, initializers: graph.initializer.count,
-                           parameters: parameters, half: half, bytes: data.count)
+                           parameters: parameters, half: half, externalData: external, bytes: bytes)
     }
 }

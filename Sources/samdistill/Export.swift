@@ -20,7 +20,8 @@ struct Export: ParsableCommand {
             them, else from a training checkpoint's teacher.checkpoint) so that \
             `samdistill segment --checkpoint OUT` runs from the one file. The write is atomic.
 
-            --format onnx writes the image encoder as an ONNX model (opset 17, IR version 8):             input `image` (1, 3, S, S) float32, normalised and padded as SAM preprocesses, output             `image_embeddings` (1, 256, S/16, S/16), BatchNorm folded. With --decoder it writes             SAM's prompt encoder + mask decoder instead, with the interface of SAM's SamOnnxModel             (image_embeddings, point_coords, point_labels, mask_input, has_mask_input,             orig_im_size → masks, iou_predictions, low_res_masks; a dynamic number of points),             from CHECKPOINT or --prompt-decoder-from. --half stores float16 weights (cast to             float32 in the graph).
+            --format onnx writes the image encoder as an ONNX model (opset 17, IR version 8):             input `image` (1, 3, S, S) float32, normalised and padded as SAM preprocesses, output             `image_embeddings` (1, 256, S/16, S/16), BatchNorm folded. With --decoder it writes             SAM's prompt encoder + mask decoder instead, with the interface of SAM's SamOnnxModel             (image_embeddings, point_coords, point_labels, mask_input, has_mask_input,             orig_im_size → masks, iou_predictions, low_res_masks; a dynamic number of points),             from CHECKPOINT or --prompt-decoder-from. --half stores float16 weights (cast to             float32 in the graph). --external-data keeps the weights in OUT.data beside the model \
+            (ONNX's external-data convention); a model over 2 GiB (ViT-H in float32) always does.
 
             Example: samdistill export weights/mobile_sam.pt --format onnx --out encoder.onnx
             """)
@@ -45,6 +46,9 @@ struct Export: ParsableCommand {
     @Flag(help: "With --format onnx: write SAM's prompt encoder + mask decoder (SamOnnxModel's interface) instead of the encoder.")
     var decoder = false
 
+    @Flag(help: "With --format onnx: keep the weights in OUT.data beside the model (ONNX external data; automatic past 2 GiB).")
+    var externalData = false
+
     @Option(help: "Weights holding the prompt encoder and mask decoder, for --full or --decoder (e.g. the teacher).")
     var promptDecoderFrom: String?
 
@@ -58,6 +62,7 @@ struct Export: ParsableCommand {
         if ext != format { throw ExportInputError(description: "--out: \(out) must be a .\(format) file with --format \(format)") }
         if format == "onnx" && full { throw ExportInputError(description: "--full is for safetensors; with --format onnx use --decoder") }
         if format != "onnx" && decoder { throw ExportInputError(description: "--decoder needs --format onnx") }
+        if format != "onnx" && externalData { throw ExportInputError(description: "--external-data needs --format onnx") }
         if let p = promptDecoderFrom {
             if !full && !decoder { throw ExportInputError(description: "--prompt-decoder-from needs --full or --decoder") }
             guard FileManager.default.fileExists(atPath: p) else { throw ExportInputError(description: "--prompt-decoder-from: no such file: \(p)") }
@@ -67,9 +72,11 @@ struct Export: ParsableCommand {
     func run() throws {
         if format == "onnx" {
             let s = try Exporter.exportONNX(checkpoint: URL(fileURLWithPath: checkpoint), to: URL(fileURLWithPath: out), half: half,
-                                            decoder: decoder, promptDecoderFrom: promptDecoderFrom.map { URL(fileURLWithPath: $0) })
+                                            decoder: decoder, promptDecoderFrom: promptDecoderFrom.map { URL(fileURLWithPath: $0) },
+                                            externalData: externalData)
             print("exported \(s.content) as ONNX (opset 17): \(s.nodes) nodes, \(s.initializers) initializers "
-                  + "(\(s.parameters) values, \(s.half ? "float16" : "float32")), \(s.bytes) bytes → \(s.output.path)")
+                  + "(\(s.parameters) values, \(s.half ? "float16" : "float32")), \(s.bytes) bytes → \(s.output.path)"
+                  + (s.externalData ? " (+ weights in \(s.output.lastPathComponent).data)" : ""))
             return
         }
         let s = try Exporter.export(checkpoint: URL(fileURLWithPath: checkpoint), to: URL(fileURLWithPath: out), half: half,

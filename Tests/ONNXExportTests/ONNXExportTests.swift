@@ -147,6 +147,42 @@ final class ONNXExportTests: XCTestCase {
         }
     }
 
+    /// --external-data: every initializer of 1 KiB or more lives in OUT.data, at 4 KiB-aligned
+    /// offsets, holding exactly the bytes the single-file model holds; the graph is unchanged.
+    func testExternalDataHoldsTheSameWeights() throws {
+        let dir = try Self.temporaryDirectory("onnx-external")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let pt = try Fixture.mobileSAMCheckpoint()
+        let one = dir.appendingPathComponent("one.onnx"), split = dir.appendingPathComponent("split.onnx")
+        try Exporter.exportONNX(checkpoint: pt, to: one)
+        let s = try Exporter.exportONNX(checkpoint: pt, to: split, externalData: true)
+        XCTAssertTrue(s.externalData)
+        let a = try Self.model(one), b = try Self.model(split)
+        Self.assertWellFormed(b)
+        XCTAssertEqual(a.graph.node, b.graph.node)
+        let blob = try Data(contentsOf: dir.appendingPathComponent("split.onnx.data"))
+        var external = 0
+        for (x, y) in zip(a.graph.initializer, b.graph.initializer) {
+            XCTAssertEqual(x.name, y.name)
+            XCTAssertEqual(x.dims, y.dims)
+            guard x.rawData.count >= ONNXFile.externalThreshold else {
+                XCTAssertEqual(y.rawData, x.rawData, x.name)
+                XCTAssertEqual(y.dataLocation, .default, x.name)
+                continue
+            }
+            external += 1
+            XCTAssertEqual(y.dataLocation, .external, x.name)
+            XCTAssertTrue(y.rawData.isEmpty, x.name)
+            let e = Dictionary(uniqueKeysWithValues: y.externalData.map { ($0.key, $0.value) })
+            XCTAssertEqual(e["location"], "split.onnx.data")
+            let offset = Int(e["offset"]!)!, length = Int(e["length"]!)!
+            XCTAssertEqual(offset % 4096, 0, x.name)
+            XCTAssertEqual(length, x.rawData.count, x.name)
+            XCTAssertEqual(blob.subdata(in: offset..<(offset + length)), x.rawData, x.name)
+        }
+        XCTAssertGreaterThan(external, 100)
+    }
+
     func testDecoderHasSamOnnxModelsInterface() throws {
         let dir = try Self.temporaryDirectory("onnx-decoder")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -187,11 +223,12 @@ final class ONNXExportTests: XCTestCase {
         XCTAssertEqual(r.status, 0, "Scripts/check_onnx.py:\n\(r.out)\n\(r.err)\n\(Self.photosNote)")
         let j = try JSONSerialization.jsonObject(with: try Data(contentsOf: json)) as! [String: Any]
         let rows = j["rows"] as! [[String: Any]]
-        // 4 encoders × 2 photos × (float32, float16); 2 photos × 6 prompts × (mask IoU, IoU prediction)
-        XCTAssertEqual(rows.filter { ($0["check"] as! String).hasPrefix("encoder") }.count, 16)
+        // 4 encoders × 2 photos × (float32, float16, float32 with external data);
+        // 2 photos × 6 prompts × (mask IoU, IoU prediction)
+        XCTAssertEqual(rows.filter { ($0["check"] as! String).hasPrefix("encoder") }.count, 24)
         XCTAssertEqual(rows.filter { ($0["check"] as! String).hasPrefix("decoder") }.count, 24)
         for row in rows { XCTAssertEqual(row["ok"] as? Bool, true, "\(row)") }
-        for row in rows where row["check"] as? String == "encoder float32" {
+        for row in rows where ["encoder float32", "encoder float32-external"].contains(row["check"] as? String) {
             XCTAssertLessThanOrEqual(row["value"] as! Double, 1e-5, "\(row)")
         }
     }
