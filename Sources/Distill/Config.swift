@@ -21,6 +21,9 @@ import Yams
 //     teacher:     {checkpoint: weights/mobile_sam.pt}
 //     student:     {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], …}   (TinyViTConfig keys)
 //                  {type: conv, image_size: 1024, stem_channels: 32, channels: [...], blocks: [...], strides: [...], …}
+//                  {type: repvit, preset: repvit_m1, embed_dims: [48, 96, 192, 384], depths: [3, 4, 16, 3],
+//                   se_blocks: [0, 4, 8, …], fusion_channels: 256, neck_channels: 256}   (RepViTConfig keys; EdgeSAM's
+//                  encoder, trained multi-branch, exported fused)
 //     init:        {type: random} | {type: teacher_blocks, block_map: [[0], [1], [0, 5], [1]]} | {type: checkpoint, path: FILE}
 //     loss:        {type: mse} | {type: masked_mse, normalization: valid_elements|per_sample} | {type: huber, delta: 1.0} | {type: l1}
 //                  {type: prompt_in_the_loop, prompts_per_image: 16, box_fraction: 0.5, correction_rounds: 1,
@@ -96,34 +99,41 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
 public enum StudentConfig: Equatable, Sendable {
     case tinyViT(TinyViTConfig, preset: String?)
     case conv(ConvStudentConfig)
+    case repViT(RepViTConfig, preset: String?)
 
     public var typeName: String {
-        switch self { case .tinyViT: "tinyvit"; case .conv: "conv" }
+        switch self { case .tinyViT: "tinyvit"; case .conv: "conv"; case .repViT: "repvit" }
     }
     public var imageSize: Int {
-        switch self { case .tinyViT(let c, _): c.imageSize; case .conv(let c): c.imageSize }
+        switch self { case .tinyViT(let c, _): c.imageSize; case .conv(let c): c.imageSize; case .repViT(let c, _): c.imageSize }
+    }
+    public var inputChannels: Int {
+        switch self { case .tinyViT(let c, _): c.inputChannels; case .conv(let c): c.inputChannels; case .repViT(let c, _): c.inputChannels }
     }
     /// (channels, grid side) of the student's output embedding.
     public var outputShape: (channels: Int, side: Int) {
         switch self {
         case .tinyViT(let c, _): (c.neckChannels, c.stageResolutions.last!)
         case .conv(let c): (c.outChannels, c.outputResolution)
+        case .repViT(let c, _): (c.neckChannels, c.outputResolution)
         }
     }
 
     /// The network a run trains (the one place a student family is registered besides its
     /// config keys and `SAMEncoderConfig`).
     public func makeNetwork() -> any TrainableImageEncoder {
-        switch self { case .tinyViT(let c, _): TinyViT(c); case .conv(let c): ConvStudent(c) }
+        switch self { case .tinyViT(let c, _): TinyViT(c); case .conv(let c): ConvStudent(c); case .repViT(let c, _): RepViT(c) }
     }
 
     /// The architecture as weights files name it (`SAMEncoderConfig.metadata`).
     public var encoderConfig: SAMEncoderConfig {
-        switch self { case .tinyViT(let c, _): .tinyViT(c); case .conv(let c): .conv(c) }
+        switch self { case .tinyViT(let c, _): .tinyViT(c); case .conv(let c): .conv(c); case .repViT(let c, _): .repViT(c) }
     }
 
     /// Named TinyViT presets.
     public static let tinyViTPresets: [String: TinyViTConfig] = ["tinyvit_5m": .mobileSAM]
+    /// Named RepViT presets.
+    public static let repViTPresets: [String: RepViTConfig] = ["repvit_m1": .m1]
 }
 
 /// `init`: where the student's first weights come from.
@@ -446,14 +456,14 @@ extension RunConfig {
                 if f != Array(units.prefix(f.count)) {
                     r.problem("freeze", "must be the first units from the input, in order: a prefix of [\(units.joined(separator: ", "))], got [\(f.joined(separator: ", "))]")
                 }
-            case .conv:
+            case .conv, .repViT:
                 if !f.isEmpty { r.problem("freeze", "freezing is implemented for tinyvit students only") }
             }
         }
         if let s = r.object("stage_loss") {
             stageLossWeight = s.double("weight") ?? 1
             if !(stageLossWeight >= 0) { s.problem("weight", "must be non-negative, got \(stageLossWeight)") }
-            if case .conv = student, stageLossWeight > 0 { s.problem("weight", "stage_loss needs a tinyvit student") }
+            if student.typeName != "tinyvit", stageLossWeight > 0 { s.problem("weight", "stage_loss needs a tinyvit student") }
             if teacher.checkpoint == nil, stageLossWeight > 0 { r.problem("teacher", "checkpoint is required by stage_loss") }
             s.finish()
         }
@@ -574,8 +584,31 @@ extension StudentConfig {
             if problems.isEmpty { checkOutput(channels: c.outChannels, side: c.outputResolution, imageSize: c.imageSize,
                                                     channelKey: "out_channels", gridKey: "strides", r) }
             return .conv(c)
+        case "repvit":
+            var c = RepViTConfig.m1
+            let preset = r.string("preset")
+            if let preset {
+                if let p = repViTPresets[preset] { c = p } else {
+                    r.problem("preset", "unknown preset '\(preset)' (known: \(repViTPresets.keys.sorted().joined(separator: ", ")))")
+                }
+            }
+            c.imageSize = r.int("image_size", min: 1) ?? c.imageSize
+            c.inputChannels = r.int("input_channels", min: 1) ?? c.inputChannels
+            c.embedDims = r.intList("embed_dims") ?? c.embedDims
+            c.depths = r.intList("depths") ?? c.depths
+            c.seBlocks = r.intList("se_blocks") ?? c.seBlocks
+            c.fusionChannels = r.int("fusion_channels", min: 1) ?? c.fusionChannels
+            c.neckChannels = r.int("neck_channels", min: 1) ?? c.neckChannels
+            if r.bool("fused") == true {
+                r.problem("fused", "a student trains in the multi-branch form; `samdistill export` writes the fused one")
+            }
+            let problems = c.problems()
+            for p in problems { r.problemText(p) }
+            if problems.isEmpty { checkOutput(channels: c.neckChannels, side: c.outputResolution, imageSize: c.imageSize,
+                                              channelKey: "neck_channels", gridKey: "image_size", r) }
+            return .repViT(c, preset: preset)
         default:
-            r.problem("type", "unknown student type '\(type)' (expected tinyvit or conv)")
+            r.problem("type", "unknown student type '\(type)' (expected tinyvit, conv or repvit)")
             r.ignoreRest()
             return .tinyViT(.mobileSAM, preset: nil)
         }
@@ -610,7 +643,7 @@ extension InitConfig {
                     map = m
                 } else { r.problem("block_map", "expected a list of lists of teacher block indices") }
             }
-            if case .conv = student { r.problem("type", "teacher_blocks needs a tinyvit student (the teacher is a TinyViT)") }
+            if student.typeName != "tinyvit" { r.problem("type", "teacher_blocks needs a tinyvit student (the teacher is a TinyViT)") }
             if case .tinyViT(let c, _) = student, let map {
                 if map.count != c.depths.count {
                     r.problem("block_map", "\(map.count) stages for a student with \(c.depths.count)")
@@ -756,6 +789,11 @@ extension RunConfig {
                            ("stem_channels", n(c.stemChannels)), ("stem_stride", n(c.stemStride)),
                            ("channels", list(c.channels)), ("blocks", list(c.blocks)), ("strides", list(c.strides)),
                            ("upsample_channels", n(c.upsampleChannels)), ("out_channels", n(c.outChannels))])
+        case .repViT(let c, let preset):
+            student = map([("type", n("repvit")), ("preset", preset.map { n($0) }),
+                           ("image_size", n(c.imageSize)), ("input_channels", n(c.inputChannels)),
+                           ("embed_dims", list(c.embedDims)), ("depths", list(c.depths)), ("se_blocks", list(c.seBlocks)),
+                           ("fusion_channels", n(c.fusionChannels)), ("neck_channels", n(c.neckChannels))])
         }
         let initNode: Node
         switch initialisation {
