@@ -20,12 +20,17 @@ let package = Package(
     products: [
         .executable(name: "samdistill", targets: ["samdistill"]),
         .library(name: "SegmentAnything", targets: ["SegmentAnything"]),
+        // The readers of user-supplied files, for the fuzz harnesses (Fuzz/Package.swift).
+        .library(name: "CheckpointFormats", targets: ["CheckpointFormats"]),
+        .library(name: "ImageCodecs", targets: ["ImageCodecs"]),
+        .library(name: "Distill", targets: ["Distill"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -43,17 +48,20 @@ let package = Package(
             "Tensor", .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: optimised),
         .target(name: "ImageCodecs", dependencies: ["Tensor", "CImageIO"], swiftSettings: optimised),
+        // ONNX: the Swift types generated from onnx.proto (committed; Scripts/gen-onnx-proto) and a
+        // small graph builder. Distill's ONNX exporter writes models with it.
+        .target(name: "ONNX", dependencies: ["Tensor", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "Layers", dependencies: ["Tensor"], swiftSettings: optimised),
         .target(name: "Optim", dependencies: ["Tensor"], swiftSettings: optimised),
         .target(name: "SegmentAnything", dependencies: [
             "Tensor", "Layers", "CheckpointFormats", "ImageCodecs",
         ], swiftSettings: optimised),
-        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "HDF5", "CheckpointFormats", "ImageCodecs",
+        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "HDF5", "CheckpointFormats", "ImageCodecs", "ONNX",
                                                 .product(name: "Yams", package: "Yams"),
                                                 .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimised),
         .executableTarget(name: "samdistill", dependencies: [
-            "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "HDF5", "CheckpointFormats", "ImageCodecs", "CBLAS",
+            "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "HDF5", "CheckpointFormats", "ImageCodecs", "CBLAS", "ONNX",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimised),
 
@@ -70,6 +78,8 @@ let package = Package(
                                                                 "SegmentAnything", "TestSupport"]),
         .testTarget(name: "DistillTests", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "Distill",
                                                         "HDF5", "CheckpointFormats", "ImageCodecs", "TestSupport"]),
+        .testTarget(name: "ONNXExportTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "Distill", "ONNX",
+                                                           "CheckpointFormats", "ImageCodecs", "TestSupport"]),
     ],
     // Swift 5 mode: kernels share raw buffers across DispatchQueue.concurrentPerform workers by
     // design (disjoint ranges), which Swift 6's strict Sendable checking cannot express.

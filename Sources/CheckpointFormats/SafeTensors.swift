@@ -32,10 +32,11 @@ public enum SafeTensors {
             throw FormatError(file: file, reason: "cannot read (\(error.localizedDescription))")
         }
         guard bytes.count >= 8 else { throw FormatError(file: file, reason: "shorter than its 8-byte header length") }
-        let headerLength = bytes.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
-        guard headerLength > 0, 8 + headerLength <= bytes.count else {
-            throw FormatError(file: file, reason: "header length \(headerLength) exceeds the file size \(bytes.count)")
+        let storedLength = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard storedLength > 0, storedLength <= UInt64(bytes.count - 8) else {
+            throw FormatError(file: file, reason: "header length \(storedLength) exceeds the file size \(bytes.count)")
         }
+        let headerLength = Int(storedLength)
         let headerData = bytes.subdata(in: 8..<(8 + headerLength))
         guard let header = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any] else {
             throw FormatError(file: file, reason: "header is not a JSON object")
@@ -57,10 +58,13 @@ public enum SafeTensors {
             guard let dtype = DType(rawValue: dtypeName) else {
                 throw FormatError(file: file, reason: "entry '\(name)' has unsupported dtype \(dtypeName)")
             }
-            let n = shape.reduce(1, *)
-            guard offsets[1] - offsets[0] == n * dtype.size, dataStart + offsets[1] <= bytes.count, offsets[0] >= 0 else {
+            // Every product and sum checked: a hostile header must not overflow into a bad range.
+            let count = shape.allSatisfy { $0 >= 0 } ? checkedProduct(shape + [dtype.size]) : nil
+            guard let byteCount = count, offsets[0] >= 0, offsets[1] >= offsets[0], offsets[1] - offsets[0] == byteCount,
+                  offsets[1] <= bytes.count - dataStart else {
                 throw FormatError(file: file, reason: "entry '\(name)' byte range \(offsets) does not fit shape \(shape) \(dtypeName)")
             }
+            let n = byteCount / dtype.size
             var values = [Float](repeating: 0, count: n)
             bytes.withUnsafeBytes { raw in
                 let base = raw.baseAddress! + dataStart + offsets[0]
@@ -69,6 +73,17 @@ public enum SafeTensors {
             tensors[name] = Entry(dtype: dtype, tensor: Tensor(shape: shape, data: values))
         }
         return (tensors, metadata)
+    }
+
+    /// The product of `factors`, nil on overflow.
+    static func checkedProduct(_ factors: [Int]) -> Int? {
+        var p = 1
+        for f in factors {
+            let (r, overflow) = p.multipliedReportingOverflow(by: f)
+            if overflow { return nil }
+            p = r
+        }
+        return p
     }
 
     static func decode(_ dtype: DType, from p: UnsafeRawPointer, count n: Int, into v: inout [Float]) {

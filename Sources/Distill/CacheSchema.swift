@@ -111,7 +111,7 @@ public struct CacheSettings: Equatable, Sendable {
     public var everything: EverythingMaskSettings? = nil
     public var everythingMaskSize = 0
 
-    public init(teacher: CacheTeacher, embeddingDType: String, views: Int, seed: Int,
+    public init(teacher: TeacherEncoder, embeddingDType: String, views: Int, seed: Int,
                 augmentation: Augmentation, split: SplitRule) {
         self.teacher = teacher.id
         teacherArchitecture = teacher.architecture

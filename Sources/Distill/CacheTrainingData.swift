@@ -67,17 +67,10 @@ public final class CacheTrainingData: TrainingData {
         guard shapes.count == 1 else {
             throw CacheReader.FormatError(file: data.train.joined(separator: ", "), reason: "caches differ in image size or embedding shape: \(shapes.sorted())")
         }
-        func split(_ name: String, _ field: String) throws -> CacheSplit {
-            guard let s = CacheSplit(name: name) else {
-                throw CacheReader.FormatError(file: data.train[0], reason: "\(field): unknown split '\(name)' (train or val)")
-            }
-            return s
-        }
-        let trainSplit = try split(data.trainSplit, "data.train_split")
         var train: [(cache: Int, row: Int)] = [], val: [(cache: Int, row: Int)] = []
         for (c, r) in readers.enumerated() {
-            train += r.rows(split: trainSplit).map { (c, $0) }
-            if let v = data.valSplit { val += r.rows(split: try split(v, "data.val_split")).map { (c, $0) } }
+            train += r.rows(split: data.trainSplit).map { (c, $0) }
+            if let v = data.valSplit { val += r.rows(split: v).map { (c, $0) } }
         }
         if val.isEmpty, let listPath = data.valList {
             // The cache builder's rule: a listed path or file name is validation.
@@ -94,7 +87,7 @@ public final class CacheTrainingData: TrainingData {
             train = keep
         }
         guard !train.isEmpty else {
-            throw CacheReader.FormatError(file: data.train.joined(separator: ", "), reason: "no complete '\(data.trainSplit)' rows to train on")
+            throw CacheReader.FormatError(file: data.train.joined(separator: ", "), reason: "no complete '\(data.trainSplit.name)' rows to train on")
         }
         return (CacheTrainingData(readers: readers, samples: train), val.isEmpty ? nil : CacheTrainingData(readers: readers, samples: val))
     }

@@ -5,46 +5,23 @@ import Tensor
 import SegmentAnything
 import Yams
 
-// The run configuration of `samdistill train`: one YAML file, decoded
-// strictly. Every key has a fixed type; unknown keys, wrong types and impossible shapes are
-// errors naming the full key path (`optimizer.weight_decayy: unknown key`). `--set a.b=v`
-// overrides any key before decoding (v is read as a YAML scalar or flow value).
+// The run configuration of `samdistill train` and `run`: one YAML file, decoded strictly. Every
+// key has a fixed type; unknown keys, wrong types and impossible shapes are errors naming the full
+// key path (`optimizer.weight_decayy: unknown key`). `--set a.b=v` overrides any key before
+// decoding (v is read as a YAML scalar or flow value).
 //
-//     data:        {train: [cache.h5, …], train_split: train, val_split: val, val_fraction: 0.0, val_list: FILE}
-//                  cache building (`samdistill cache --config`, `run`): images: DIR, image_list: FILE, views: 1, cache_dtype: f16,
-//                  everything_masks: {points_per_side: 16, fast: true, pred_iou_thresh: 0.88, stability_score_thresh: 0.95,
-//                   box_nms_thresh: 0.7, max_masks: 64, max_counts: 32768}
-//                  (absent: none; `{}`: these defaults. Each row also stores the teacher's everything-masks,
-//                  SAM's automatic mask generator on the row's image decoding its teacher embedding, on the
-//                  256² low-res grid as RLE, at most max_masks masks / max_counts RLE counts a row;
-//                  prompt_in_the_loop then samples its prompts from them. EverythingMasks.swift)
-//     teacher:     {checkpoint: weights/mobile_sam.pt}
-//     student:     {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], …}   (TinyViTConfig keys)
-//                  {type: conv, image_size: 1024, stem_channels: 32, channels: [...], blocks: [...], strides: [...], …}
-//                  {type: repvit, preset: repvit_m1, embed_dims: [48, 96, 192, 384], depths: [3, 4, 16, 3],
-//                   se_blocks: [0, 4, 8, …], fusion_channels: 256, neck_channels: 256}   (RepViTConfig keys; EdgeSAM's
-//                  encoder, trained multi-branch, exported fused)
-//     init:        {type: random} | {type: teacher_blocks, block_map: [[0], [1], [0, 5], [1]]} | {type: checkpoint, path: FILE}
-//     loss:        {type: mse} | {type: masked_mse, normalization: valid_elements|per_sample} | {type: huber, delta: 1.0} | {type: l1}
-//                  {type: prompt_in_the_loop, prompts_per_image: 16, box_fraction: 0.5, correction_rounds: 1,
-//                   bce_weight: 1.0, dice_weight: 1.0, embedding_weight: 0.0}
-//                  (EdgeSAM: the student's masks through the teacher's frozen prompt encoder and mask
-//                  decoder, from teacher.checkpoint, learn the teacher's masks for K sampled point / box
-//                  prompts per image (box with probability box_fraction; from the cache's everything-masks
-//                  when it has them, data.everything_masks, else from random points), plus correction_rounds (0 or 1)
-//                  rounds with a point where they disagree; BCE + Dice on the 256² low-res logits with
-//                  these weights, plus embedding_weight · MSE of the embeddings. PromptInTheLoop.swift)
-//     optimizer:   {type: adamw, lr: …, beta1, beta2, eps, weight_decay, max_grad_norm}
-//     schedule:    LearningRateSchedule ({type: warmup_cosine, peak_lr, …}; total_steps defaults to the run's steps)
-//     batch_size, grad_accumulation, steps | epochs, seed, checkpoint_every, keep_last, eval_every, log_every
-//     eval:        {prompts: {types: [point, two-point, box], count: 8}, max_images: N, split, before, during_training}
-//     output_dir:  runs/NAME
-//     freeze:      [patch_embed, layers.0]   (leading TinyViT units kept as initialised)
-//     stages:      [{name: mse, steps: 150}, {name: pitl, steps: 50, loss: {type: prompt_in_the_loop}}]
-//                  (`samdistill run` trains the stages in order, each a run of its own in output_dir/NAME,
-//                  each after the first starting from the previous one's final checkpoint; a stage
-//                  replaces the top-level steps, loss, optimizer, schedule, batch_size, grad_accumulation
-//                  with its own; eval.before only for the first; PipelineStages.swift)
+// Each section's keys are spelled once, in its `fields` list (a `ConfigField` per key: reading and
+// the resolved YAML both walk it, ConfigFields.swift); the properties they fill carry the docs.
+// `samdistill run CONFIG --print-config` prints every key resolved, defaults included.
+// Sections: data (caches, splits, cache building, everything_masks), teacher, student (type
+// tinyvit with a preset, conv, or repvit with a preset: EdgeSAM's encoder, trained multi-branch,
+// exported fused), init (random | teacher_blocks | checkpoint), loss (mse |
+// masked_mse | huber | l1 | prompt_in_the_loop, PromptInTheLoop.swift), optimizer (adamw),
+// schedule (LearningRateSchedule; total_steps defaults to the run's steps), the run's scalars
+// (batch_size, steps | epochs, …), eval, export, output_dir, freeze, stage_loss, and stages
+// (`samdistill run` trains them in order, each in output_dir/NAME from the previous one's final
+// checkpoint, replacing steps, loss, optimizer, schedule, batch_size, grad_accumulation;
+// PipelineStages.swift).
 
 /// One or more problems with a configuration, each naming its key path.
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
@@ -58,12 +35,12 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 // MARK: - Sections
 
 /// `data`: where the cached teacher embeddings come from and how the held-out split is chosen.
-public struct DataConfig: Codable, Equatable, Sendable {
+public struct DataConfig: Equatable, Sendable {
     /// Feature cache files (HDF5), read together.
     public var train: [String] = []
-    /// Split names inside the caches.
-    public var trainSplit: String = "train"
-    public var valSplit: String? = "val"
+    /// Splits inside the caches.
+    public var trainSplit = CacheSplit.train
+    public var valSplit: CacheSplit? = .val
     /// Fraction of the training rows held out when the cache has no validation split (0: none).
     public var valFraction: Double = 0
     /// A text file of image ids (one per line) forming the validation set.
@@ -80,17 +57,12 @@ public struct DataConfig: Codable, Equatable, Sendable {
     public var cacheDType: String = "f16"
     /// The teacher's everything-masks stored with each cache row (nil: none).
     public var everythingMasks: EverythingMaskSettings? = nil
-
-    enum CodingKeys: String, CodingKey {
-        case train, trainSplit = "train_split", valSplit = "val_split", valFraction = "val_fraction", valList = "val_list"
-        case images, imageList = "image_list", views, cacheDType = "cache_dtype", everythingMasks = "everything_masks"
-    }
     public init() {}
 }
 
 /// `teacher`: the checkpoint of the model whose embeddings are distilled (and the source of
 /// `init: teacher_blocks`).
-public struct TeacherConfig: Codable, Equatable, Sendable {
+public struct TeacherConfig: Equatable, Sendable {
     public var checkpoint: String? = nil
     public init() {}
 }
@@ -193,8 +165,8 @@ public struct OptimizerConfig: Equatable, Sendable {
 /// `eval`: what `samdistill run` reports (mIoU of the student's masks against the teacher's, see
 /// Evaluator.swift) and the trainer's periodic evaluation (embedding MSE and cosine on at most
 /// `max_images` validation rows).
-public struct EvalConfig: Codable, Equatable, Sendable {
-    public struct Prompts: Codable, Equatable, Sendable {
+public struct EvalConfig: Equatable, Sendable {
+    public struct Prompts: Equatable, Sendable {
         /// Prompt protocols: point, two-point, box, grid (`PromptProtocol`).
         public var types: [String] = ["point", "box"]
         /// Prompts per protocol per image.
@@ -215,8 +187,6 @@ public struct EvalConfig: Codable, Equatable, Sendable {
     /// `samdistill run` also measures this mIoU at every `eval_every` step (logged as
     /// `miou_<prompt>` beside the embedding MSE: the held-out mIoU curve; costs one evaluation each).
     public var duringTraining = false
-
-    enum CodingKeys: String, CodingKey { case prompts, maxImages = "max_images", split, multimask, before, seed, duringTraining = "during_training" }
     public init() {}
 
     /// The evaluator's options for these settings.
@@ -232,7 +202,7 @@ public struct EvalConfig: Codable, Equatable, Sendable {
 
 /// `export`: the file `samdistill run` writes from the final checkpoint (relative paths are
 /// inside output_dir).
-public struct ExportConfig: Codable, Equatable, Sendable {
+public struct ExportConfig: Equatable, Sendable {
     public var path = "student.safetensors"
     /// Store float16.
     public var half = false
@@ -410,70 +380,73 @@ extension RunConfig {
     }
 
     init(reading r: NodeReader) {
-        let d = RunConfig()
         self.init()
-        if let s = r.object("data") { data = DataConfig(reading: s); s.finish() }
-        if let s = r.object("teacher") {
-            teacher.checkpoint = s.string("checkpoint")
-            s.finish()
-        }
-        if let s = r.object("student") { student = StudentConfig.read(s); s.finish() }
-        if let s = r.object("init") { initialisation = InitConfig.read(s, student: student); s.finish() }
-        if let s = r.object("loss") { loss = LossConfig.read(s); s.finish() }
+        r.read(Self.fields, into: &self)
+        let gaveSteps = steps != nil && r.has("steps"), gaveEpochs = epochs != nil
+        if gaveSteps && gaveEpochs { r.problem("steps", "give either steps or epochs, not both") }
+        if gaveEpochs && !gaveSteps { steps = nil }
+        if steps == nil && epochs == nil { steps = RunConfig().steps }
         if case .promptInTheLoop = loss, teacher.checkpoint == nil {
             r.problem("teacher", "checkpoint is required by loss type prompt_in_the_loop (its prompt encoder and mask decoder)")
         }
-        if let s = r.object("optimizer") { optimizer = OptimizerConfig(reading: s); s.finish() }
-        batchSize = r.int("batch_size", min: 1) ?? d.batchSize
-        gradAccumulation = r.int("grad_accumulation", min: 1) ?? d.gradAccumulation
-        let steps = r.int("steps", min: 1), epochs = r.double("epochs")
-        switch (steps, epochs) {
-        case (nil, nil): self.steps = d.steps; self.epochs = nil
-        case (let s?, nil): self.steps = s; self.epochs = nil
-        case (nil, let e?):
-            self.steps = nil; self.epochs = e
-            if !(e > 0) { r.problem("epochs", "must be positive, got \(e)") }
-        case (_?, _?): r.problem("steps", "give either steps or epochs, not both")
-        }
-        if let s = r.int("seed", min: 0) { seed = UInt64(s) }
-        checkpointEvery = r.int("checkpoint_every", min: 1) ?? d.checkpointEvery
-        keepLast = r.int("keep_last", min: 1) ?? d.keepLast
-        evalEvery = r.int("eval_every", min: 0) ?? d.evalEvery
-        logEvery = r.int("log_every", min: 1) ?? d.logEvery
-        if let s = r.object("eval") { eval = EvalConfig(reading: s); s.finish() }
-        if let s = r.object("export") {
-            export.path = s.string("path") ?? export.path
-            export.half = s.bool("half") ?? export.half
-            export.full = s.bool("full") ?? export.full
-            if !export.path.lowercased().hasSuffix(".safetensors") { s.problem("path", "must be a .safetensors file, got '\(export.path)'") }
-            s.finish()
-        }
-        if let f = r.stringList("freeze") {
-            freeze = f
+        if r.has("freeze") {
             switch student {
             case .tinyViT(let c, _):
                 let units = ["patch_embed"] + (0..<c.depths.count).map { "layers.\($0)" }
-                if f != Array(units.prefix(f.count)) {
-                    r.problem("freeze", "must be the first units from the input, in order: a prefix of [\(units.joined(separator: ", "))], got [\(f.joined(separator: ", "))]")
+                if freeze != Array(units.prefix(freeze.count)) {
+                    r.problem("freeze", "must be the first units from the input, in order: a prefix of [\(units.joined(separator: ", "))], got [\(freeze.joined(separator: ", "))]")
                 }
             case .conv, .repViT:
-                if !f.isEmpty { r.problem("freeze", "freezing is implemented for tinyvit students only") }
+                if !freeze.isEmpty { r.problem("freeze", "freezing is implemented for tinyvit students only") }
             }
-        }
-        if let s = r.object("stage_loss") {
-            stageLossWeight = s.double("weight") ?? 1
-            if !(stageLossWeight >= 0) { s.problem("weight", "must be non-negative, got \(stageLossWeight)") }
-            if student.typeName != "tinyvit", stageLossWeight > 0 { s.problem("weight", "stage_loss needs a tinyvit student") }
-            if teacher.checkpoint == nil, stageLossWeight > 0 { r.problem("teacher", "checkpoint is required by stage_loss") }
-            s.finish()
-        }
-        outputDir = r.string("output_dir") ?? d.outputDir
-        // The schedule last: its total_steps defaults to the run's steps.
-        if let node = r.take("schedule") {
-            schedule = Self.readSchedule(node, path: r.keyPath("schedule"), steps: self.steps, sink: r.sink) ?? schedule
         }
         r.finish()
     }
+
+    /// Every top-level key, in the order they are read and the resolved YAML lists them
+    /// (`student` before `init`, `steps` before `schedule`, whose total_steps defaults to it).
+    static let fields: [ConfigField<RunConfig>] = [
+        .section("data", \.data, DataConfig.fields),
+        .section("teacher", \.teacher, TeacherConfig.fields),
+        ConfigField(key: "student", read: { c, r in
+            if let s = r.object("student") { c.student = StudentConfig.read(s); s.finish() }
+        }, write: { $0.student.configNode }),
+        ConfigField(key: "init", read: { c, r in
+            if let s = r.object("init") { c.initialisation = InitConfig.read(s, student: c.student); s.finish() }
+        }, write: { $0.initialisation.configNode }),
+        ConfigField(key: "loss", read: { c, r in
+            if let s = r.object("loss") { c.loss = LossConfig.read(s); s.finish() }
+        }, write: { $0.loss.configNode }),
+        .section("optimizer", \.optimizer, OptimizerConfig.fields),
+        .int("batch_size", \.batchSize, min: 1),
+        .int("grad_accumulation", \.gradAccumulation, min: 1),
+        .optional("steps", \.steps, check: { $0 < 1 ? "must be ≥ 1, got \($0)" : nil }),
+        .optional("epochs", \.epochs, check: { $0 > 0 ? nil : "must be positive, got \($0)" }),
+        ConfigField(key: "schedule", read: { c, r in
+            guard let node = r.take("schedule") else { return }
+            c.schedule = readSchedule(node, path: r.keyPath("schedule"), steps: c.steps, sink: r.sink) ?? c.schedule
+        }, write: { c in (try? YAMLEncoder().encode(c.schedule)).flatMap { try? Yams.compose(yaml: $0) } }),
+        .value("seed", \.seed),
+        .int("checkpoint_every", \.checkpointEvery, min: 1),
+        .int("keep_last", \.keepLast, min: 1),
+        .int("eval_every", \.evalEvery, min: 0),
+        .int("log_every", \.logEvery, min: 1),
+        .section("eval", \.eval, EvalConfig.fields),
+        .section("export", \.export, ExportConfig.fields),
+        .value("output_dir", \.outputDir),
+        .value("freeze", \.freeze),
+        ConfigField(key: "stage_loss", read: { c, r in
+            guard let s = r.object("stage_loss") else { return }
+            s.read(stageLossFields, into: &c)
+            if c.student.typeName != "tinyvit", c.stageLossWeight > 0 { s.problem("weight", "stage_loss needs a tinyvit student") }
+            if c.teacher.checkpoint == nil, c.stageLossWeight > 0 { r.problem("teacher", "checkpoint is required by stage_loss") }
+            s.finish()
+        }, write: { $0.stageLossWeight > 0 ? configMapping($0, stageLossFields) : nil }),
+    ]
+
+    static let stageLossFields: [ConfigField<RunConfig>] = [
+        .value("weight", \.stageLossWeight, check: { $0 >= 0 ? nil : "must be non-negative, got \($0)" }),
+    ]
 
     static func readSchedule(_ node: Node, path: String, steps: Int?, sink: ProblemSink) -> LearningRateSchedule? {
         guard var mapping = node.mapping else { sink.add(path, "expected a mapping"); return nil }
@@ -497,44 +470,68 @@ extension RunConfig {
 }
 
 extension DataConfig {
-    init(reading r: NodeReader) {
-        self.init()
-        if let v = r.stringList("train") { train = v }
-        trainSplit = r.string("train_split") ?? trainSplit
-        if let v = r.take("val_split") {
-            if v.null != nil { valSplit = nil } else if let s = v.string, v.scalar != nil { valSplit = s } else {
-                r.problem("val_split", "expected a string")
-            }
-        }
-        if let f = r.double("val_fraction") {
-            valFraction = f
-            if !(0..<1).contains(f) { r.problem("val_fraction", "must be in [0, 1), got \(f)") }
-        }
-        valList = r.string("val_list")
-        images = r.string("images")
-        imageList = r.string("image_list")
-        if let v = r.int("views") {
-            views = v
-            if v < 1 { r.problem("views", "must be at least 1, got \(v)") }
-        }
-        if let d = r.string("cache_dtype") {
-            cacheDType = d
-            if !["f16", "f32"].contains(d) { r.problem("cache_dtype", "must be f16 or f32, got '\(d)'") }
-        }
-        if let e = r.object("everything_masks") {
-            var m = EverythingMaskSettings()
-            m.pointsPerSide = e.int("points_per_side") ?? m.pointsPerSide
-            m.fast = e.bool("fast") ?? m.fast
-            m.predIoUThresh = e.double("pred_iou_thresh") ?? m.predIoUThresh
-            m.stabilityScoreThresh = e.double("stability_score_thresh") ?? m.stabilityScoreThresh
-            m.boxNMSThresh = e.double("box_nms_thresh") ?? m.boxNMSThresh
-            m.maxMasks = e.int("max_masks") ?? m.maxMasks
-            m.maxCounts = e.int("max_counts") ?? m.maxCounts
-            m.problems().forEach(e.problemText)
-            e.finish()
-            everythingMasks = m
-        }
-    }
+    static let fields: [ConfigField<DataConfig>] = [
+        .value("train", \.train),
+        .value("train_split", \.trainSplit),
+        .optional("val_split", \.valSplit, writeNull: true),
+        .value("val_fraction", \.valFraction, check: { (0..<1).contains($0) ? nil : "must be in [0, 1), got \($0)" }),
+        .optional("val_list", \.valList),
+        .optional("images", \.images),
+        .optional("image_list", \.imageList),
+        .int("views", \.views, min: 1),
+        .value("cache_dtype", \.cacheDType, check: { ["f16", "f32"].contains($0) ? nil : "must be f16 or f32, got '\($0)'" }),
+        .optionalSection("everything_masks", \.everythingMasks, EverythingMaskSettings.fields, empty: EverythingMaskSettings(),
+                         problems: { $0.problems() }),
+    ]
+}
+
+extension EverythingMaskSettings {
+    static let fields: [ConfigField<EverythingMaskSettings>] = [
+        .value("points_per_side", \.pointsPerSide), .value("fast", \.fast),
+        .value("pred_iou_thresh", \.predIoUThresh), .value("stability_score_thresh", \.stabilityScoreThresh),
+        .value("box_nms_thresh", \.boxNMSThresh), .value("max_masks", \.maxMasks), .value("max_counts", \.maxCounts),
+    ]
+}
+
+extension TeacherConfig {
+    static let fields: [ConfigField<TeacherConfig>] = [.optional("checkpoint", \.checkpoint)]
+}
+
+extension CacheSplit: ConfigChoice { var choiceName: String { name } }
+extension CacheSelection: ConfigChoice { var choiceName: String { rawValue } }
+
+extension TinyViTConfig {
+    /// The `student: {type: tinyvit}` keys besides `type` and `preset`.
+    static let fields: [ConfigField<TinyViTConfig>] = [
+        .int("image_size", \.imageSize, min: 1), .int("input_channels", \.inputChannels, min: 1),
+        .value("embed_dims", \.embedDims), .value("depths", \.depths), .value("num_heads", \.numHeads),
+        .value("window_sizes", \.windowSizes),
+        // Written resolved, so the resolved config says what ran.
+        ConfigField(key: "merge_strides", read: ConfigField.optional("merge_strides", \.mergeStrides).read,
+                    write: { $0.resolvedMergeStrides.configNode }),
+        .value("mlp_ratio", \.mlpRatio), .value("mbconv_expand_ratio", \.mbconvExpandRatio),
+        .int("local_conv_size", \.localConvSize, min: 1), .int("neck_channels", \.neckChannels, min: 1),
+    ]
+}
+
+extension ConvStudentConfig {
+    /// The `student: {type: conv}` keys besides `type`.
+    static let fields: [ConfigField<ConvStudentConfig>] = [
+        .int("image_size", \.imageSize, min: 1), .int("input_channels", \.inputChannels, min: 1),
+        .int("stem_channels", \.stemChannels, min: 1), .int("stem_stride", \.stemStride, min: 1),
+        .value("channels", \.channels), .value("blocks", \.blocks), .value("strides", \.strides),
+        .int("upsample_channels", \.upsampleChannels, min: 1), .int("out_channels", \.outChannels, min: 1),
+    ]
+}
+
+extension RepViTConfig {
+    /// The `student: {type: repvit}` keys besides `type` and `preset` (`fused` is what export
+    /// writes, not a training key).
+    static let fields: [ConfigField<RepViTConfig>] = [
+        .int("image_size", \.imageSize, min: 1), .int("input_channels", \.inputChannels, min: 1),
+        .value("embed_dims", \.embedDims), .value("depths", \.depths), .value("se_blocks", \.seBlocks),
+        .int("fusion_channels", \.fusionChannels, min: 1), .int("neck_channels", \.neckChannels, min: 1),
+    ]
 }
 
 extension StudentConfig {
@@ -549,19 +546,7 @@ extension StudentConfig {
                     r.problem("preset", "unknown preset '\(preset)' (known: \(tinyViTPresets.keys.sorted().joined(separator: ", ")))")
                 }
             }
-            c.imageSize = r.int("image_size", min: 1) ?? c.imageSize
-            c.inputChannels = r.int("input_channels", min: 1) ?? c.inputChannels
-            c.embedDims = r.intList("embed_dims") ?? c.embedDims
-            c.depths = r.intList("depths") ?? c.depths
-            c.numHeads = r.intList("num_heads") ?? c.numHeads
-            c.windowSizes = r.intList("window_sizes") ?? c.windowSizes
-            if let m = r.take("merge_strides") {
-                if m.null != nil { c.mergeStrides = nil } else { c.mergeStrides = r.intList(m, key: "merge_strides") }
-            }
-            if let v = r.double("mlp_ratio") { c.mlpRatio = Float(v) }
-            if let v = r.double("mbconv_expand_ratio") { c.mbconvExpandRatio = Float(v) }
-            c.localConvSize = r.int("local_conv_size", min: 1) ?? c.localConvSize
-            c.neckChannels = r.int("neck_channels", min: 1) ?? c.neckChannels
+            r.read(TinyViTConfig.fields, into: &c)
             let problems = c.problems()
             for p in problems { r.problemText(p) }
             if problems.isEmpty { c.mergeStrides = c.resolvedMergeStrides }  // explicit in the resolved config
@@ -570,15 +555,7 @@ extension StudentConfig {
             return .tinyViT(c, preset: preset)
         case "conv":
             var c = ConvStudentConfig()
-            c.imageSize = r.int("image_size", min: 1) ?? c.imageSize
-            c.inputChannels = r.int("input_channels", min: 1) ?? c.inputChannels
-            c.stemChannels = r.int("stem_channels", min: 1) ?? c.stemChannels
-            c.stemStride = r.int("stem_stride", min: 1) ?? c.stemStride
-            c.channels = r.intList("channels") ?? c.channels
-            c.blocks = r.intList("blocks") ?? c.blocks
-            c.strides = r.intList("strides") ?? c.strides
-            c.upsampleChannels = r.int("upsample_channels", min: 1) ?? c.upsampleChannels
-            c.outChannels = r.int("out_channels", min: 1) ?? c.outChannels
+            r.read(ConvStudentConfig.fields, into: &c)
             let problems = c.problems()
             for p in problems { r.problemText(p) }
             if problems.isEmpty { checkOutput(channels: c.outChannels, side: c.outputResolution, imageSize: c.imageSize,
@@ -592,13 +569,7 @@ extension StudentConfig {
                     r.problem("preset", "unknown preset '\(preset)' (known: \(repViTPresets.keys.sorted().joined(separator: ", ")))")
                 }
             }
-            c.imageSize = r.int("image_size", min: 1) ?? c.imageSize
-            c.inputChannels = r.int("input_channels", min: 1) ?? c.inputChannels
-            c.embedDims = r.intList("embed_dims") ?? c.embedDims
-            c.depths = r.intList("depths") ?? c.depths
-            c.seBlocks = r.intList("se_blocks") ?? c.seBlocks
-            c.fusionChannels = r.int("fusion_channels", min: 1) ?? c.fusionChannels
-            c.neckChannels = r.int("neck_channels", min: 1) ?? c.neckChannels
+            r.read(RepViTConfig.fields, into: &c)
             if r.bool("fused") == true {
                 r.problem("fused", "a student trains in the multi-branch form; `samdistill export` writes the fused one")
             }
@@ -611,6 +582,18 @@ extension StudentConfig {
             r.problem("type", "unknown student type '\(type)' (expected tinyvit, conv or repvit)")
             r.ignoreRest()
             return .tinyViT(.mobileSAM, preset: nil)
+        }
+    }
+
+    /// The resolved `student` mapping.
+    var configNode: Node {
+        switch self {
+        case .tinyViT(let c, let preset):
+            configMapping(c, TinyViTConfig.fields, leading: [("type", Node("tinyvit")), ("preset", preset.map { Node($0) })])
+        case .conv(let c):
+            configMapping(c, ConvStudentConfig.fields, leading: [("type", Node("conv"))])
+        case .repViT(let c, let preset):
+            configMapping(c, RepViTConfig.fields, leading: [("type", Node("repvit")), ("preset", preset.map { Node($0) })])
         }
     }
 
@@ -686,22 +669,7 @@ extension LossConfig {
             }
         case "prompt_in_the_loop":
             var c = PromptInTheLoopConfig()
-            c.promptsPerImage = r.int("prompts_per_image", min: 1) ?? c.promptsPerImage
-            if let v = r.double("box_fraction") {
-                c.boxFraction = v
-                if !(0...1).contains(v) { r.problem("box_fraction", "must be in [0, 1], got \(v)") }
-            }
-            if let v = r.int("correction_rounds", min: 0) {
-                c.correctionRounds = v
-                if v > 1 { r.problem("correction_rounds", "must be 0 or 1 (a second round adds nothing in EdgeSAM's ablation), got \(v)") }
-            }
-            let weights: [(String, WritableKeyPath<PromptInTheLoopConfig, Double>)] =
-                [("bce_weight", \.bceWeight), ("dice_weight", \.diceWeight), ("embedding_weight", \.embeddingWeight)]
-            for (key, path) in weights {
-                guard let v = r.double(key) else { continue }
-                c[keyPath: path] = v
-                if !(v >= 0) { r.problem(key, "must be ≥ 0, got \(v)") }
-            }
+            r.read(PromptInTheLoopConfig.fields, into: &c)
             return .promptInTheLoop(c)
         default:
             r.problem("type", "unknown loss '\(type)' (expected mse, masked_mse, huber, l1 or prompt_in_the_loop)")
@@ -711,49 +679,65 @@ extension LossConfig {
     }
 }
 
+extension PromptInTheLoopConfig {
+    /// The `loss: {type: prompt_in_the_loop}` keys besides `type`.
+    static let fields: [ConfigField<PromptInTheLoopConfig>] = [
+        .int("prompts_per_image", \.promptsPerImage, min: 1),
+        .value("box_fraction", \.boxFraction, check: { (0...1).contains($0) ? nil : "must be in [0, 1], got \($0)" }),
+        .value("correction_rounds", \.correctionRounds, check: {
+            $0 < 0 ? "must be ≥ 0, got \($0)"
+                : $0 > 1 ? "must be 0 or 1 (a second round adds nothing in EdgeSAM's ablation), got \($0)" : nil
+        }),
+        .value("bce_weight", \.bceWeight, check: nonNegative),
+        .value("dice_weight", \.diceWeight, check: nonNegative),
+        .value("embedding_weight", \.embeddingWeight, check: nonNegative),
+    ]
+}
+
+private func nonNegative(_ v: Double) -> String? { v >= 0 ? nil : "must be ≥ 0, got \(v)" }
+
 extension OptimizerConfig {
-    init(reading r: NodeReader) {
-        self.init()
-        let type = r.string("type") ?? "adamw"
-        if type != "adamw" { r.problem("type", "unknown optimizer '\(type)' (expected adamw)") }
-        var a = AdamW.Configuration()
-        if let v = r.double("beta1") { a.beta1 = v; if !(0..<1).contains(v) { r.problem("beta1", "must be in [0, 1)") } }
-        if let v = r.double("beta2") { a.beta2 = v; if !(0..<1).contains(v) { r.problem("beta2", "must be in [0, 1)") } }
-        if let v = r.double("eps") { a.eps = v; if !(v >= 0) { r.problem("eps", "must be ≥ 0") } }
-        if let v = r.double("weight_decay") { a.weightDecay = v; if !(v >= 0) { r.problem("weight_decay", "must be ≥ 0") } }
-        adamW = a
-        if let n = r.take("max_grad_norm"), n.null == nil {
-            if let v = r.double(n, key: "max_grad_norm") {
-                maxGradNorm = v
-                if !(v > 0) { r.problem("max_grad_norm", "must be positive, got \(v)") }
-            }
-        }
-    }
+    static let fields: [ConfigField<OptimizerConfig>] = [
+        ConfigField(key: "type", read: { _, r in
+            if let t = r.string("type"), t != "adamw" { r.problem("type", "unknown optimizer '\(t)' (expected adamw)") }
+        }, write: { _ in Node("adamw") }),
+        .value("beta1", \.adamW.beta1, check: { (0..<1).contains($0) ? nil : "must be in [0, 1)" }),
+        .value("beta2", \.adamW.beta2, check: { (0..<1).contains($0) ? nil : "must be in [0, 1)" }),
+        .value("eps", \.adamW.eps, check: { $0 >= 0 ? nil : "must be ≥ 0" }),
+        .value("weight_decay", \.adamW.weightDecay, check: { $0 >= 0 ? nil : "must be ≥ 0" }),
+        .optional("max_grad_norm", \.maxGradNorm, check: { $0 > 0 ? nil : "must be positive, got \($0)" }),
+    ]
 }
 
 extension EvalConfig {
-    init(reading r: NodeReader) {
-        self.init()
-        if let p = r.object("prompts") {
-            if let t = p.stringList("types") {
-                prompts.types = t
-                for x in t where !Prompts.knownTypes.contains(x) {
-                    p.problem("types", "unknown prompt type '\(x)' (known: \(Prompts.knownTypes.joined(separator: ", ")))")
-                }
-                if t.isEmpty { p.problem("types", "needs at least one prompt type") }
-            }
-            prompts.count = p.int("count", min: 1) ?? prompts.count
-            p.finish()
-        }
-        maxImages = r.int("max_images", min: 1)
-        if let v = r.string("split") {
-            if let s = CacheSelection(rawValue: v) { split = s } else { r.problem("split", "must be train, val or all, got '\(v)'") }
-        }
-        multimask = r.bool("multimask") ?? multimask
-        before = r.bool("before") ?? before
-        if let v = r.int("seed", min: 0) { seed = UInt64(v) }
-        duringTraining = r.bool("during_training") ?? duringTraining
-    }
+    static let fields: [ConfigField<EvalConfig>] = [
+        .section("prompts", \.prompts, Prompts.fields),
+        .optional("max_images", \.maxImages, check: { $0 < 1 ? "must be ≥ 1, got \($0)" : nil }),
+        .value("split", \.split),
+        .value("multimask", \.multimask),
+        .value("before", \.before),
+        .value("seed", \.seed),
+        .value("during_training", \.duringTraining),
+    ]
+}
+
+extension EvalConfig.Prompts {
+    static let fields: [ConfigField<EvalConfig.Prompts>] = [
+        .value("types", \.types, check: { t in
+            if t.isEmpty { return "needs at least one prompt type" }
+            guard let x = t.first(where: { !knownTypes.contains($0) }) else { return nil }
+            return "unknown prompt type '\(x)' (known: \(knownTypes.joined(separator: ", ")))"
+        }),
+        .int("count", \.count, min: 1),
+    ]
+}
+
+extension ExportConfig {
+    static let fields: [ConfigField<ExportConfig>] = [
+        .value("path", \.path, check: { $0.lowercased().hasSuffix(".safetensors") ? nil : "must be a .safetensors file, got '\($0)'" }),
+        .value("half", \.half),
+        .value("full", \.full),
+    ]
 }
 
 // MARK: - Writing the resolved config
@@ -762,94 +746,34 @@ extension RunConfig {
     /// The resolved configuration as YAML (every key explicit; `steps` resolved by the caller
     /// when the run was given in epochs).
     public func yaml() throws -> String {
-        func n(_ s: String) -> Node { Node(s) }
-        func n(_ i: Int) -> Node { Node(String(i), Tag(.int)) }
-        func n(_ d: Double) -> Node { Node(String(d), Tag(.float)) }
-        func n(_ f: Float) -> Node { Node(String(Double(f)), Tag(.float)) }
-        func n(_ b: Bool) -> Node { Node(b ? "true" : "false", Tag(.bool)) }
-        func list(_ a: [Int]) -> Node { Node.sequence(Node.Sequence(a.map { n($0) }, Tag(.seq), .flow)) }
-        func strings(_ a: [String]) -> Node { Node.sequence(Node.Sequence(a.map { n($0) }, Tag(.seq), .flow)) }
-        func map(_ pairs: [(String, Node?)]) -> Node {
-            Node.mapping(Node.Mapping(pairs.compactMap { k, v in v.map { (Node(k), $0) } }))
-        }
-        let null = Node("null", Tag(.null))
+        try Yams.serialize(node: configMapping(self, Self.fields), sortKeys: false)
+    }
+}
 
-        var student: Node
-        switch self.student {
-        case .tinyViT(let c, let preset):
-            student = map([("type", n("tinyvit")), ("preset", preset.map { n($0) }),
-                           ("image_size", n(c.imageSize)), ("input_channels", n(c.inputChannels)),
-                           ("embed_dims", list(c.embedDims)), ("depths", list(c.depths)),
-                           ("num_heads", list(c.numHeads)), ("window_sizes", list(c.windowSizes)),
-                           ("merge_strides", list(c.resolvedMergeStrides)), ("mlp_ratio", n(c.mlpRatio)),
-                           ("mbconv_expand_ratio", n(c.mbconvExpandRatio)), ("local_conv_size", n(c.localConvSize)),
-                           ("neck_channels", n(c.neckChannels))])
-        case .conv(let c):
-            student = map([("type", n("conv")), ("image_size", n(c.imageSize)), ("input_channels", n(c.inputChannels)),
-                           ("stem_channels", n(c.stemChannels)), ("stem_stride", n(c.stemStride)),
-                           ("channels", list(c.channels)), ("blocks", list(c.blocks)), ("strides", list(c.strides)),
-                           ("upsample_channels", n(c.upsampleChannels)), ("out_channels", n(c.outChannels))])
-        case .repViT(let c, let preset):
-            student = map([("type", n("repvit")), ("preset", preset.map { n($0) }),
-                           ("image_size", n(c.imageSize)), ("input_channels", n(c.inputChannels)),
-                           ("embed_dims", list(c.embedDims)), ("depths", list(c.depths)), ("se_blocks", list(c.seBlocks)),
-                           ("fusion_channels", n(c.fusionChannels)), ("neck_channels", n(c.neckChannels))])
-        }
-        let initNode: Node
-        switch initialisation {
-        case .random: initNode = map([("type", n("random"))])
+extension InitConfig {
+    /// The resolved `init` mapping.
+    var configNode: Node {
+        switch self {
+        case .random: configMapping((), [], leading: [("type", Node("random"))])
         case .teacherBlocks(let m):
-            initNode = map([("type", n("teacher_blocks")),
-                            ("block_map", m.map { Node.sequence(Node.Sequence($0.map(list))) })])
-        case .checkpoint(let p): initNode = map([("type", n("checkpoint")), ("path", n(p))])
+            configMapping((), [], leading: [("type", Node("teacher_blocks")),
+                                            ("block_map", m.map { Node.sequence(Node.Sequence($0.map(\.configNode))) })])
+        case .checkpoint(let p): configMapping((), [], leading: [("type", Node("checkpoint")), ("path", Node(p))])
         }
-        let lossNode: Node
-        switch loss {
-        case .mse: lossNode = map([("type", n("mse"))])
-        case .l1: lossNode = map([("type", n("l1"))])
-        case .huber(let d): lossNode = map([("type", n("huber")), ("delta", n(d))])
+    }
+}
+
+extension LossConfig {
+    /// The resolved `loss` mapping.
+    var configNode: Node {
+        let type = ("type", Node(typeName) as Node?)
+        return switch self {
+        case .mse, .l1: configMapping((), [], leading: [type])
+        case .huber(let d): configMapping((), [], leading: [type, ("delta", d.configNode)])
         case .maskedMSE(let norm):
-            lossNode = map([("type", n("masked_mse")),
-                            ("normalization", n(norm == .perSample ? "per_sample" : "valid_elements"))])
-        case .promptInTheLoop(let c):
-            lossNode = map([("type", n("prompt_in_the_loop")), ("prompts_per_image", n(c.promptsPerImage)),
-                            ("box_fraction", n(c.boxFraction)), ("correction_rounds", n(c.correctionRounds)),
-                            ("bce_weight", n(c.bceWeight)), ("dice_weight", n(c.diceWeight)),
-                            ("embedding_weight", n(c.embeddingWeight))])
+            configMapping((), [], leading: [type, ("normalization", Node(norm == .perSample ? "per_sample" : "valid_elements"))])
+        case .promptInTheLoop(let c): configMapping(c, PromptInTheLoopConfig.fields, leading: [type])
         }
-        let a = optimizer.adamW
-        let scheduleNode = try Yams.compose(yaml: YAMLEncoder().encode(schedule))!
-        let root = map([
-            ("data", map([("train", strings(data.train)), ("train_split", n(data.trainSplit)),
-                          ("val_split", data.valSplit.map { n($0) } ?? null), ("val_fraction", n(data.valFraction)),
-                          ("val_list", data.valList.map { n($0) }), ("images", data.images.map { n($0) }), ("image_list", data.imageList.map { n($0) }),
-                          ("views", n(data.views)), ("cache_dtype", n(data.cacheDType)),
-                          ("everything_masks", data.everythingMasks.map { m in
-                              map([("points_per_side", n(m.pointsPerSide)), ("fast", n(m.fast)), ("pred_iou_thresh", n(m.predIoUThresh)),
-                                   ("stability_score_thresh", n(m.stabilityScoreThresh)), ("box_nms_thresh", n(m.boxNMSThresh)),
-                                   ("max_masks", n(m.maxMasks)), ("max_counts", n(m.maxCounts))])
-                          })])),
-            ("teacher", map([("checkpoint", teacher.checkpoint.map { n($0) })])),
-            ("student", student),
-            ("init", initNode),
-            ("loss", lossNode),
-            ("optimizer", map([("type", n("adamw")), ("beta1", n(a.beta1)), ("beta2", n(a.beta2)), ("eps", n(a.eps)),
-                               ("weight_decay", n(a.weightDecay)), ("max_grad_norm", optimizer.maxGradNorm.map { n($0) })])),
-            ("schedule", scheduleNode),
-            ("batch_size", n(batchSize)), ("grad_accumulation", n(gradAccumulation)),
-            ("steps", steps.map { n($0) }), ("epochs", epochs.map { n($0) }),
-            ("seed", n(Int(seed))), ("checkpoint_every", n(checkpointEvery)), ("keep_last", n(keepLast)),
-            ("eval_every", n(evalEvery)), ("log_every", n(logEvery)),
-            ("eval", map([("prompts", map([("types", strings(eval.prompts.types)), ("count", n(eval.prompts.count))])),
-                          ("max_images", eval.maxImages.map { n($0) }), ("split", n(eval.split.rawValue)),
-                          ("multimask", n(eval.multimask)), ("before", n(eval.before)), ("seed", n(Int(eval.seed))),
-                          ("during_training", n(eval.duringTraining))])),
-            ("export", map([("path", n(export.path)), ("half", n(export.half)), ("full", n(export.full))])),
-            ("output_dir", n(outputDir)),
-            ("freeze", strings(freeze)),
-            ("stage_loss", stageLossWeight > 0 ? map([("weight", n(stageLossWeight))]) : nil),
-        ])
-        return try Yams.serialize(node: root, sortKeys: false)
     }
 }
 
@@ -960,16 +884,18 @@ final class NodeReader {
 
     func double(_ key: String) -> Double? { take(key).flatMap { double($0, key: key) } }
 
-    func bool(_ key: String) -> Bool? {
-        guard let n = take(key) else { return nil }
+    func bool(_ key: String) -> Bool? { take(key).flatMap { bool($0, key: key) } }
+
+    func bool(_ n: Node, key: String) -> Bool? {
         guard n.scalar != nil, let v = n.bool, n.scalar?.style == .plain || n.scalar?.style == .any else {
             sink.add(keyPath(key), "expected true or false, found \(scalarText(n))"); return nil
         }
         return v
     }
 
-    func string(_ key: String) -> String? {
-        guard let n = take(key) else { return nil }
+    func string(_ key: String) -> String? { take(key).flatMap { string($0, key: key) } }
+
+    func string(_ n: Node, key: String) -> String? {
         guard let s = n.scalar, n.null == nil || s.style != .plain else {
             sink.add(keyPath(key), "expected a string, found \(n.null != nil ? "null" : scalarText(n))"); return nil
         }
@@ -988,8 +914,9 @@ final class NodeReader {
 
     func intList(_ key: String) -> [Int]? { take(key).flatMap { intList($0, key: key) } }
 
-    func stringList(_ key: String) -> [String]? {
-        guard let n = take(key) else { return nil }
+    func stringList(_ key: String) -> [String]? { take(key).flatMap { stringList($0, key: key) } }
+
+    func stringList(_ n: Node, key: String) -> [String]? {
         if let s = n.scalar, n.null == nil { return [s.string] }  // a single path is a one-element list
         guard let seq = n.sequence else { sink.add(keyPath(key), "expected a list of strings, found \(scalarText(n))"); return nil }
         var out: [String] = []

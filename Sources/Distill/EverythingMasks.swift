@@ -63,7 +63,7 @@ public struct EverythingMaskSettings: Codable, Equatable, Sendable {
     }
 
     /// The cache's `everything_masks` attribute (a resumed run must match it).
-    public var json: String { CacheTeacher.json(self) }
+    public var json: String { TeacherEncoder.json(self) }
 }
 
 /// One stored mask: low-res RLE and the generator's scores.

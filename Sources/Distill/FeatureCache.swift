@@ -99,7 +99,7 @@ public struct CacheSummary: Sendable {
 /// any moment leaves a file that opens, in which every row marked complete is whole.
 public final class FeatureCacheBuilder {
     public let options: CacheOptions
-    public let teacher: CacheTeacher
+    public let teacher: TeacherEncoder
     /// Generates each row's everything-masks (required when `options.everythingMasks` is set).
     public let everything: EverythingMasker?
     /// Called with progress and report lines (stderr in the command line).
@@ -107,7 +107,7 @@ public final class FeatureCacheBuilder {
     /// Progress line updates in place (`\r`) when true; otherwise one line per ~5% or 30 s.
     public var progressInPlace = isatty(2) != 0
 
-    public init(options: CacheOptions, teacher: CacheTeacher, everything: EverythingMasker? = nil) {
+    public init(options: CacheOptions, teacher: TeacherEncoder, everything: EverythingMasker? = nil) {
         precondition(options.everythingMasks == everything?.settings,
                      "FeatureCacheBuilder: options.everythingMasks and the everything-masks generator disagree")
         self.options = options

@@ -108,7 +108,7 @@ public final class RunPipeline {
             o.progress = showsProgress
             o.command = "samdistill run \(configName)"
             guard let teacherPath = config.teacher.checkpoint else { throw CacheError("\(configName): teacher.checkpoint is not set (needed to build the cache)") }
-            let teacher = try CacheTeacher.load(weights: URL(fileURLWithPath: teacherPath), config: nil)
+            let teacher = try TeacherEncoder.load(weights: URL(fileURLWithPath: teacherPath), config: nil)
             let summary = try FeatureCacheBuilder(options: o, teacher: teacher,
                                                   everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath)).run()
             outcome.cache = summary

@@ -148,7 +148,7 @@ struct Cache: ParsableCommand {
     func run() throws {
         do {
             var (o, teacherPath) = try resolved()
-            let t = try CacheTeacher.load(weights: URL(fileURLWithPath: teacherPath),
+            let t = try TeacherEncoder.load(weights: URL(fileURLWithPath: teacherPath),
                                           config: teacherConfig.map { URL(fileURLWithPath: $0) })
             o.limit = limit
             o.shardSize = shardSize

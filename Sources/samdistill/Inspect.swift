@@ -3,18 +3,22 @@ import CheckpointFormats
 import Distill
 import Foundation
 import HDF5
+import ONNX
 import SegmentAnything
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List the tensors of a weights file (.pt/.pth/.safetensors) or the contents of an HDF5 file (.h5).",
+        abstract: "List the tensors of a weights file (.pt/.pth/.safetensors), an HDF5 file (.h5) or an ONNX model (.onnx).",
         discussion: """
             Prints each tensor's name, stored dtype, shape and value count in file order, then \
             totals: tensors, values, and values per top-level prefix (image_encoder, \
             prompt_encoder, mask_decoder…). Nested checkpoints are flattened with '.' \
             ("model.image_encoder.…"). For an HDF5 file (a feature cache, by its HDF5 signature), \
             lists every group and dataset (shape, element type, chunk shape) with its attributes, \
-            and for a feature cache the number of complete rows per split.
+            and for a feature cache the number of complete rows per split. For an ONNX model \
+            (.onnx), lists its inputs and outputs (element type, shape, named dimensions), the IR \
+            version and opsets, the initializers (count, values per element type) and the node \
+            count per op type.
             """)
 
     @OptionGroup var runtime: RuntimeOptions
@@ -28,6 +32,7 @@ struct Inspect: ParsableCommand {
     func run() throws {
         let url = URL(fileURLWithPath: file)
         if Self.isHDF5(url) { return try inspectHDF5(url) }
+        if url.pathExtension.lowercased() == "onnx" { return try inspectONNX(url) }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let weights = try WeightsFile(contentsOf: url)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
@@ -68,6 +73,52 @@ struct Inspect: ParsableCommand {
         print("total: \(weights.names.count) tensors, \(grouped(totalValues)) values (\(weights.format.rawValue), "
               + String(format: "read in %.3f s)", seconds))
         for (k, v) in weights.metadata.sorted(by: { $0.key < $1.key }) { print("metadata \(k): \(v)") }
+    }
+
+    private func inspectONNX(_ url: URL) throws {
+        let m: Onnx_ModelProto
+        do {
+            m = try Onnx_ModelProto(serializedBytes: try Data(contentsOf: url))
+        } catch {
+            FileHandle.standardError.write(Data("error: \(file): not a readable ONNX model (\(error))\n".utf8))
+            throw ExitCode.failure
+        }
+        func typeName(_ t: Int32) -> String {
+            Onnx_TensorProto.DataType(rawValue: Int(t)).map { "\($0)" } ?? "type \(t)"
+        }
+        func describe(_ v: Onnx_ValueInfoProto) -> [String: Any] {
+            let t = v.type.tensorType
+            let dims: [Any] = t.shape.dim.map { $0.dimParam.isEmpty ? Int($0.dimValue) as Any : $0.dimParam as Any }
+            return ["name": v.name, "type": typeName(t.elemType), "shape": dims]
+        }
+        let inputs = m.graph.input.map(describe), outputs = m.graph.output.map(describe)
+        var opCounts: [String: Int] = [:]
+        for n in m.graph.node { opCounts[n.opType, default: 0] += 1 }
+        var valuesPerType: [String: Int] = [:]
+        for t in m.graph.initializer { valuesPerType[typeName(t.dataType), default: 0] += Int(t.dims.reduce(1, *)) }
+        let opsets = m.opsetImport.map { ["domain": $0.domain.isEmpty ? "ai.onnx" : $0.domain, "version": Int($0.version)] as [String: Any] }
+        let metadata = Dictionary(m.metadataProps.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        if json {
+            printJSON(["file": file, "format": "onnx", "ir_version": Int(m.irVersion), "opsets": opsets,
+                       "producer": m.producerName + " " + m.producerVersion, "inputs": inputs, "outputs": outputs,
+                       "nodes": m.graph.node.count, "ops": opCounts, "initializers": m.graph.initializer.count,
+                       "initializer_values": valuesPerType, "metadata": metadata])
+            return
+        }
+        func shape(_ d: [String: Any]) -> String {
+            "(" + (d["shape"] as! [Any]).map { "\($0)" }.joined(separator: ", ") + ")"
+        }
+        print("onnx    \(file): IR version \(m.irVersion), opset " + opsets.map { "\($0["domain"]!) \($0["version"]!)" }.joined(separator: ", ")
+              + ", producer \(m.producerName) \(m.producerVersion)")
+        for d in inputs { print("input   \(d["name"]!)  \(d["type"]!) \(shape(d))") }
+        for d in outputs { print("output  \(d["name"]!)  \(d["type"]!) \(shape(d))") }
+        print("initializers: \(m.graph.initializer.count) ("
+              + valuesPerType.sorted { $0.key < $1.key }.map { "\(grouped($0.value)) \($0.key) values" }.joined(separator: ", ") + ")")
+        print("nodes: \(m.graph.node.count)")
+        for (op, n) in opCounts.sorted(by: { ($0.value, $1.key) > ($1.value, $0.key) }) {
+            print("  " + op.padding(toLength: max(op.count, 20), withPad: " ", startingAt: 0) + " \(n)")
+        }
+        for (k, v) in metadata.sorted(by: { $0.key < $1.key }) { print("metadata \(k): \(v)") }
     }
 
     /// 10140231 → "10,140,231".

@@ -33,6 +33,9 @@ struct Run: ParsableCommand {
     @Flag(help: "No progress lines.")
     var quiet = false
 
+    @Flag(help: "Print the resolved config (every key, defaults filled in, overrides applied) and exit.")
+    var printConfig = false
+
     func validate() throws {
         do {
             _ = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
@@ -43,6 +46,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
+        if printConfig { print(try cfg.yaml(), terminator: ""); return }
         let pipeline = RunPipeline(config: cfg, configName: config)
         pipeline.showsProgress = !quiet
         let t0 = Date()

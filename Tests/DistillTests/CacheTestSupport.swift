@@ -36,7 +36,7 @@ enum CacheTestSupport {
         for (k, p) in model.namedParameters() { tensors[k] = p.value }
         let w = dir.appendingPathComponent("tiny.safetensors"), c = dir.appendingPathComponent("tiny.json")
         try SafeTensors.write(tensors, to: w)
-        try JSONEncoder().encode(CacheTeacher.ConfigFile(tinyvit: config)).write(to: c)
+        try JSONEncoder().encode(TeacherEncoder.ConfigFile(tinyvit: config)).write(to: c)
         return (w, c)
     }
 

@@ -22,7 +22,7 @@ final class CacheTrainPipelineTests: XCTestCase {
         CacheTestSupport.randomiseSignalPreserving(teacher, rng: &rng)
         let weights = dir.appendingPathComponent("teacher.safetensors"), teacherConfig = dir.appendingPathComponent("teacher.json")
         try SafeTensors.write(teacher.stateDict(), to: weights)
-        try JSONEncoder().encode(CacheTeacher.ConfigFile(tinyvit: config)).write(to: teacherConfig)
+        try JSONEncoder().encode(TeacherEncoder.ConfigFile(tinyvit: config)).write(to: teacherConfig)
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 8)
         let exe = try CacheTestSupport.executable()

@@ -84,6 +84,57 @@ final class ConfigTests: XCTestCase {
                         "data.everything_masks.point_per_side: unknown key"])
     }
 
+    /// Each key is spelled once (its section's field list): a config that sets every key to a
+    /// non-default value reads as written and its resolved YAML reads back equal.
+    func testEveryKeyRoundTrips() throws {
+        let yaml = """
+            data: {train: [a.h5], train_split: val, val_split: null, val_fraction: 0.2, val_list: l.txt, images: img,
+                   image_list: il.txt, views: 3, cache_dtype: f32, everything_masks: {points_per_side: 8, max_counts: 100}}
+            teacher: {checkpoint: t.pt}
+            student: {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], mlp_ratio: 3.0, local_conv_size: 5}
+            init: {type: checkpoint, path: c.safetensors}
+            loss: {type: prompt_in_the_loop, prompts_per_image: 4, box_fraction: 0.25, correction_rounds: 0,
+                   bce_weight: 2.0, dice_weight: 0.5, embedding_weight: 0.1}
+            optimizer: {beta1: 0.8, beta2: 0.95, eps: 1.0e-6, weight_decay: 0.1, max_grad_norm: 2.0}
+            schedule: {type: constant, lr: 0.01}
+            batch_size: 3
+            grad_accumulation: 2
+            epochs: 2.5
+            seed: 7
+            checkpoint_every: 9
+            keep_last: 4
+            eval_every: 5
+            log_every: 2
+            eval: {prompts: {types: [box], count: 2}, max_images: 3, split: all, multimask: true, before: false, seed: 5,
+                   during_training: true}
+            export: {path: s.safetensors, half: true, full: false}
+            output_dir: runs/x
+            freeze: [patch_embed]
+            stage_loss: {weight: 0.5}
+            """
+        let c = try RunConfig.parse(yaml)
+        XCTAssertEqual(c.data.trainSplit, .val); XCTAssertNil(c.data.valSplit); XCTAssertEqual(c.data.views, 3)
+        XCTAssertEqual(c.data.everythingMasks?.pointsPerSide, 8); XCTAssertEqual(c.data.everythingMasks?.maxCounts, 100)
+        guard case .tinyViT(let s, _) = c.student, case .promptInTheLoop(let p) = c.loss else { return XCTFail("student / loss") }
+        XCTAssertEqual(s.mlpRatio, 3); XCTAssertEqual(s.localConvSize, 5)
+        XCTAssertEqual(p.boxFraction, 0.25); XCTAssertEqual(p.embeddingWeight, 0.1); XCTAssertEqual(p.correctionRounds, 0)
+        XCTAssertEqual(c.optimizer.adamW.beta2, 0.95); XCTAssertEqual(c.optimizer.maxGradNorm, 2)
+        XCTAssertNil(c.steps); XCTAssertEqual(c.epochs, 2.5); XCTAssertEqual(c.seed, 7); XCTAssertEqual(c.logEvery, 2)
+        XCTAssertEqual(c.eval.split, .all); XCTAssertEqual(c.eval.maxImages, 3); XCTAssertTrue(c.eval.duringTraining)
+        XCTAssertEqual(c.export.half, true); XCTAssertEqual(c.freeze, ["patch_embed"]); XCTAssertEqual(c.stageLossWeight, 0.5)
+        XCTAssertEqual(try RunConfig.parse(c.yaml()), c)
+        // The defaults written out read back to the same resolved YAML.
+        XCTAssertEqual(try RunConfig.parse(RunConfig().yaml()).yaml(), try RunConfig().yaml())
+    }
+
+    /// Named choices list what is allowed.
+    func testChoicesAreListed() {
+        XCTAssertEqual(problems("data: {train_split: test}"), ["data.train_split: must be 'train' or 'val', got 'test'"])
+        XCTAssertEqual(problems("eval: {split: holdout}"), ["eval.split: must be 'train', 'val' or 'all', got 'holdout'"])
+        XCTAssertEqual(problems("data: {views: 0}"), ["data.views: must be ≥ 1, got 0"])
+        XCTAssertEqual(problems("seed: -1"), ["seed: must be ≥ 0, got -1"])
+    }
+
     func testUnknownKeysAreNamed() {
         XCTAssertEqual(problems(base + "\noptimizer_x: 1"), ["optimizer_x: unknown key"])
         XCTAssertEqual(problems(base.replacingOccurrences(of: "weight_decay:", with: "weight_decayy:")),

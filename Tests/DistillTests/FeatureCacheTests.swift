@@ -23,12 +23,12 @@ final class FeatureCacheTests: XCTestCase {
         if let dir { try? FileManager.default.removeItem(at: dir) }
     }
 
-    func tinyTeacher(imageSize: Int = 64) throws -> CacheTeacher {
+    func tinyTeacher(imageSize: Int = 64) throws -> TeacherEncoder {
         let (w, c) = try CacheTestSupport.writeTinyTeacher(in: dir, imageSize: imageSize)
-        return try CacheTeacher.load(weights: w, config: c)
+        return try TeacherEncoder.load(weights: w, config: c)
     }
 
-    func build(_ images: URL, _ out: URL, teacher: CacheTeacher, configure: (inout CacheOptions) -> Void = { _ in }) throws -> CacheSummary {
+    func build(_ images: URL, _ out: URL, teacher: TeacherEncoder, configure: (inout CacheOptions) -> Void = { _ in }) throws -> CacheSummary {
         var o = CacheOptions(images: images, output: out)
         o.progress = false
         configure(&o)
@@ -242,7 +242,7 @@ final class FeatureCacheTests: XCTestCase {
                 XCTAssertTrue("\(e)".contains(key + ":") && "\(e)".contains("--overwrite"), "\(key): \(e)")
             }
         }
-        let other = CacheTeacher(id: "tinyvit", architecture: "TinyViT", configJSON: teacher.configJSON,
+        let other = TeacherEncoder(id: "tinyvit", architecture: "TinyViT", configJSON: teacher.configJSON,
                                  checkpointSHA256: String(repeating: "0", count: 64), imageSize: 64,
                                  embeddingShape: teacher.embeddingShape) { teacher.encode($0) }
         XCTAssertThrowsError(try build(images, out, teacher: other) { $0.views = 2; $0.seed = 1 }) { e in
@@ -355,7 +355,7 @@ final class FeatureCacheTests: XCTestCase {
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 3)
         let weights = try CacheTestSupport.writeTinySAM(in: dir)
-        let teacher = try CacheTeacher.load(weights: weights)
+        let teacher = try TeacherEncoder.load(weights: weights)
         let model = try SAMModel.load(contentsOf: weights)
         var settings = CacheTestSupport.tinyEverything
         settings.maxMasks = 6
@@ -524,7 +524,7 @@ final class FeatureCacheTests: XCTestCase {
         let images = dir.appendingPathComponent("images")
         try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
         for p in photos { try FileManager.default.copyItem(at: p, to: images.appendingPathComponent(p.lastPathComponent)) }
-        let teacher = try CacheTeacher.load(weights: try Fixture.mobileSAMCheckpoint())
+        let teacher = try TeacherEncoder.load(weights: try Fixture.mobileSAMCheckpoint())
         XCTAssertEqual(teacher.id, "mobile_sam")
         XCTAssertEqual(teacher.checkpointSHA256, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f")
         let out = dir.appendingPathComponent("c.h5")
@@ -563,7 +563,7 @@ final class FeatureCacheTests: XCTestCase {
         o.progress = false
         o.views = 2
         o.everythingMasks = CacheTestSupport.tinyEverything
-        _ = try FeatureCacheBuilder(options: o, teacher: try CacheTeacher.load(weights: weights),
+        _ = try FeatureCacheBuilder(options: o, teacher: try TeacherEncoder.load(weights: weights),
                                     everything: try EverythingMasker.load(o.everythingMasks, checkpoint: weights.path)).run()
         let reader = try CacheReader(out)
         let sums = try reader.rows().map { try reader.row($0).embedding.data.reduce(0.0) { $0 + Double($1) } }
@@ -649,7 +649,7 @@ final class FeatureCacheTests: XCTestCase {
     func testReadsPyTorchWrittenCache() throws {
         let base = Fixture.directory.appendingPathComponent("cache")
         let reader = try CacheReader(base.appendingPathComponent("pytorch_tiny.h5"))
-        let teacher = try CacheTeacher.load(weights: base.appendingPathComponent("tiny_teacher.safetensors"),
+        let teacher = try TeacherEncoder.load(weights: base.appendingPathComponent("tiny_teacher.safetensors"),
                                             config: base.appendingPathComponent("tiny_teacher.json"))
         XCTAssertEqual(reader.teacherSHA256, teacher.checkpointSHA256)
         XCTAssertEqual(reader.embeddingShape, teacher.embeddingShape)

@@ -168,7 +168,7 @@ final class PromptInTheLoopTests: XCTestCase {
         var o = CacheOptions(images: images, output: dir.appendingPathComponent("c.h5"))
         o.progress = false
         o.everythingMasks = CacheTestSupport.tinyEverything
-        _ = try FeatureCacheBuilder(options: o, teacher: try CacheTeacher.load(weights: weights),
+        _ = try FeatureCacheBuilder(options: o, teacher: try TeacherEncoder.load(weights: weights),
                                     everything: try EverythingMasker.load(o.everythingMasks, checkpoint: weights.path)).run()
         let data = try CacheTrainingData.open({ var d = DataConfig(); d.train = [o.output.path]; return d }()).train
         let batch = try data.batch([0, 1], seed: 0)

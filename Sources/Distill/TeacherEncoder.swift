@@ -4,10 +4,10 @@ import Layers
 import SegmentAnything
 import Tensor
 
-/// A teacher image encoder for the feature cache: any encoder `SAMWeights` reads (MobileSAM's
-/// TinyViT, SAM ViT-B/L/H, an exported student, TinyViT or conv), identified in the cache by `id`,
-/// its architecture config (JSON) and the checkpoint's sha256.
-public final class CacheTeacher {
+/// A teacher image encoder, the model whose embeddings the feature cache stores: any encoder
+/// `SAMWeights` reads (MobileSAM's TinyViT, SAM ViT-B/L/H, an exported student, TinyViT, conv or RepViT),
+/// identified in the cache by `id`, its architecture config (JSON) and the checkpoint's sha256.
+public final class TeacherEncoder {
     /// "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h", or "tinyvit" / "vit" / "conv_student" /
     /// "repvit" for other configs.
     public let id: String
@@ -87,7 +87,7 @@ public final class CacheTeacher {
 
     /// Loads a teacher from a weights file with `SAMWeights.read` (strict). The architecture
     /// comes from `config` when given, else from the file (its metadata, or its keys and shapes).
-    public static func load(weights url: URL, config: URL? = nil) throws -> CacheTeacher {
+    public static func load(weights url: URL, config: URL? = nil) throws -> TeacherEncoder {
         var architecture: SAMEncoderConfig?
         if let config {
             let spec: ConfigFile
@@ -109,7 +109,7 @@ public final class CacheTeacher {
         case .conv(let v): (id, name, json) = ("conv_student", "ConvStudent", Self.json(v))
         case .repViT(let v): (id, name, json) = ("repvit", "RepViT", Self.json(v))
         }
-        return CacheTeacher(id: id, architecture: name, configJSON: json, checkpointSHA256: try Checksum.sha256(ofFile: url),
+        return TeacherEncoder(id: id, architecture: name, configJSON: json, checkpointSHA256: try Checksum.sha256(ofFile: url),
                             imageSize: c.imageSize, embeddingShape: [c.outputChannels, c.outputResolution, c.outputResolution]) {
             encoder.forward($0, mode: .inference)
         }
