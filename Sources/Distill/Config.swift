@@ -14,7 +14,8 @@ import Yams
 // the resolved YAML both walk it, ConfigFields.swift); the properties they fill carry the docs.
 // `samdistill run CONFIG --print-config` prints every key resolved, defaults included.
 // Sections: data (caches, splits, cache building, everything_masks), teacher, student (type
-// tinyvit with a preset, or conv), init (random | teacher_blocks | checkpoint), loss (mse |
+// tinyvit with a preset, conv, or repvit with a preset: EdgeSAM's encoder, trained multi-branch,
+// exported fused), init (random | teacher_blocks | checkpoint), loss (mse |
 // masked_mse | huber | l1 | prompt_in_the_loop, PromptInTheLoop.swift), optimizer (adamw),
 // schedule (LearningRateSchedule; total_steps defaults to the run's steps), the run's scalars
 // (batch_size, steps | epochs, …), eval, export, output_dir, freeze, stage_loss, and stages
@@ -70,34 +71,41 @@ public struct TeacherConfig: Equatable, Sendable {
 public enum StudentConfig: Equatable, Sendable {
     case tinyViT(TinyViTConfig, preset: String?)
     case conv(ConvStudentConfig)
+    case repViT(RepViTConfig, preset: String?)
 
     public var typeName: String {
-        switch self { case .tinyViT: "tinyvit"; case .conv: "conv" }
+        switch self { case .tinyViT: "tinyvit"; case .conv: "conv"; case .repViT: "repvit" }
     }
     public var imageSize: Int {
-        switch self { case .tinyViT(let c, _): c.imageSize; case .conv(let c): c.imageSize }
+        switch self { case .tinyViT(let c, _): c.imageSize; case .conv(let c): c.imageSize; case .repViT(let c, _): c.imageSize }
+    }
+    public var inputChannels: Int {
+        switch self { case .tinyViT(let c, _): c.inputChannels; case .conv(let c): c.inputChannels; case .repViT(let c, _): c.inputChannels }
     }
     /// (channels, grid side) of the student's output embedding.
     public var outputShape: (channels: Int, side: Int) {
         switch self {
         case .tinyViT(let c, _): (c.neckChannels, c.stageResolutions.last!)
         case .conv(let c): (c.outChannels, c.outputResolution)
+        case .repViT(let c, _): (c.neckChannels, c.outputResolution)
         }
     }
 
     /// The network a run trains (the one place a student family is registered besides its
     /// config keys and `SAMEncoderConfig`).
     public func makeNetwork() -> any TrainableImageEncoder {
-        switch self { case .tinyViT(let c, _): TinyViT(c); case .conv(let c): ConvStudent(c) }
+        switch self { case .tinyViT(let c, _): TinyViT(c); case .conv(let c): ConvStudent(c); case .repViT(let c, _): RepViT(c) }
     }
 
     /// The architecture as weights files name it (`SAMEncoderConfig.metadata`).
     public var encoderConfig: SAMEncoderConfig {
-        switch self { case .tinyViT(let c, _): .tinyViT(c); case .conv(let c): .conv(c) }
+        switch self { case .tinyViT(let c, _): .tinyViT(c); case .conv(let c): .conv(c); case .repViT(let c, _): .repViT(c) }
     }
 
     /// Named TinyViT presets.
     public static let tinyViTPresets: [String: TinyViTConfig] = ["tinyvit_5m": .mobileSAM]
+    /// Named RepViT presets.
+    public static let repViTPresets: [String: RepViTConfig] = ["repvit_m1": .m1]
 }
 
 /// `init`: where the student's first weights come from.
@@ -388,7 +396,7 @@ extension RunConfig {
                 if freeze != Array(units.prefix(freeze.count)) {
                     r.problem("freeze", "must be the first units from the input, in order: a prefix of [\(units.joined(separator: ", "))], got [\(freeze.joined(separator: ", "))]")
                 }
-            case .conv:
+            case .conv, .repViT:
                 if !freeze.isEmpty { r.problem("freeze", "freezing is implemented for tinyvit students only") }
             }
         }
@@ -430,7 +438,7 @@ extension RunConfig {
         ConfigField(key: "stage_loss", read: { c, r in
             guard let s = r.object("stage_loss") else { return }
             s.read(stageLossFields, into: &c)
-            if case .conv = c.student, c.stageLossWeight > 0 { s.problem("weight", "stage_loss needs a tinyvit student") }
+            if c.student.typeName != "tinyvit", c.stageLossWeight > 0 { s.problem("weight", "stage_loss needs a tinyvit student") }
             if c.teacher.checkpoint == nil, c.stageLossWeight > 0 { r.problem("teacher", "checkpoint is required by stage_loss") }
             s.finish()
         }, write: { $0.stageLossWeight > 0 ? configMapping($0, stageLossFields) : nil }),
@@ -516,6 +524,16 @@ extension ConvStudentConfig {
     ]
 }
 
+extension RepViTConfig {
+    /// The `student: {type: repvit}` keys besides `type` and `preset` (`fused` is what export
+    /// writes, not a training key).
+    static let fields: [ConfigField<RepViTConfig>] = [
+        .int("image_size", \.imageSize, min: 1), .int("input_channels", \.inputChannels, min: 1),
+        .value("embed_dims", \.embedDims), .value("depths", \.depths), .value("se_blocks", \.seBlocks),
+        .int("fusion_channels", \.fusionChannels, min: 1), .int("neck_channels", \.neckChannels, min: 1),
+    ]
+}
+
 extension StudentConfig {
     static func read(_ r: NodeReader) -> StudentConfig {
         let type = r.string("type") ?? "tinyvit"
@@ -543,8 +561,25 @@ extension StudentConfig {
             if problems.isEmpty { checkOutput(channels: c.outChannels, side: c.outputResolution, imageSize: c.imageSize,
                                                     channelKey: "out_channels", gridKey: "strides", r) }
             return .conv(c)
+        case "repvit":
+            var c = RepViTConfig.m1
+            let preset = r.string("preset")
+            if let preset {
+                if let p = repViTPresets[preset] { c = p } else {
+                    r.problem("preset", "unknown preset '\(preset)' (known: \(repViTPresets.keys.sorted().joined(separator: ", ")))")
+                }
+            }
+            r.read(RepViTConfig.fields, into: &c)
+            if r.bool("fused") == true {
+                r.problem("fused", "a student trains in the multi-branch form; `samdistill export` writes the fused one")
+            }
+            let problems = c.problems()
+            for p in problems { r.problemText(p) }
+            if problems.isEmpty { checkOutput(channels: c.neckChannels, side: c.outputResolution, imageSize: c.imageSize,
+                                              channelKey: "neck_channels", gridKey: "image_size", r) }
+            return .repViT(c, preset: preset)
         default:
-            r.problem("type", "unknown student type '\(type)' (expected tinyvit or conv)")
+            r.problem("type", "unknown student type '\(type)' (expected tinyvit, conv or repvit)")
             r.ignoreRest()
             return .tinyViT(.mobileSAM, preset: nil)
         }
@@ -557,6 +592,8 @@ extension StudentConfig {
             configMapping(c, TinyViTConfig.fields, leading: [("type", Node("tinyvit")), ("preset", preset.map { Node($0) })])
         case .conv(let c):
             configMapping(c, ConvStudentConfig.fields, leading: [("type", Node("conv"))])
+        case .repViT(let c, let preset):
+            configMapping(c, RepViTConfig.fields, leading: [("type", Node("repvit")), ("preset", preset.map { Node($0) })])
         }
     }
 
@@ -589,7 +626,7 @@ extension InitConfig {
                     map = m
                 } else { r.problem("block_map", "expected a list of lists of teacher block indices") }
             }
-            if case .conv = student { r.problem("type", "teacher_blocks needs a tinyvit student (the teacher is a TinyViT)") }
+            if student.typeName != "tinyvit" { r.problem("type", "teacher_blocks needs a tinyvit student (the teacher is a TinyViT)") }
             if case .tinyViT(let c, _) = student, let map {
                 if map.count != c.depths.count {
                     r.problem("block_map", "\(map.count) stages for a student with \(c.depths.count)")

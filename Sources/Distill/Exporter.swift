@@ -56,7 +56,9 @@ public enum Exporter {
     /// Keys: `image_encoder.<encoder key>` exactly as SAM/MobileSAM's state dict names them
     /// (classification head and `num_batches_tracked` left out). Metadata: the architecture
     /// (`image_encoder`, `image_encoder_config`), `format` = "samdistill-export-1", `source`
-    /// (the input file's name), plus `training_step` for a training checkpoint. `half` stores
+    /// (the input file's name), plus `training_step` for a training checkpoint. A RepViT encoder is
+    /// written fused (`RepViT.fused()`: one biased conv per Conv2d_BN and per RepVGGDW; its metadata
+    /// config says `fused: true`), which every command loads as it is. `half` stores
     /// float16 (computation stays Float32 on load). `full` adds `prompt_encoder.*` and
     /// `mask_decoder.*`: from `promptDecoderFrom`, else from the checkpoint itself when it holds
     /// them (a SAM checkpoint), else from a training checkpoint's `teacher.checkpoint`. With
@@ -66,17 +68,20 @@ public enum Exporter {
     public static func export(checkpoint: URL, to output: URL, half: Bool = false, full: Bool = false,
                               promptDecoderFrom: URL? = nil) throws -> Summary {
         let (weights, runConfig) = try SAMWeights.readStudent(checkpoint)
-        let encoder = weights.encoder.stateDict()
+        // A RepViT is written structurally re-parameterised (every branch and BatchNorm folded).
+        let network: any SAMImageEncoder = (weights.encoder as? RepViT)?.fused() ?? weights.encoder
+        let architecture = network.encoderConfig
+        let encoder = network.stateDict()
         var tensors: [String: Tensor] = [:]
         for (k, v) in encoder { tensors["image_encoder." + k] = v }
-        var meta = weights.architecture.metadata
+        var meta = architecture.metadata
         meta["format"] = "samdistill-export-1"
         meta["source"] = checkpoint.lastPathComponent
         if weights.isTrainingCheckpoint, let step = weights.metadata["step"] { meta["training_step"] = step }
         var decoderCount = 0
         if full {
-            guard weights.architecture.outputChannels == 256 else {
-                throw ExportError(file: checkpoint.path, reason: "--full: the encoder gives \(weights.architecture.outputChannels) channels; SAM's decoder takes 256")
+            guard architecture.outputChannels == 256 else {
+                throw ExportError(file: checkpoint.path, reason: "--full: the encoder gives \(architecture.outputChannels) channels; SAM's decoder takes 256")
             }
             let decoder: [String: Tensor]
             if let promptDecoderFrom {
@@ -90,12 +95,12 @@ public enum Exporter {
             }
             for (k, v) in decoder { tensors[k] = v }
             decoderCount = decoder.count
-            try SAMModel(imageEncoder: weights.encoder).load(tensors, source: output.path)
+            try SAMModel(imageEncoder: network).load(tensors, source: output.path)
         }
         try FileManager.default.createDirectory(at: output.deletingLastPathComponent(), withIntermediateDirectories: true)
         try SafeTensors.write(tensors, metadata: meta, half: half, to: output)
         let bytes = ((try? FileManager.default.attributesOfItem(atPath: output.path))?[.size] as? NSNumber)?.intValue ?? 0
-        return Summary(output: output, architecture: weights.architecture.description, encoderTensors: encoder.count,
+        return Summary(output: output, architecture: architecture.description, encoderTensors: encoder.count,
                        decoderTensors: decoderCount, parameters: encoder.values.reduce(0) { $0 + $1.count },
                        half: half, bytes: bytes)
     }

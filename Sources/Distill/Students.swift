@@ -3,9 +3,9 @@ import Layers
 import SegmentAnything
 import Tensor
 
-// Students: the encoders a run trains. Either a TinyViT of any configuration (the same type the
-// inference core runs; MobileSAM's TinyViT-5M is the `tinyvit_5m` preset) or a conv-only
-// NanoSAM-style network (`ConvStudent`). Both map a normalised, padded (B, 3, S, S) image to a
+// Students: the encoders a run trains. A TinyViT of any configuration (the same type the
+// inference core runs; MobileSAM's TinyViT-5M is the `tinyvit_5m` preset), a conv-only
+// NanoSAM-style network (`ConvStudent`) or EdgeSAM's RepViT (`repvit_m1`). All map a normalised, padded (B, 3, S, S) image to a
 // (B, 256, S/16, S/16) embedding (256×64×64 for S = 1024).
 
 // MARK: - Student wrapper
@@ -50,6 +50,8 @@ public final class Student: Module {
     ///   attention_biases 0; running stats 0/1.
     /// - ConvStudent (plain nn modules): Conv2d / ConvTranspose2d weights and biases U(±1/√fan_in)
     ///   (fan_in = weight.size(1)·k·k for both), BatchNorm 1/0.
+    /// - RepViT (plain nn modules, as EdgeSAM builds it): Conv2d weights and the SE's biases
+    ///   U(±1/√fan_in), BatchNorm 1/0 (each channel mixer's projection BN weight 0, `bn_weight_init`).
     /// Norm weights and biases, buffers and attention biases are reset to their constructor
     /// values; parameters are drawn in `namedParameters()` order.
     public func initialiseRandomly(rng: inout SeededRandom) {

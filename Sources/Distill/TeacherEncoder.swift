@@ -5,13 +5,13 @@ import SegmentAnything
 import Tensor
 
 /// A teacher image encoder, the model whose embeddings the feature cache stores: any encoder
-/// `SAMWeights` reads (MobileSAM's TinyViT, SAM ViT-B/L/H, an exported student, TinyViT or conv),
+/// `SAMWeights` reads (MobileSAM's TinyViT, SAM ViT-B/L/H, an exported student, TinyViT, conv or RepViT),
 /// identified in the cache by `id`, its architecture config (JSON) and the checkpoint's sha256.
 public final class TeacherEncoder {
-    /// "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h", or "tinyvit" / "vit" / "conv_student"
-    /// for other configs.
+    /// "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h", or "tinyvit" / "vit" / "conv_student" /
+    /// "repvit" for other configs.
     public let id: String
-    /// "TinyViT", "ImageEncoderViT" or "ConvStudent".
+    /// "TinyViT", "ImageEncoderViT", "ConvStudent" or "RepViT".
     public let architecture: String
     /// The architecture config as JSON (sorted keys).
     public let configJSON: String
@@ -43,8 +43,8 @@ public final class TeacherEncoder {
         public var description: String { "\(file): \(reason)" }
     }
 
-    /// A teacher config file: `{"architecture": "tinyvit" | "vit" | "conv", "config": {…}}` with
-    /// the keys of `TinyViTConfig` / `ViTConfig` / `ConvStudentConfig` (snake_case, all present).
+    /// A teacher config file: `{"architecture": "tinyvit" | "vit" | "conv" | "repvit", "config": {…}}`
+    /// with the keys of `TinyViTConfig` / `ViTConfig` / `ConvStudentConfig` / `RepViTConfig` (snake_case, all present).
     public struct ConfigFile: Codable {
         public var encoder: SAMEncoderConfig
 
@@ -61,9 +61,10 @@ public final class TeacherEncoder {
             case "tinyvit": encoder = .tinyViT(try c.decode(TinyViTConfig.self, forKey: .config))
             case "vit": encoder = .vit(try c.decode(ViTConfig.self, forKey: .config))
             case "conv": encoder = .conv(try c.decode(ConvStudentConfig.self, forKey: .config))
+            case "repvit": encoder = .repViT(try c.decode(RepViTConfig.self, forKey: .config))
             default:
                 throw DecodingError.dataCorruptedError(forKey: .architecture, in: c,
-                                                       debugDescription: "architecture must be \"tinyvit\", \"vit\" or \"conv\", found \"\(architecture)\"")
+                                                       debugDescription: "architecture must be \"tinyvit\", \"vit\", \"conv\" or \"repvit\", found \"\(architecture)\"")
             }
         }
 
@@ -73,6 +74,7 @@ public final class TeacherEncoder {
             case .tinyViT(let v): try c.encode("tinyvit", forKey: .architecture); try c.encode(v, forKey: .config)
             case .vit(let v): try c.encode("vit", forKey: .architecture); try c.encode(v, forKey: .config)
             case .conv(let v): try c.encode("conv", forKey: .architecture); try c.encode(v, forKey: .config)
+            case .repViT(let v): try c.encode("repvit", forKey: .architecture); try c.encode(v, forKey: .config)
             }
         }
     }
@@ -105,6 +107,7 @@ public final class TeacherEncoder {
         case .vit(let v):
             (id, name, json) = (v == .vitB ? "sam_vit_b" : v == .vitL ? "sam_vit_l" : v == .vitH ? "sam_vit_h" : "vit", "ImageEncoderViT", Self.json(v))
         case .conv(let v): (id, name, json) = ("conv_student", "ConvStudent", Self.json(v))
+        case .repViT(let v): (id, name, json) = ("repvit", "RepViT", Self.json(v))
         }
         return TeacherEncoder(id: id, architecture: name, configJSON: json, checkpointSHA256: try Checksum.sha256(ofFile: url),
                             imageSize: c.imageSize, embeddingShape: [c.outputChannels, c.outputResolution, c.outputResolution]) {

@@ -290,11 +290,7 @@ public final class Trainer {
 
     func checkBatch(_ b: TrainingBatch) throws {
         let S = student.imageSize, (C, g) = student.outputShape
-        let inputChannels: Int
-        switch config.student {
-        case .tinyViT(let c, _): inputChannels = c.inputChannels
-        case .conv(let c): inputChannels = c.inputChannels
-        }
+        let inputChannels = config.student.inputChannels
         guard b.images.shape == [config.batchSize, inputChannels, S, S] else {
             throw TrainerError.dataMismatch("images \(b.images.shape) for a batch of \(config.batchSize) at \(S)×\(S)")
         }

@@ -2,8 +2,8 @@ import Foundation
 import Layers
 import Tensor
 
-// The image encoders SAM runs and the trainer trains: TinyViT, ViT (inference) and the conv
-// student. A new student family conforms to `TrainableImageEncoder`.
+// The image encoders SAM runs and the trainer trains: TinyViT, ViT (inference), the conv
+// student and RepViT. A new student family conforms to `TrainableImageEncoder`.
 
 /// An image encoder SAM can run: (B, 3, S, S) normalised, padded images → (B, C, S/16, S/16)
 /// (C = 256 for SAM's decoder).
@@ -34,6 +34,10 @@ extension TinyViT: TrainableImageEncoder {
 
 extension ConvStudent: TrainableImageEncoder {
     public var encoderConfig: SAMEncoderConfig { .conv(config) }
+}
+
+extension RepViT: TrainableImageEncoder {
+    public var encoderConfig: SAMEncoderConfig { .repViT(config) }
 }
 
 extension ImageEncoderViT: SAMImageEncoder {

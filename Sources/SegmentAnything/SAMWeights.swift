@@ -16,13 +16,15 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
     case tinyViT(TinyViTConfig)
     case vit(ViTConfig)
     case conv(ConvStudentConfig)
+    case repViT(RepViTConfig)
 
-    /// The name stored in weights metadata (`image_encoder`): "tiny_vit", "vit" or "conv_student".
+    /// The name stored in weights metadata (`image_encoder`): "tiny_vit", "vit", "conv_student" or "repvit".
     public var kind: String {
         switch self {
         case .tinyViT: "tiny_vit"
         case .vit: "vit"
         case .conv: "conv_student"
+        case .repViT: "repvit"
         }
     }
 
@@ -36,6 +38,10 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
             return "\(name)ViT (width \(c.embedDim), depth \(c.depth), heads \(c.numHeads), global \(c.globalAttentionIndexes))"
         case .conv(let c):
             return "ConvStudent (channels \(c.channels), blocks \(c.blocks))"
+        case .repViT(let c):
+            var m1 = RepViTConfig.m1
+            m1.fused = c.fused
+            return "\(c == m1 ? "EdgeSAM RepViT-M1" : "RepViT") (dims \(c.embedDims), depths \(c.depths)\(c.fused ? ", fused" : ""))"
         }
     }
 
@@ -45,6 +51,7 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         case .tinyViT(let c): c.imageSize
         case .vit(let c): c.imageSize
         case .conv(let c): c.imageSize
+        case .repViT(let c): c.imageSize
         }
     }
 
@@ -54,6 +61,7 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         case .tinyViT(let c): c.neckChannels
         case .vit(let c): c.outChannels
         case .conv(let c): c.outChannels
+        case .repViT(let c): c.neckChannels
         }
     }
 
@@ -63,6 +71,7 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         case .tinyViT(let c): c.stageResolutions.last!
         case .vit(let c): c.gridSize
         case .conv(let c): c.outputResolution
+        case .repViT(let c): c.outputResolution
         }
     }
 
@@ -72,6 +81,7 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         case .tinyViT(let c): c.problems()
         case .vit(let c): c.problems()
         case .conv(let c): c.problems()
+        case .repViT(let c): c.problems()
         }
     }
 
@@ -81,6 +91,7 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         case .tinyViT(let c): TinyViT(c)
         case .vit(let c): ImageEncoderViT(c)
         case .conv(let c): ConvStudent(c)
+        case .repViT(let c): RepViT(c)
         }
     }
 
@@ -102,6 +113,7 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         case .tinyViT(let c): data = try? encoder.encode(c)
         case .vit(let c): data = try? encoder.encode(c)
         case .conv(let c): data = try? encoder.encode(c)
+        case .repViT(let c): data = try? encoder.encode(c)
         }
         return ["image_encoder": kind, "image_encoder_config": data.map { String(decoding: $0, as: UTF8.self) } ?? "{}"]
     }
@@ -121,7 +133,8 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         case "tiny_vit": self = .tinyViT(try decode(TinyViTConfig.self))
         case "vit": self = .vit(try decode(ViTConfig.self))
         case "conv_student": self = .conv(try decode(ConvStudentConfig.self))
-        default: throw fail("metadata image_encoder '\(kind)' is none of 'tiny_vit', 'vit', 'conv_student'")
+        case "repvit": self = .repViT(try decode(RepViTConfig.self))
+        default: throw fail("metadata image_encoder '\(kind)' is none of 'tiny_vit', 'vit', 'conv_student', 'repvit'")
         }
         let p = problems
         if !p.isEmpty { throw fail("image_encoder_config: " + p.joined(separator: "; ")) }
@@ -228,11 +241,49 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
             if !p.isEmpty { throw fail("detected ViT configuration is invalid: " + p.joined(separator: "; ")) }
             return .vit(c)
         }
+        if encoder["fuse_stage2.weight"] != nil, encoder["features.0.0.c.weight"] ?? encoder["features.0.0.weight"] != nil {
+            return .repViT(try detectRepViT(encoder, file: file))
+        }
         if encoder["stem.0.weight"] != nil, encoder["head.weight"] != nil {
             throw fail("a conv student without its architecture in the metadata (image_encoder = conv_student, image_encoder_config)")
         }
         throw fail("not a SAM checkpoint: no image encoder among its \(encoder.count) tensors (neither TinyViT "
                    + "'[image_encoder.]patch_embed.seq.…' nor ViT '[image_encoder.]patch_embed.proj.…' keys)")
+    }
+}
+
+extension SAMEncoderConfig {
+    /// A RepViT's architecture from its keys (`features.N.…`, `fuse_stage2`): fused when the stem
+    /// conv has a bias; stage widths where a block's channel mixer widens; a stage starts at each
+    /// stride-2 block (`token_mixer.2`, the in → out 1×1); SE blocks by `token_mixer.1.fc1`;
+    /// image size 1024. EdgeSAM's own checkpoint reads this way.
+    static func detectRepViT(_ encoder: [String: Tensor], file: String) throws -> RepViTConfig {
+        func fail(_ why: String) -> SAMModelError { SAMModelError(file: file, reason: why) }
+        var c = RepViTConfig()
+        c.fused = encoder["features.0.0.bias"] != nil
+        c.inputChannels = (encoder["features.0.0.c.weight"] ?? encoder["features.0.0.weight"])!.shape[1]
+        let project = c.fused ? "channel_mixer.m.2.weight" : "channel_mixer.m.2.c.weight"
+        var dims: [Int] = [], depths: [Int] = [], se: [Int] = []
+        var i = 0
+        while let w = encoder["features.\(i + 1).\(project)"] {
+            if i == 0 || encoder["features.\(i + 1).token_mixer.2.\(c.fused ? "weight" : "c.weight")"] != nil {
+                dims.append(w.shape[0]); depths.append(0)
+            }
+            depths[depths.count - 1] += 1
+            if encoder["features.\(i + 1).token_mixer.1.fc1.weight"] != nil { se.append(i) }
+            i += 1
+        }
+        c.embedDims = dims
+        c.depths = depths
+        c.seBlocks = se
+        guard let f2 = encoder["fuse_stage2.weight"], let neck = encoder["neck.0.weight"] else {
+            throw fail("RepViT encoder without fuse_stage2.weight / neck.0.weight")
+        }
+        c.fusionChannels = f2.shape[0]
+        c.neckChannels = neck.shape[0]
+        let p = c.problems()
+        if !p.isEmpty { throw fail("detected RepViT configuration is invalid: " + p.joined(separator: "; ")) }
+        return c
     }
 }
 

@@ -194,6 +194,27 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(problems(base, ["steps.x=1"]), ["--set steps.x: steps is not a mapping"])
     }
 
+    /// `student: {type: repvit}`: the preset, overrides, round trip, and refusals naming the key.
+    func testRepViTStudentConfig() throws {
+        let c = try RunConfig.parse("student: {type: repvit, preset: repvit_m1}")
+        XCTAssertEqual(c.student, .repViT(.m1, preset: "repvit_m1"))
+        XCTAssertEqual(try RunConfig.parse(c.yaml()), c)
+        let small = try RunConfig.parse("student: {type: repvit, image_size: 512, depths: [1, 2, 2, 1], se_blocks: [0, 2]}")
+        guard case .repViT(let r, nil) = small.student else { return XCTFail("student type") }
+        XCTAssertEqual(r.depths, [1, 2, 2, 1]); XCTAssertEqual(r.seBlocks, [0, 2]); XCTAssertEqual(r.embedDims, [48, 96, 192, 384])
+        XCTAssertEqual(try RunConfig.parse(small.yaml()), small)
+        XCTAssertEqual(problems("student: {type: repvit, preset: repvit_m9}"),
+                       ["student.preset: unknown preset 'repvit_m9' (known: repvit_m1)"])
+        XCTAssertEqual(problems("student: {type: repvit, fused: true}"),
+                       ["student.fused: a student trains in the multi-branch form; `samdistill export` writes the fused one"])
+        XCTAssertEqual(problems("student: {type: repvit, depths: [3, 4, 16, 3], se_blocks: [26]}"),
+                       ["student.se_blocks: 26 is not a block index (0..<26)"])
+        XCTAssertEqual(problems("student: {type: repvit, neck_channels: 128}"),
+                       ["student.neck_channels: the student's embedding has 128 channels; SAM's mask decoder needs 256"])
+        XCTAssertEqual(problems("student: {type: repvit}\ninit: {type: teacher_blocks}\nteacher: {checkpoint: t.pt}"),
+                       ["init.type: teacher_blocks needs a tinyvit student (the teacher is a TinyViT)"])
+    }
+
     /// Every config under Configs/ is valid; the quickstart's student is TinyViT-5M pruned to
     /// depths [2, 1, 2, 1] (FLOPs printed for the record).
     func testShippedConfigsAreValid() throws {
