@@ -1,0 +1,203 @@
+import CheckpointFormats
+import Distill
+import Foundation
+import SegmentAnything
+import Tensor
+import TestSupport
+import XCTest
+
+/// Data-parallel training over Open MPI on this machine (`mpirun -np 2`, the built `samdistill`):
+/// 2 ranks × batch 1 replay 1 rank × batch 2 (losses and final weights, with sync_batchnorm: the
+/// tiny TinyViT student trains its BatchNorms), and a 2-rank run's checkpoint resumes with 1 rank
+/// on the same sequence. Skipped only when `mpirun` is not installed (Scripts/setup installs
+/// openmpi-bin). Root CI needs Open MPI's allow-run-as-root variables, set here.
+///
+/// Tolerances: the two layouts differ only in reduction order (a rank's gradient is summed over
+/// its sample, then the two ranks' are added and halved; one rank sums over both samples), so
+/// each step's loss agrees to relative 2e-6 and every final weight to 2e-6 absolute (weights of
+/// magnitude ≤ ~1 after six AdamW steps of lr 1e-3; measured 1.4e-7 and 1.8e-7). AdamW's eps is 1e-4 here: the student has
+/// parameters whose exact gradient is zero (the MLP's fc2 bias feeds a 1×1 conv + BatchNorm,
+/// which removes any per-channel constant), so their gradient is rounding noise (~1e-10), which
+/// eps 1e-8 would normalise up to lr-sized steps of random sign (measured: 6.5e-4 apart after
+/// six steps); eps 1e-4 leaves real gradients (1e-4…1e-1) nearly unchanged.
+final class DataParallelTests: XCTestCase {
+    static let lossTolerance = 2e-6
+    static let weightTolerance: Float = 2e-6
+
+    /// mpirun on PATH, or nil.
+    static var mpirun: URL? {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":") {
+            let u = URL(fileURLWithPath: String(dir)).appendingPathComponent("mpirun")
+            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
+        }
+        return nil
+    }
+
+    /// This process's environment plus what Open MPI needs in a root container: run as root,
+    /// shared memory without the ptrace single-copy (containers forbid it), no network probing.
+    static var mpiEnvironment: [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OMPI_MCA_btl"] = "self,vader"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+        env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
+        env["SAMDISTILL_THREADS"] = "1"
+        return env
+    }
+
+    /// `mpirun -np ranks samdistill args` (one thread per rank), or samdistill alone for ranks 0.
+    static func samdistill(ranks: Int, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let exe = try CacheTestSupport.executable()
+        if ranks == 0 {
+            return try Fixture.runProcess(exe, args + ["--threads", "1"])
+        }
+        guard let mpirun else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        return try Fixture.runProcess(mpirun, ["-np", String(ranks), "--oversubscribe", "--bind-to", "none", exe.path] + args,
+                                      environment: mpiEnvironment)
+    }
+
+    /// A tiny teacher (256-channel embeddings of 64×64 inputs), 8 synthetic images cached (2 held
+    /// out), and the run config of a tiny TinyViT student with BatchNorm (patch embed, MBConv).
+    static func prepare(_ dir: URL) throws -> URL {
+        var config = CacheTestSupport.tinyConfig()
+        config.neckChannels = 256
+        let teacher = TinyViT(config)
+        var rng = SeededRandom(seed: 9)
+        CacheTestSupport.randomiseSignalPreserving(teacher, rng: &rng)
+        let weights = dir.appendingPathComponent("teacher.safetensors"), teacherConfig = dir.appendingPathComponent("teacher.json")
+        try SafeTensors.write(teacher.stateDict(), to: weights)
+        try JSONEncoder().encode(TeacherEncoder.ConfigFile(tinyvit: config)).write(to: teacherConfig)
+        let images = dir.appendingPathComponent("images")
+        try CacheTestSupport.writeSyntheticImages(in: images, count: 8)
+        let cache = dir.appendingPathComponent("cache.h5")
+        let yaml = """
+            data: {train: [\(cache.path)], val_fraction: 0.3, images: \(images.path), views: 1}
+            teacher: {checkpoint: \(weights.path)}
+            student: {type: tinyvit, image_size: 64, embed_dims: [8, 16, 16, 16], depths: [1, 1, 1, 1],
+                      num_heads: [1, 2, 2, 2], window_sizes: [4, 4, 4, 4], merge_strides: [2, 2, 1]}
+            init: {type: random}
+            loss: {type: mse}
+            optimizer: {max_grad_norm: 1.0, eps: 1.0e-4}
+            schedule: {type: constant, lr: 1.0e-3}
+            batch_size: 2
+            steps: 6
+            seed: 3
+            checkpoint_every: 3
+            keep_last: 5
+            eval_every: 3
+            sync_batchnorm: true
+            output_dir: \(dir.appendingPathComponent("run").path)
+            """
+        let cfg = dir.appendingPathComponent("run.yaml")
+        try yaml.write(to: cfg, atomically: true, encoding: .utf8)
+        let c = try CacheTestSupport.run(try CacheTestSupport.executable(),
+                                         ["cache", "--config", cfg.path, "--teacher-config", teacherConfig.path, "--quiet"])
+        XCTAssertEqual(c.status, 0, c.err)
+        return cfg
+    }
+
+    /// (step, loss) and (step, val_mse) of a run directory's metrics.jsonl.
+    static func metrics(_ run: URL) throws -> (losses: [Double], valMSE: [Double]) {
+        let lines = try String(contentsOf: run.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+            .split(separator: "\n").compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        return (lines.compactMap { $0["loss"] as? Double }, lines.compactMap { ($0["eval"] as? [String: Double])?["val_mse"] })
+    }
+
+    static func finalWeights(_ run: URL, step: Int) throws -> [String: Tensor] {
+        let (entries, _) = try SafeTensors.read(run.appendingPathComponent("checkpoints").appendingPathComponent(String(format: "step-%08d.safetensors", step)))
+        var out: [String: Tensor] = [:]
+        for (k, e) in entries where k.hasPrefix("model.") { out[k] = e.tensor }
+        return out
+    }
+
+    /// The largest |a − b| over every tensor of two checkpoints (same keys).
+    static func maxDifference(_ a: [String: Tensor], _ b: [String: Tensor]) -> (Float, String) {
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        var worst: Float = 0, at = ""
+        for (k, t) in a {
+            guard let u = b[k] else { continue }
+            XCTAssertEqual(t.shape, u.shape, k)
+            for (x, y) in zip(t.data, u.data) where abs(x - y) > worst { worst = abs(x - y); at = k }
+        }
+        return (worst, at)
+    }
+
+    static func relativeDifference(_ a: [Double], _ b: [Double]) -> Double {
+        zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .infinity
+    }
+
+    func testTwoRanksReplayOneRankWithTwiceTheBatchAndResumeWithOneRank() throws {
+        guard Self.mpirun != nil else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        let dir = try CacheTestSupport.temporaryDirectory("mpi")
+        defer { if ProcessInfo.processInfo.environment["SAMDISTILL_KEEP_TEST_DIR"] == nil { try? FileManager.default.removeItem(at: dir) } else { print("kept \(dir.path)") } }
+        let cfg = try Self.prepare(dir)
+        let one = dir.appendingPathComponent("one"), two = dir.appendingPathComponent("two"), mixed = dir.appendingPathComponent("mixed")
+
+        // 1 rank × batch 2 (a plain process), 2 ranks × batch 1.
+        let a = try Self.samdistill(ranks: 0, ["train", cfg.path, "--quiet", "--set", "output_dir=\(one.path)"])
+        XCTAssertEqual(a.status, 0, a.err)
+        let b = try Self.samdistill(ranks: 2, ["train", cfg.path, "--quiet", "--set", "output_dir=\(two.path)", "--set", "batch_size=1"])
+        XCTAssertEqual(b.status, 0, "mpirun -np 2: \(b.out)\n\(b.err)")
+        XCTAssertTrue(b.out.contains("on 2 ranks"), "rank 0 reports the ranks: \(b.out)")
+        XCTAssertEqual(b.out.components(separatedBy: "done:").count, 2, "only rank 0 prints: \(b.out)")
+
+        let m1 = try Self.metrics(one), m2 = try Self.metrics(two)
+        XCTAssertEqual(m1.losses.count, 6)
+        XCTAssertEqual(m2.losses.count, 6, "rank 0 alone writes metrics: one line per step")
+        XCTAssertLessThan(m1.losses.last!, m1.losses.first!)
+        let lossDiff = Self.relativeDifference(m2.losses, m1.losses)
+        XCTAssertLessThanOrEqual(lossDiff, Self.lossTolerance, "losses 2×1 \(m2.losses) vs 1×2 \(m1.losses)")
+        XCTAssertEqual(m2.valMSE.count, 2)
+        let valDiff = Self.relativeDifference(m2.valMSE, m1.valMSE)
+        XCTAssertLessThanOrEqual(valDiff, Self.lossTolerance, "val_mse (rows split over ranks) \(m2.valMSE) vs \(m1.valMSE)")
+        let (wDiff, wKey) = Self.maxDifference(try Self.finalWeights(two, step: 6), try Self.finalWeights(one, step: 6))
+        XCTAssertLessThanOrEqual(wDiff, Self.weightTolerance, "final weights differ by \(wDiff) at \(wKey)")
+        // The training moved the weights far more than that.
+        let (moved, _) = Self.maxDifference(try Self.finalWeights(one, step: 6), try Self.finalWeights(one, step: 3))
+        XCTAssertGreaterThan(moved, 100 * Self.weightTolerance)
+        print("DataParallelTests: 2×1 vs 1×2: loss rel \(lossDiff), val_mse rel \(valDiff), weights abs \(wDiff) (\(wKey))")
+
+        // 2 ranks to step 3 (its checkpoint), then 1 rank × batch 2 resumes to step 6.
+        let c = try Self.samdistill(ranks: 2, ["train", cfg.path, "--quiet", "--set", "output_dir=\(mixed.path)", "--set", "batch_size=1",
+                                               "--set", "steps=3"])
+        XCTAssertEqual(c.status, 0, "mpirun -np 2 (3 steps): \(c.out)\n\(c.err)")
+        let d = try Self.samdistill(ranks: 0, ["train", cfg.path, "--quiet", "--resume", "--set", "output_dir=\(mixed.path)"])
+        XCTAssertEqual(d.status, 0, d.err)
+        let m3 = try Self.metrics(mixed)
+        XCTAssertEqual(m3.losses.count, 6, "steps 1–3 on 2 ranks, 4–6 resumed on 1")
+        let resumeDiff = Self.relativeDifference(m3.losses, m1.losses)
+        XCTAssertLessThanOrEqual(resumeDiff, Self.lossTolerance, "2-rank then 1-rank \(m3.losses) vs 1-rank \(m1.losses)")
+        let (rDiff, rKey) = Self.maxDifference(try Self.finalWeights(mixed, step: 6), try Self.finalWeights(one, step: 6))
+        XCTAssertLessThanOrEqual(rDiff, Self.weightTolerance, "resumed final weights differ by \(rDiff) at \(rKey)")
+        print("DataParallelTests: 2 ranks → resume on 1: loss rel \(resumeDiff), weights abs \(rDiff)")
+    }
+
+    /// A rank that fails ends the job with a message naming it, non-zero status, and the
+    /// other rank does not hang (bad input: a batch_size the cache cannot fill is not it; an
+    /// unreadable cache on every rank is).
+    func testFailingRankEndsTheJob() throws {
+        guard Self.mpirun != nil else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        let dir = try CacheTestSupport.temporaryDirectory("mpi-fail")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = dir.appendingPathComponent("bad.yaml")
+        try """
+            data: {train: [\(dir.appendingPathComponent("missing.h5").path)]}
+            student: {type: tinyvit, image_size: 64, embed_dims: [8, 16, 16, 16], depths: [1, 1, 1, 1],
+                      num_heads: [1, 2, 2, 2], window_sizes: [4, 4, 4, 4], merge_strides: [2, 2, 1]}
+            steps: 2
+            output_dir: \(dir.appendingPathComponent("run").path)
+            """.write(to: cfg, atomically: true, encoding: .utf8)
+        let r = try Self.samdistill(ranks: 2, ["train", cfg.path, "--quiet"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("rank ") && r.err.contains("missing.h5") && r.err.contains("ending the job"), r.err)
+    }
+
+    /// Commands that do not split their work refuse more than one rank.
+    func testOneProcessCommandsRefuseRanks() throws {
+        guard Self.mpirun != nil else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        let r = try Self.samdistill(ranks: 2, ["inspect", "/nonexistent.safetensors"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("launch it without mpirun"), r.err)
+    }
+}
