@@ -21,9 +21,9 @@ import Tensor
 // each step. A step whose record or output is missing or whose digest differs runs again.
 //
 // Under mpirun (`Communicator.world` with N > 1 ranks): training is data-parallel on every rank
-// (Trainer); the cache, the evaluations and the export run on rank 0 while the others wait at a
-// barrier; rank 0 alone writes pipeline.json and logs. (Splitting the cache rows and the
-// evaluation images over ranks is not done here yet.)
+// (Trainer); the cache rows are split over the ranks (one shard each, FeatureCacheBuilder); the
+// evaluations and the export run on rank 0 while the others wait at a barrier; rank 0 alone
+// writes pipeline.json and logs. (Splitting the evaluation images over ranks is not done yet.)
 
 extension CacheOptions {
     /// The cache a run config describes: images from data.images (only those of data.image_list
@@ -113,10 +113,8 @@ public final class RunPipeline {
             manifest.steps[step]?.digest == digest && outputs.allSatisfy { FileManager.default.fileExists(atPath: $0.path) }
         }
 
-        // 1. cache (rank 0; the others wait for it at the barrier below)
-        if config.data.images != nil && !root {
-            // rank 0 builds it
-        } else if config.data.images != nil {
+        // 1. cache (the ranks split the rows: FeatureCacheBuilder)
+        if config.data.images != nil {
             let t0 = Date()
             log("[1/5] cache: teacher embeddings → \(config.data.train[0])")
             var o = try CacheOptions(config: config, configName: configName)
@@ -124,8 +122,11 @@ public final class RunPipeline {
             o.command = "samdistill run \(configName)"
             guard let teacherPath = config.teacher.checkpoint else { throw CacheError("\(configName): teacher.checkpoint is not set (needed to build the cache)") }
             let teacher = try TeacherEncoder.load(weights: URL(fileURLWithPath: teacherPath), config: nil)
-            let summary = try FeatureCacheBuilder(options: o, teacher: teacher,
-                                                  everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath)).run()
+            let builder = FeatureCacheBuilder(options: o, teacher: teacher,
+                                              everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath))
+            builder.communicator = communicator
+            if !root { builder.log = { _ in } }
+            let summary = try builder.run()
             outcome.cache = summary
             if summary.rowsWritten == 0 {
                 outcome.skipped.append("cache")

@@ -23,6 +23,7 @@ protocol DataParallelCommand {}
 
 extension Train: DataParallelCommand {}
 extension Run: DataParallelCommand {}
+extension Cache: DataParallelCommand {}
 
 extension Run: RuntimeConfigured {}
 extension SegmentPrompt: RuntimeConfigured {}

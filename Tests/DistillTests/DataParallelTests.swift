@@ -1,6 +1,7 @@
 import CheckpointFormats
 import Distill
 import Foundation
+import HDF5
 import SegmentAnything
 import Tensor
 import TestSupport
@@ -171,6 +172,56 @@ final class DataParallelTests: XCTestCase {
         let (rDiff, rKey) = Self.maxDifference(try Self.finalWeights(mixed, step: 6), try Self.finalWeights(one, step: 6))
         XCTAssertLessThanOrEqual(rDiff, Self.weightTolerance, "resumed final weights differ by \(rDiff) at \(rKey)")
         print("DataParallelTests: 2 ranks → resume on 1: loss rel \(resumeDiff), weights abs \(rDiff)")
+    }
+
+    /// `mpirun -np 2 samdistill cache`: two shards (rank r writes shard r) listed by the index,
+    /// row for row the bytes of the one-process cache; rows cleared in both shards (as a crash
+    /// leaves them) are recomputed by a 2-rank rerun, and a 1-rank rerun of the sharded cache
+    /// finds it complete.
+    func testTwoRankCacheEqualsOneRankCacheAndResumesEveryShard() throws {
+        guard Self.mpirun != nil else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        let dir = try CacheTestSupport.temporaryDirectory("mpi-cache")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let images = dir.appendingPathComponent("images")
+        try CacheTestSupport.writeSyntheticImages(in: images, count: 5)
+        let (weights, config) = try CacheTestSupport.writeTinyTeacher(in: dir)
+        func cache(_ ranks: Int, _ out: URL) throws -> String {
+            let r = try Self.samdistill(ranks: ranks, ["cache", "--images", images.path, "--teacher", weights.path, "--teacher-config", config.path,
+                                                       "--views", "2", "--val-fraction", "0.3", "--out", out.path])
+            XCTAssertEqual(r.status, 0, "\(ranks) ranks: \(r.out)\n\(r.err)")
+            return r.err
+        }
+        let one = dir.appendingPathComponent("one.h5"), two = dir.appendingPathComponent("two.h5")
+        _ = try cache(0, one)
+        let log = try cache(2, two)
+        XCTAssertTrue(log.contains("[rank 1/2]"), log)
+        let index = try HDF5File(two, mode: .readOnly)
+        guard case .strings(let shards)? = try index.attribute("shards"), case .ints(let rows)? = try index.attribute("shard_rows") else {
+            return XCTFail("two.h5 is no shard index")
+        }
+        index.close()
+        XCTAssertEqual(shards, ["two-shard-00000.h5", "two-shard-00001.h5"])
+        let reference = try CacheTestSupport.rowDump(one)
+        XCTAssertEqual(rows.reduce(0, +), reference.count)
+        XCTAssertGreaterThan(reference.count, 5, "views and the split give more rows than images")
+        let dump = try CacheTestSupport.rowDump(two)
+        XCTAssertEqual(dump.count, reference.count)
+        for i in 0..<reference.count { XCTAssertEqual(dump[i], reference[i], "row \(i)") }
+
+        // A crash in both shards: clear row 0 of each (and damage its image), rerun on 2 ranks.
+        for name in shards {
+            let f = try HDF5File(dir.appendingPathComponent(name), mode: .readWrite)
+            try f.dataset("complete").write(rows: 0, [UInt8(0)])
+            try f.dataset("image").write(rows: 0, [UInt8](repeating: 255, count: 64 * 64 * 3))
+            f.close()
+        }
+        XCTAssertEqual(try CacheReader(two).rows().count, reference.count - 2)
+        let resumed = try cache(2, two)
+        XCTAssertTrue(resumed.contains("rows: 2 written, \(reference.count - 2) already complete"), resumed)
+        XCTAssertEqual(try CacheTestSupport.rowDump(two), reference)
+        // One rank opens every shard: nothing to do.
+        let single = try cache(0, two)
+        XCTAssertTrue(single.contains("rows: 0 written, \(reference.count) already complete"), single)
     }
 
     /// A rank that fails ends the job with a message naming it, non-zero status, and the
