@@ -67,6 +67,34 @@ public struct DataParallel {
         return v.map { $0 / Double(size) }
     }
 
+    /// The items of every rank, interleaved back into one list on every rank: rank r holds the
+    /// items at positions r, r + N, r + 2N, … of the whole (`shard`), as JSON through one
+    /// broadcast per rank (evaluation results: small next to a training step's all-reduce).
+    public func gatherInterleaved<T: Codable>(_ mine: [T]) throws -> [T] {
+        guard communicator.isDistributed else { return mine }
+        var parts: [[T]] = []
+        for r in 0..<size {
+            let data = communicator.broadcast(r == rank ? try JSONEncoder().encode(mine) : Data(), root: r)
+            parts.append(try JSONDecoder().decode([T].self, from: data))
+        }
+        var out: [T] = []
+        out.reserveCapacity(parts.reduce(0) { $0 + $1.count })
+        var i = 0
+        while true {
+            let (r, k) = (i % size, i / size)
+            guard k < parts[r].count else { break }
+            out.append(parts[r][k])
+            i += 1
+        }
+        return out
+    }
+
+    /// The elements of `all` at positions rank, rank + N, … (this rank's share, see `gatherInterleaved`).
+    public func shard<T>(_ all: [T]) -> [T] {
+        guard communicator.isDistributed else { return all }
+        return Array(stride(from: rank, to: all.count, by: size).map { all[$0] })
+    }
+
     private func allreduceMean(_ tensors: [(get: () -> Tensor, set: (Tensor) -> Void)]) {
         let scale = 1 / Float(size)
         forEachBucket(tensors) { bucket in

@@ -24,6 +24,7 @@ protocol DataParallelCommand {}
 extension Train: DataParallelCommand {}
 extension Run: DataParallelCommand {}
 extension Cache: DataParallelCommand {}
+extension Eval: DataParallelCommand {}
 
 extension Run: RuntimeConfigured {}
 extension SegmentPrompt: RuntimeConfigured {}

@@ -224,6 +224,43 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(single.contains("rows: 0 written, \(reference.count) already complete"), single)
     }
 
+    /// `mpirun -np 2 samdistill eval`: the ranks split the cache rows (and, with --images, the
+    /// files); rank 0 alone prints and writes the report, whose per-image IoUs and summary equal
+    /// the one-process report's exactly (prompts are seeded per image name).
+    func testTwoRankEvaluationEqualsOneRank() throws {
+        guard Self.mpirun != nil else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        let dir = try CacheTestSupport.temporaryDirectory("mpi-eval")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let images = dir.appendingPathComponent("images")
+        try CacheTestSupport.writeSyntheticImages(in: images, count: 5)
+        let teacher = try CacheTestSupport.writeTinySAM(in: dir, seed: 5)
+        let studentDir = dir.appendingPathComponent("student")
+        try FileManager.default.createDirectory(at: studentDir, withIntermediateDirectories: true)
+        let student = try CacheTestSupport.writeTinySAM(in: studentDir, seed: 6)
+        let cache = dir.appendingPathComponent("c.h5")
+        let c = try Self.samdistill(ranks: 0, ["cache", "--images", images.path, "--teacher", teacher.path, "--out", cache.path, "--quiet"])
+        XCTAssertEqual(c.status, 0, c.err)
+        for source in [["--cache", cache.path, "--split", "all"], ["--images", images.path]] {
+            var reports: [[String: Any]] = []
+            for ranks in [0, 2] {
+                let json = dir.appendingPathComponent("eval-\(ranks).json")
+                let r = try Self.samdistill(ranks: ranks, ["eval", "--student", student.path, "--teacher", teacher.path, "--json", json.path,
+                                                           "--prompts", "point,box"] + source)
+                XCTAssertEqual(r.status, 0, "\(ranks) ranks \(source[0]): \(r.out)\n\(r.err)")
+                XCTAssertEqual(r.out.components(separatedBy: "\nteacher ").count, 2, "one report (rank 0's): \(r.out)")
+                reports.append(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as! [String: Any])
+            }
+            for key in ["rows", "summary"] {
+                let a = try JSONSerialization.data(withJSONObject: reports[0][key] as Any, options: [.sortedKeys])
+                let b = try JSONSerialization.data(withJSONObject: reports[1][key] as Any, options: [.sortedKeys])
+                XCTAssertEqual(String(decoding: a, as: UTF8.self), String(decoding: b, as: UTF8.self), "\(source[0]) \(key)")
+            }
+            // Images with rows (an image whose tiny random teacher gives no mask has none) from both ranks' shares.
+            let evaluated = Set(((reports[1]["rows"] as? [[String: Any]]) ?? []).compactMap { $0["image"] as? String })
+            XCTAssertGreaterThanOrEqual(evaluated.count, 3, "\(source[0]): \(evaluated)")
+        }
+    }
+
     /// A rank that fails ends the job with a message naming it, non-zero status, and the
     /// other rank does not hang (bad input: a batch_size the cache cannot fill is not it; an
     /// unreadable cache on every rank is).
