@@ -261,6 +261,44 @@ final class DataParallelTests: XCTestCase {
         }
     }
 
+    /// `mpirun -np 2 samdistill run CONFIG`: cache rows split over the ranks (a 2-shard cache),
+    /// data-parallel training, evaluation and export on rank 0; one report; a rerun finds every
+    /// step up to date.
+    func testRunPipelineOnTwoRanks() throws {
+        guard Self.mpirun != nil else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        let dir = try CacheTestSupport.temporaryDirectory("mpi-run")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let images = dir.appendingPathComponent("images")
+        try CacheTestSupport.writeSyntheticImages(in: images, count: 6)
+        let teacher = try CacheTestSupport.writeTinySAM(in: dir, seed: 5)
+        let run = dir.appendingPathComponent("run"), cache = dir.appendingPathComponent("cache.h5")
+        let cfg = dir.appendingPathComponent("run.yaml")
+        try """
+            data: {train: [\(cache.path)], val_fraction: 0.4, images: \(images.path)}
+            teacher: {checkpoint: \(teacher.path)}
+            student: {type: tinyvit, image_size: 64, embed_dims: [8, 16, 16, 16], depths: [1, 1, 1, 1],
+                      num_heads: [1, 2, 2, 2], window_sizes: [4, 4, 4, 4], merge_strides: [2, 2, 1]}
+            init: {type: random}
+            schedule: {type: constant, lr: 1.0e-3}
+            batch_size: 1
+            steps: 4
+            checkpoint_every: 2
+            sync_batchnorm: true
+            eval: {prompts: {types: [point], count: 2}, max_images: 3}
+            export: {path: student.safetensors}
+            output_dir: \(run.path)
+            """.write(to: cfg, atomically: true, encoding: .utf8)
+        let r = try Self.samdistill(ranks: 2, ["run", cfg.path, "--quiet"])
+        XCTAssertEqual(r.status, 0, "\(r.out)\n\(r.err)")
+        XCTAssertEqual(r.out.components(separatedBy: "exported student:").count, 2, "rank 0 reports once: \(r.out)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run.appendingPathComponent("student.safetensors").path))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("cache-shard-00001.h5").path), "one shard per rank")
+        XCTAssertEqual(try Self.metrics(run).losses.count, 4)
+        let again = try Self.samdistill(ranks: 2, ["run", cfg.path, "--quiet"])
+        XCTAssertEqual(again.status, 0, again.err)
+        XCTAssertTrue(again.out.contains("up to date: ") && again.out.contains("train"), again.out)
+    }
+
     /// A rank that fails ends the job with a message naming it, non-zero status, and the
     /// other rank does not hang (bad input: a batch_size the cache cannot fill is not it; an
     /// unreadable cache on every rank is).
