@@ -1,5 +1,6 @@
 import CheckpointFormats
 import Distill
+import Distributed
 import Foundation
 import HDF5
 import SegmentAnything
@@ -297,6 +298,71 @@ final class DataParallelTests: XCTestCase {
         let again = try Self.samdistill(ranks: 2, ["run", cfg.path, "--quiet"])
         XCTAssertEqual(again.status, 0, again.err)
         XCTAssertTrue(again.out.contains("up to date: ") && again.out.contains("train"), again.out)
+    }
+
+    /// A plain process (this test runner: no launcher) is rank 0 of 1 and never initialises MPI;
+    /// the launchers' variables are what turns MPI on.
+    func testNoMPIWithoutALauncher() {
+        XCTAssertFalse(Communicator.world.usesMPI)
+        XCTAssertEqual(Communicator.world.size, 1)
+        XCTAssertEqual(Communicator.world.rank, 0)
+        XCTAssertFalse(Communicator.launchedByMPI(["PATH": "/usr/bin", "SLURM_JOB_ID": "7"]), "a Slurm batch shell is not a rank")
+        for v in ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"] { XCTAssertTrue(Communicator.launchedByMPI([v: "2"]), v) }
+        var values: [Float] = [1, 2, 3]
+        Communicator.world.allreduceSum(&values)
+        XCTAssertEqual(values, [1, 2, 3], "one rank: the sum is the value")
+    }
+
+    /// A rank killed (SIGKILL) after a checkpoint ends the whole job with a non-zero status;
+    /// the last checkpoint is intact, and a 2-rank `--resume` completes the run on exactly the
+    /// loss sequence of an uninterrupted 2-rank run (same layout and threads: bit-identical).
+    func testKilledRankEndsTheJobAndTheRunResumes() throws {
+        guard let mpirun = Self.mpirun else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
+        let dir = try CacheTestSupport.temporaryDirectory("mpi-kill")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = try Self.prepare(dir)
+        let reference = dir.appendingPathComponent("reference"), killed = dir.appendingPathComponent("killed")
+        let steps = ["--set", "steps=20", "--set", "checkpoint_every=5", "--set", "eval_every=0", "--set", "keep_last=2", "--set", "batch_size=1"]
+        let a = try Self.samdistill(ranks: 2, ["train", cfg.path, "--quiet", "--set", "output_dir=\(reference.path)"] + steps)
+        XCTAssertEqual(a.status, 0, a.err)
+
+        let p = Process()
+        p.executableURL = mpirun
+        p.arguments = ["-np", "2", "--oversubscribe", "--bind-to", "none", try CacheTestSupport.executable().path,
+                       "train", cfg.path, "--quiet", "--set", "output_dir=\(killed.path)"] + steps
+        p.environment = Self.mpiEnvironment
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        // Wait for the step-5 checkpoint, then SIGKILL rank 1 (found by its environment).
+        let checkpoints = killed.appendingPathComponent("checkpoints")
+        let deadline = Date().addingTimeInterval(60)
+        while Trainer.checkpoints(in: checkpoints).isEmpty && Date() < deadline && p.isRunning { usleep(20_000) }
+        XCTAssertFalse(Trainer.checkpoints(in: checkpoints).isEmpty, "a checkpoint before the kill")
+        var victim: Int32?
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(name), let env = FileManager.default.contents(atPath: "/proc/\(name)/environ"),
+                  let cmd = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { continue }
+            let e = String(decoding: env, as: UTF8.self), c = String(decoding: cmd, as: UTF8.self)
+            if e.contains("OMPI_COMM_WORLD_RANK=1\0") && c.contains(killed.path) && c.contains("samdistill") { victim = pid }
+        }
+        guard let victim else { p.terminate(); p.waitUntilExit(); return XCTFail("rank 1's process not found (the run ended first?)") }
+        kill(victim, SIGKILL)
+        let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0, "the job ends when a rank dies")
+        XCTAssertTrue(errText.contains("signal 9") || errText.contains("Killed"), "mpirun names the dead rank: \(errText)")
+        let last = try XCTUnwrap(Trainer.checkpoints(in: checkpoints).last)
+        XCTAssertNoThrow(try SafeTensors.read(last), "the last checkpoint is intact")
+        XCTAssertLessThan(try Self.metrics(killed).losses.count, 20, "killed before the end")
+
+        let r = try Self.samdistill(ranks: 2, ["train", cfg.path, "--quiet", "--resume", "--set", "output_dir=\(killed.path)"] + steps)
+        XCTAssertEqual(r.status, 0, "\(r.out)\n\(r.err)")
+        let resumed = try Self.metrics(killed).losses, uninterrupted = try Self.metrics(reference).losses
+        XCTAssertEqual(resumed.count, 20)
+        XCTAssertEqual(resumed, uninterrupted, "killed + resumed vs uninterrupted, both 2 ranks")
+        print("DataParallelTests: killed after \(last.lastPathComponent), resumed on 2 ranks: \(resumed.count) losses identical")
     }
 
     /// A rank that fails ends the job with a message naming it, non-zero status, and the
