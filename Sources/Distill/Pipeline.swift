@@ -95,9 +95,9 @@ public final class RunPipeline {
 
     @discardableResult
     public func run() throws -> Outcome {
-        if !config.stages.isEmpty { return try runStages() }  // PipelineStages.swift
         let root = communicator.isRoot
-        if !root { log = { _ in } }
+        if !root { log = { _ in } }  // rank 0 logs
+        if !config.stages.isEmpty { return try runStages() }  // PipelineStages.swift
         var outcome = Outcome(cache: nil, trainedSteps: 0, totalSteps: 0, before: nil, after: nil, exported: nil, seconds: [:], skipped: [])
         try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
         var manifest = (try? JSONDecoder().decode(Manifest.self, from: Data(contentsOf: manifestURL))) ?? Manifest()
@@ -142,7 +142,8 @@ public final class RunPipeline {
 
         // The trainer (opened before the baseline evaluation: the settings digest needs its step count).
         let (train, validation) = try CacheTrainingData.open(config.data)
-        let trainer = try Trainer(config: config, student: try Student.make(config), train: train, validation: validation)
+        let trainer = try Trainer(config: config, student: try Student.make(config), train: train, validation: validation,
+                                  communicator: communicator)
         trainer.showsProgress = showsProgress
         outcome.totalSteps = trainer.totalSteps
         let trainDigest = try Self.digest(Self.trainingSettings(trainer.resolvedConfig).yaml())
