@@ -39,6 +39,8 @@ let package = Package(
                        providers: [.apt(["libhdf5-dev"])]),
         .systemLibrary(name: "CImageIO", path: "Sources/CImageIO", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev", "libjpeg-dev"])]),
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
 
         .target(name: "Tensor", dependencies: ["CBLAS"], swiftSettings: optimised),
         // File formats with no model type in them: HDF5 (the feature cache's container), the
@@ -52,16 +54,19 @@ let package = Package(
         // small graph builder. Distill's ONNX exporter writes models with it.
         .target(name: "ONNX", dependencies: ["Tensor", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "Layers", dependencies: ["Tensor"], swiftSettings: optimised),
+        // The processes of a data-parallel job over MPI (rank, size, allreduce, broadcast, barrier);
+        // rank 0 of 1 with no MPI call when no launcher (mpirun, srun) started the process.
+        .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimised),
         .target(name: "Optim", dependencies: ["Tensor"], swiftSettings: optimised),
         .target(name: "SegmentAnything", dependencies: [
             "Tensor", "Layers", "CheckpointFormats", "ImageCodecs",
         ], swiftSettings: optimised),
-        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "HDF5", "CheckpointFormats", "ImageCodecs", "ONNX",
+        .target(name: "Distill", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "HDF5", "CheckpointFormats", "ImageCodecs", "ONNX", "Distributed",
                                                 .product(name: "Yams", package: "Yams"),
                                                 .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimised),
         .executableTarget(name: "samdistill", dependencies: [
-            "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "HDF5", "CheckpointFormats", "ImageCodecs", "CBLAS", "ONNX",
+            "Tensor", "Layers", "Optim", "SegmentAnything", "Distill", "HDF5", "CheckpointFormats", "ImageCodecs", "CBLAS", "ONNX", "Distributed",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimised),
 
@@ -77,7 +82,7 @@ let package = Package(
         .testTarget(name: "SegmentAnythingTests", dependencies: ["Tensor", "Layers", "CheckpointFormats", "ImageCodecs",
                                                                 "SegmentAnything", "TestSupport"]),
         .testTarget(name: "DistillTests", dependencies: ["Tensor", "Layers", "Optim", "SegmentAnything", "Distill",
-                                                        "HDF5", "CheckpointFormats", "ImageCodecs", "TestSupport"]),
+                                                        "HDF5", "CheckpointFormats", "ImageCodecs", "TestSupport", "Distributed"]),
         .testTarget(name: "ONNXExportTests", dependencies: ["Tensor", "Layers", "SegmentAnything", "Distill", "ONNX",
                                                            "CheckpointFormats", "ImageCodecs", "TestSupport"]),
     ],

@@ -18,7 +18,8 @@ import Yams
 // exported fused), init (random | teacher_blocks | checkpoint), loss (mse |
 // masked_mse | huber | l1 | prompt_in_the_loop, PromptInTheLoop.swift), optimizer (adamw),
 // schedule (LearningRateSchedule; total_steps defaults to the run's steps), the run's scalars
-// (batch_size, steps | epochs, …), eval, export, output_dir, freeze, stage_loss, and stages
+// (batch_size (per rank in a data-parallel run), steps | epochs, sync_batchnorm, …), eval, export,
+// output_dir, freeze, stage_loss, and stages
 // (`samdistill run` trains them in order, each in output_dir/NAME from the previous one's final
 // checkpoint, replacing steps, loss, optimizer, schedule, batch_size, grad_accumulation;
 // PipelineStages.swift).
@@ -253,19 +254,24 @@ public struct RunConfig: Equatable, Sendable {
     /// `stage_loss: {weight: W}`: also pull every trainable TinyViT stage output towards the
     /// teacher's (relative MSE, teacher run alongside); 0: off.
     public var stageLossWeight = 0.0
+    /// Data-parallel runs (`mpirun -np N samdistill train`): BatchNorm's batch statistics over
+    /// every rank's batch together (all-reduced per layer, forward and backward) instead of each
+    /// rank's own batch. No effect in a one-process run.
+    public var syncBatchNorm = false
     public var export = ExportConfig()
     /// The stages `samdistill run` chains (empty: one run of this config); each a complete config.
     public var stages: [RunStage] = []
 
     public init() {}
 
-    /// Images per optimiser step.
+    /// Images per optimiser step (of one rank: `batch_size` is per rank).
     public var imagesPerStep: Int { batchSize * gradAccumulation }
 
-    /// Optimiser steps of the run for a training set of `trainCount` images.
-    public func totalSteps(trainCount: Int) -> Int {
+    /// Optimiser steps of the run for a training set of `trainCount` images, with `ranks`
+    /// data-parallel ranks (each step consumes ranks × imagesPerStep samples).
+    public func totalSteps(trainCount: Int, ranks: Int = 1) -> Int {
         if let steps { return steps }
-        return Int((epochs! * Double(trainCount) / Double(imagesPerStep)).rounded(.up))
+        return Int((epochs! * Double(trainCount) / Double(imagesPerStep * ranks)).rounded(.up))
     }
 }
 
@@ -435,6 +441,7 @@ extension RunConfig {
         .section("export", \.export, ExportConfig.fields),
         .value("output_dir", \.outputDir),
         .value("freeze", \.freeze),
+        .value("sync_batchnorm", \.syncBatchNorm),
         ConfigField(key: "stage_loss", read: { c, r in
             guard let s = r.object("stage_loss") else { return }
             s.read(stageLossFields, into: &c)

@@ -14,6 +14,12 @@ public enum EmbeddingEvaluation {
     /// Student vs teacher embeddings on `rows` of `data`, inference mode, restricted to each
     /// sample's valid region.
     public static func evaluate(_ student: Student, on data: TrainingData, rows: [Int], batchSize: Int) throws -> Result {
+        result(try sums(student, on: data, rows: rows, batchSize: batchSize))
+    }
+
+    /// The sums behind `Result` (squared error, elements, cosine sum, cells): additive over row
+    /// subsets, so ranks that split the rows add theirs (all-reduce) and form one result.
+    public static func sums(_ student: Student, on data: TrainingData, rows: [Int], batchSize: Int) throws -> [Double] {
         var se = 0.0, elements = 0, cosSum = 0.0, cells = 0
         var start = 0
         while start < rows.count {
@@ -39,6 +45,11 @@ public enum EmbeddingEvaluation {
                 }
             }
         }
-        return Result(mse: elements > 0 ? se / Double(elements) : 0, cosine: cells > 0 ? cosSum / Double(cells) : 0)
+        return [se, Double(elements), cosSum, Double(cells)]
+    }
+
+    /// The result of `sums` (of one rank's rows or of every rank's added).
+    public static func result(_ s: [Double]) -> Result {
+        Result(mse: s[1] > 0 ? s[0] / s[1] : 0, cosine: s[3] > 0 ? s[2] / s[3] : 0)
     }
 }

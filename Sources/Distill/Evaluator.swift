@@ -412,8 +412,10 @@ public final class Evaluator {
     /// Evaluates the student on the complete rows of a feature cache (optionally one split, at
     /// most `maxImages`): teacher embeddings from the cache (no teacher forward), student
     /// embeddings from the cached images. Frame: each row's valid (resized) region.
+    /// `rowFilter`: keeps part of the selected rows (a rank's share, `DataParallel.shard`).
     public func evaluateCache(_ cache: CacheReader, split: CacheSplit?, maxImages: Int? = nil,
-                              student encode: (Tensor) -> Tensor, studentImageSize: Int) throws
+                              student encode: (Tensor) -> Tensor, studentImageSize: Int,
+                              rowFilter: ([Int]) -> [Int] = { $0 }) throws
         -> (images: [ImageEvaluation], studentSeconds: Double) {
         guard studentImageSize == cache.imageSize else {
             throw EvaluationError(file: cache.url.path, reason: "the cache holds \(cache.imageSize)×\(cache.imageSize) images, the student takes \(studentImageSize)")
@@ -423,6 +425,7 @@ public final class Evaluator {
         }
         var rows = cache.rows(split: split)
         if let maxImages { rows = Array(rows.prefix(maxImages)) }
+        rows = rowFilter(rows)
         var out: [ImageEvaluation] = [], seconds = 0.0
         for r in rows {
             let b = try cache.batch(rows: [r])

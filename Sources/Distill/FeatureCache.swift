@@ -1,3 +1,4 @@
+import Distributed
 import Foundation
 import HDF5
 import ImageCodecs
@@ -97,6 +98,14 @@ public struct CacheSummary: Sendable {
 /// (at a temporary name, renamed into place), so writing a row changes no HDF5 metadata. A row's
 /// data is written and flushed, then its `complete` flag is set and flushed. A process killed at
 /// any moment leaves a file that opens, in which every row marked complete is whole.
+///
+/// Under mpirun (`communicator` with N > 1 ranks) the cache is sharded (N shards of about
+/// rows / N rows each, unless --shard-size says otherwise) and rank r computes and writes the
+/// shards r, r + N, …, each shard a crash-safe file of its own: rank 0 creates the shard files and
+/// the index that lists them (as a one-process sharded cache), the others wait for it, then
+/// every rank opens only its shards for writing. A rerun, with any rank count, resumes every
+/// shard. An existing unsharded cache is resumed by rank 0 alone. The summary's counts are
+/// the job's (all-reduced); rank 0 logs.
 public final class FeatureCacheBuilder {
     public let options: CacheOptions
     public let teacher: TeacherEncoder
@@ -106,6 +115,8 @@ public final class FeatureCacheBuilder {
     public var log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
     /// Progress line updates in place (`\r`) when true; otherwise one line per ~5% or 30 s.
     public var progressInPlace = isatty(2) != 0
+    /// The ranks that split the rows (one process: rank 0 of 1).
+    public var communicator: Communicator = .world
 
     public init(options: CacheOptions, teacher: TeacherEncoder, everything: EverythingMasker? = nil) {
         precondition(options.everythingMasks == everything?.settings,
@@ -122,6 +133,54 @@ public final class FeatureCacheBuilder {
     }
 
     private func openOrCreate(settings: CacheSettings, plan: [PlannedRow]) throws -> (writers: [CacheFileWriter], files: [URL]) {
+        let comm = communicator
+        guard comm.isDistributed else { return try create(settings: settings, plan: plan, shardSize: options.shardSize, open: true)! }
+        // Rank 0 creates (or checks) the files; the others wait, then each opens its shards.
+        if comm.isRoot {
+            _ = try create(settings: settings, plan: plan, shardSize: options.shardSize ?? (plan.count + comm.size - 1) / comm.size, open: false)
+        }
+        comm.barrier()
+        let out = options.output
+        let index = try HDF5File(out, mode: .readOnly)
+        let names: [String], counts: [Int]
+        if case .strings(let n)? = try index.attribute("shards") {
+            names = n
+            if case .ints(let c)? = try index.attribute("shard_rows") { counts = c } else { counts = [] }
+        } else {
+            names = []; counts = []
+        }
+        index.close()
+        comm.barrier()  // nobody holds the index open any more
+        guard !names.isEmpty else {
+            // An unsharded cache from a one-process run: rank 0 resumes it alone.
+            if comm.isRoot { return try create(settings: settings, plan: plan, shardSize: nil, open: true)! }
+            return ([], [out])
+        }
+        guard counts.count == names.count, counts.reduce(0, +) == plan.count else {
+            throw CacheError("\(out.path): its shard_rows (\(counts)) do not cover the \(plan.count) planned rows; rerun with --overwrite")
+        }
+        var writers: [CacheFileWriter] = [], files = [out]
+        var first = 0
+        for (i, n) in names.enumerated() {
+            defer { first += counts[i] }
+            guard i % comm.size == comm.rank else { continue }
+            let u = out.deletingLastPathComponent().appendingPathComponent(n)
+            let w = try CacheFileWriter(file: try HDF5File(u, mode: .readWrite), firstRow: first)
+            let d = try settings.differences(from: w.file)
+            if !d.isEmpty { throw CacheError("\(u.path): shard settings differ from its index:\n  " + d.joined(separator: "\n  ")) }
+            guard try w.readPlan() == Array(plan[first..<(first + counts[i])]) else {
+                throw CacheError("\(u.path) was planned for other rows; rerun with --overwrite to start over, or choose another --out")
+            }
+            writers.append(w)
+            files.append(u)
+        }
+        return (writers, files)
+    }
+
+    /// Creates the cache when missing (sharded with `shardSize`), checks it is this run's, and
+    /// with `open` returns its writers (all of them); without, closes everything (rank 0 of a
+    /// distributed run, before the ranks open their shards).
+    private func create(settings: CacheSettings, plan: [PlannedRow], shardSize: Int?, open: Bool) throws -> (writers: [CacheFileWriter], files: [URL])? {
         let out = options.output
         let fm = FileManager.default
         if options.overwrite, fm.fileExists(atPath: out.path) {
@@ -131,7 +190,7 @@ public final class FeatureCacheBuilder {
             try fm.removeItem(at: out)
         }
         if !fm.fileExists(atPath: out.path) {
-            if let shardSize = options.shardSize {
+            if let shardSize {
                 var names: [String] = [], counts: [Int] = []
                 var i = 0
                 for start in stride(from: 0, to: plan.count, by: shardSize) {
@@ -197,6 +256,10 @@ public final class FeatureCacheBuilder {
                              + "\(added) rows new, \(removed) rows gone, \(existing.count) in the cache vs \(plan.count) now); "
                              + "rerun with --overwrite to start over, or choose another --out")
         }
+        if !open {
+            for w in writers { w.file.close() }
+            return nil
+        }
         return (writers, files)
     }
 
@@ -240,10 +303,13 @@ public final class FeatureCacheBuilder {
             let c = try w.complete.readInts(rows: 0, count: w.rows)
             for i in 0..<w.rows { complete[w.firstRow + i] = c[i] == 1 }
         }
-        summary.rowsAlreadyComplete = complete.filter { $0 }.count
+        // This rank's rows (all of them in a one-process run).
+        var mine = [Bool](repeating: false, count: plan.count)
+        for w in writers { for i in 0..<w.rows { mine[w.firstRow + i] = true } }
+        summary.rowsAlreadyComplete = zip(complete, mine).filter { $0 && $1 }.count
         // Work: groups of consecutive rows of one source with at least one row to do.
         var groups: [(source: String, rows: [Int])] = []
-        for (r, p) in plan.enumerated() where !complete[r] {
+        for (r, p) in plan.enumerated() where !complete[r] && mine[r] {
             if let last = groups.last, last.source == p.source {
                 groups[groups.count - 1].rows.append(r)
             } else {
@@ -251,13 +317,29 @@ public final class FeatureCacheBuilder {
             }
         }
         let todo = groups.reduce(0) { $0 + $1.rows.count }
-        if options.progress {
+        if options.progress && communicator.isDistributed {
+            log("cache (rank \(communicator.rank) of \(communicator.size), \(writers.count) shard(s)): \(mine.filter { $0 }.count) rows, "
+                + "\(summary.rowsAlreadyComplete) already complete, \(todo) to compute")
+        } else if options.progress {
             log("cache: \(sources.count) images, \(plan.count) rows planned, \(summary.rowsAlreadyComplete) already complete, \(todo) to compute "
                 + "(teacher \(teacher.id), \(options.embeddingDType)) → \(options.output.path)")
         }
         try pipeline(groups: groups, plan: plan, writers: writers, todo: todo, summary: &summary)
 
         for w in writers { w.file.close() }
+        if communicator.isDistributed {
+            // The job's counts (every rank gets them); files: the index and every shard.
+            var counts = [Double(summary.rowsAlreadyComplete), Double(summary.rowsWritten), Double(summary.imagesDecoded)]
+            communicator.allreduceSum(&counts)
+            summary.rowsAlreadyComplete = Int(counts[0]); summary.rowsWritten = Int(counts[1]); summary.imagesDecoded = Int(counts[2])
+            communicator.barrier()
+            if let index = try? HDF5File(options.output, mode: .readOnly) {
+                if case .strings(let names)? = try? index.attribute("shards") {
+                    summary.files = [options.output] + names.map { options.output.deletingLastPathComponent().appendingPathComponent($0) }
+                }
+                index.close()
+            }
+        }
         summary.wallSeconds = Date().timeIntervalSince(t0)
         for u in files {
             var st = stat()

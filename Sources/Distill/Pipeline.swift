@@ -1,3 +1,4 @@
+import Distributed
 import Foundation
 import SegmentAnything
 import Tensor
@@ -18,6 +19,11 @@ import Tensor
 // Eval and export outputs are written atomically; `pipeline.json` in output_dir records, per
 // step, the digest of the settings it was computed from and its time, and is rewritten after
 // each step. A step whose record or output is missing or whose digest differs runs again.
+//
+// Under mpirun (`Communicator.world` with N > 1 ranks): training is data-parallel on every rank
+// (Trainer); the cache rows are split over the ranks (one shard each, FeatureCacheBuilder); the
+// evaluations and the export run on rank 0 while the others wait at a barrier; rank 0 alone
+// writes pipeline.json and logs. (Splitting the evaluation images over ranks is not done yet.)
 
 extension CacheOptions {
     /// The cache a run config describes: images from data.images (only those of data.image_list
@@ -78,13 +84,19 @@ public final class RunPipeline {
         var steps: [String: Entry] = [:]
     }
 
-    public init(config: RunConfig, configName: String) {
+    /// The ranks of the job (rank 0 of 1 without mpirun).
+    public let communicator: Communicator
+
+    public init(config: RunConfig, configName: String, communicator: Communicator = .world) {
         self.config = config
         self.configName = configName
+        self.communicator = communicator
     }
 
     @discardableResult
     public func run() throws -> Outcome {
+        let root = communicator.isRoot
+        if !root { log = { _ in } }  // rank 0 logs
         if !config.stages.isEmpty { return try runStages() }  // PipelineStages.swift
         var outcome = Outcome(cache: nil, trainedSteps: 0, totalSteps: 0, before: nil, after: nil, exported: nil, seconds: [:], skipped: [])
         try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
@@ -92,6 +104,7 @@ public final class RunPipeline {
         func record(_ step: String, digest: String, seconds: Double) throws {
             manifest.steps[step] = .init(digest: digest, seconds: seconds, finished: ISO8601DateFormatter().string(from: Date()))
             outcome.seconds[step] = seconds
+            guard root else { return }
             let e = JSONEncoder()
             e.outputFormatting = [.prettyPrinted, .sortedKeys]
             try AtomicFile.write(try e.encode(manifest), to: manifestURL)
@@ -100,7 +113,7 @@ public final class RunPipeline {
             manifest.steps[step]?.digest == digest && outputs.allSatisfy { FileManager.default.fileExists(atPath: $0.path) }
         }
 
-        // 1. cache
+        // 1. cache (the ranks split the rows: FeatureCacheBuilder)
         if config.data.images != nil {
             let t0 = Date()
             log("[1/5] cache: teacher embeddings → \(config.data.train[0])")
@@ -109,8 +122,11 @@ public final class RunPipeline {
             o.command = "samdistill run \(configName)"
             guard let teacherPath = config.teacher.checkpoint else { throw CacheError("\(configName): teacher.checkpoint is not set (needed to build the cache)") }
             let teacher = try TeacherEncoder.load(weights: URL(fileURLWithPath: teacherPath), config: nil)
-            let summary = try FeatureCacheBuilder(options: o, teacher: teacher,
-                                                  everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath)).run()
+            let builder = FeatureCacheBuilder(options: o, teacher: teacher,
+                                              everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath))
+            builder.communicator = communicator
+            if !root { builder.log = { _ in } }
+            let summary = try builder.run()
             outcome.cache = summary
             if summary.rowsWritten == 0 {
                 outcome.skipped.append("cache")
@@ -122,10 +138,12 @@ public final class RunPipeline {
         } else {
             log("[1/5] cache: data.images not set; training reads \(config.data.train.joined(separator: ", "))")
         }
+        communicator.barrier()
 
         // The trainer (opened before the baseline evaluation: the settings digest needs its step count).
         let (train, validation) = try CacheTrainingData.open(config.data)
-        let trainer = try Trainer(config: config, student: try Student.make(config), train: train, validation: validation)
+        let trainer = try Trainer(config: config, student: try Student.make(config), train: train, validation: validation,
+                                  communicator: communicator)
         trainer.showsProgress = showsProgress
         outcome.totalSteps = trainer.totalSteps
         let trainDigest = try Self.digest(Self.trainingSettings(trainer.resolvedConfig).yaml())
@@ -183,7 +201,7 @@ public final class RunPipeline {
             try record("eval-\(name)", digest: digest, seconds: Date().timeIntervalSince(t0))
             return report
         }
-        if config.eval.before {
+        if config.eval.before && root {
             log("[2/5] eval: the initial student (\(config.initialisation.typeName)) on split \(config.eval.split.rawValue)")
             // The trainer's student before `run` restores or trains anything: the initial weights.
             let initial = trainer.student
@@ -221,6 +239,11 @@ public final class RunPipeline {
             try record("train", digest: trainDigest, seconds: Date().timeIntervalSince(t0))
         }
 
+        outcome.exported = exportURL
+        // Rank 0 evaluates and exports; every rank leaves together (a staged run's next stage
+        // starts from this one's outputs).
+        guard root else { communicator.barrier(); return outcome }
+
         // 4. eval of the final student
         log("[4/5] eval: the trained student (\(finalCheckpoint.lastPathComponent)) on split \(config.eval.split.rawValue)")
         let finalEncoder = try SAMWeights.readStudent(finalCheckpoint).weights.encoder
@@ -240,6 +263,7 @@ public final class RunPipeline {
             try record("export", digest: exportDigest, seconds: Date().timeIntervalSince(t0))
         }
         outcome.exported = exportURL
+        communicator.barrier()
         return outcome
     }
 

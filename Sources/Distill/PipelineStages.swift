@@ -18,7 +18,7 @@ extension RunPipeline {
         for (i, stage) in stages.enumerated() {
             if i > 0 { try refuseStale(stage, after: stages[i - 1]) }
             log("stage \(i + 1)/\(stages.count) '\(stage.name)': \(stage.config.loss.typeName), \(stage.config.steps ?? 0) steps → \(stage.config.outputDir)")
-            let p = RunPipeline(config: stage.config, configName: "\(configName) [\(stage.name)]")
+            let p = RunPipeline(config: stage.config, configName: "\(configName) [\(stage.name)]", communicator: communicator)
             p.showsProgress = showsProgress
             p.log = log
             let o = try p.run()

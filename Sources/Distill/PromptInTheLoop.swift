@@ -147,15 +147,18 @@ public final class PromptInTheLoop {
     /// student, teacher: (B, C, h, w) embeddings; regions: each image's unpadded grid cells;
     /// `plan` (from an earlier result) replaces the sampling and the student's mask inputs;
     /// `everythingMasks`: per image, the teacher's everything-masks on the low-res grid (an
-    /// image with none samples from random points).
+    /// image with none samples from random points). `sampleSeeds`: one seed per image (the
+    /// trainer's, keyed by the sample's place in the global sample stream, so a data-parallel run
+    /// samples the same prompts for it on whichever rank); nil: image b's from `seed` and b.
     public func evaluate(student: Tensor, teacher: Tensor, regions: [ValidRegion], seed: UInt64,
-                         plan given: Plan? = nil, everythingMasks: [[MaskRLE]]? = nil) -> Result {
+                         plan given: Plan? = nil, everythingMasks: [[MaskRLE]]? = nil, sampleSeeds: [UInt64]? = nil) -> Result {
         let B = student.shape[0], C = student.shape[1], h = student.shape[2], w = student.shape[3]
         precondition(student.shape == teacher.shape && regions.count == B,
                      "PromptInTheLoop: student \(student.shape), teacher \(teacher.shape), \(regions.count) regions")
         precondition(C == promptEncoder.embedDim && h == promptEncoder.imageEmbeddingSize.height
                      && w == promptEncoder.imageEmbeddingSize.width,
                      "PromptInTheLoop: embeddings \(student.shape) do not fit the prompt encoder's (\(promptEncoder.embedDim), \(promptEncoder.imageEmbeddingSize))")
+        precondition(sampleSeeds.map { $0.count == B } ?? true, "PromptInTheLoop: \(sampleSeeds?.count ?? 0) sample seeds for a batch of \(B)")
         precondition(given == nil || given!.prompts.count == B, "PromptInTheLoop: a plan for \(given!.prompts.count) images, batch of \(B)")
         precondition(everythingMasks.map { $0.count == B && $0.joined().allSatisfy { $0.height == lowResSize.height && $0.width == lowResSize.width } } ?? true,
                      "PromptInTheLoop: everything-masks must be one list per image, of \(lowResSize) masks")
@@ -166,7 +169,7 @@ public final class PromptInTheLoop {
         var plan = Plan(prompts: [], studentMaskInputs: [])
         var timing = Timing()
         for b in 0..<B {
-            var rng = SeededRandom(seed: seed ^ (UInt64(b + 1) &* 0x9E37_79B9_7F4A_7C15))
+            var rng = SeededRandom(seed: sampleSeeds?[b] ?? seed ^ (UInt64(b + 1) &* 0x9E37_79B9_7F4A_7C15))
             let s = Tensor(shape: [1, C, h, w], data: Array(student.data[(b * per)..<((b + 1) * per)]))
             let t = Tensor(shape: [1, C, h, w], data: Array(teacher.data[(b * per)..<((b + 1) * per)]))
             let r = image(student: s, teacher: t, region: regions[b], masks: everythingMasks?[b] ?? [], rng: &rng,

@@ -1,4 +1,5 @@
 import CheckpointFormats
+import Distributed
 import Foundation
 import Layers
 import Optim
@@ -57,7 +58,20 @@ public struct StepRecord: Equatable, Sendable {
 /// Randomness is counter-based: the batch order of epoch e comes from (seed, e) and each
 /// micro-batch's augmentation seed from (seed, micro-batch index), so (seed, cursor) is the
 /// whole RNG state and `resume` reproduces the uninterrupted run's losses exactly (same thread
-/// count).
+/// count). Prompt-in-the-loop's prompt sampling is seeded per sample from (seed, the sample's
+/// position in the stream).
+///
+/// Data-parallel (`mpirun -np N`, `DataParallel`): `batch_size` is per rank; each micro-batch of
+/// the stream is N·batch_size samples, rank r training on its r-th share, so N ranks × batch b
+/// replay 1 rank × batch N·b (the cursor counts samples of the whole job). Gradients are
+/// averaged over ranks in flat buckets before the norm and AdamW, so every rank takes the same
+/// step; the logged loss is the mean over ranks; BatchNorm uses per-rank statistics (running
+/// statistics averaged after each step) unless `sync_batchnorm`. Validation rows are split over
+/// the ranks and their sums all-reduced; the evaluation hook runs on rank 0. Rank 0 alone writes
+/// config.yaml, metrics, the plot, checkpoints and the progress line; every rank reads the
+/// checkpoint on resume, with any rank count (the global batch is then N·batch_size of the new
+/// run). The phases `allreduce` (gradients, buffers, loss) and `sync_batchnorm` time the
+/// collectives of a distributed step.
 public final class Trainer {
     public let config: RunConfig
     public let student: Student
@@ -70,6 +84,10 @@ public final class Trainer {
     public let promptLoop: PromptInTheLoop?
     /// With `stage_loss`: the teacher TinyViT whose stage outputs the student's are pulled towards.
     let stageTeacher: TinyViT?
+    /// The ranks of the job (one process: rank 0 of 1, no MPI).
+    public let parallel: DataParallel
+    /// Training-mode forward, with the cross-rank BatchNorm sums under `sync_batchnorm`.
+    let trainingMode: ForwardMode
 
     /// Steps completed (optimiser updates applied).
     public private(set) var step = 0
@@ -103,8 +121,10 @@ public final class Trainer {
     /// `promptLoop`: the prompt-in-the-loop loss to use (tests); by default, with that loss type,
     /// one is built from `teacher.checkpoint`.
     public init(config: RunConfig, student: Student, train: TrainingData, validation: TrainingData? = nil,
-                runDirectory: URL? = nil, promptLoop: PromptInTheLoop? = nil) throws {
+                runDirectory: URL? = nil, promptLoop: PromptInTheLoop? = nil, communicator: Communicator = .world) throws {
         self.config = config
+        parallel = DataParallel(communicator)
+        trainingMode = ForwardMode.training.synchronised(by: config.syncBatchNorm && communicator.isDistributed ? MPIStatisticsSum(communicator) : nil)
         self.student = student
         self.train = train
         self.validation = validation
@@ -113,7 +133,7 @@ public final class Trainer {
             throw ConfigError(["stages: the config lists \(config.stages.count) stages, which `samdistill run` trains in order (one trainer per stage)"])
         }
         guard train.count > 0 else { throw TrainerError.dataMismatch("the training set is empty") }
-        totalSteps = config.totalSteps(trainCount: train.count)
+        totalSteps = config.totalSteps(trainCount: train.count, ranks: communicator.size)
         let named = student.namedParameters().filter { $0.1.isTrainable && !student.isFrozen($0.0) }
         parameterNames = named.map(\.0)
         optimizer = AdamW(parameters: named.map(\.1), configuration: config.optimizer.adamW)
@@ -181,15 +201,22 @@ public final class Trainer {
     // MARK: Loss
 
     /// The micro-batch's loss and its gradient; prompt-in-the-loop adds its phase times to `phases`.
-    func loss(_ prediction: Tensor, _ batch: TrainingBatch, seed: UInt64, phases: inout [String: Double]) -> LossResult {
+    /// `positions`: the samples' places in the stream (their prompt-sampling seeds).
+    func loss(_ prediction: Tensor, _ batch: TrainingBatch, seed: UInt64, positions: [Int], phases: inout [String: Double]) -> LossResult {
         guard let promptLoop else { return config.loss.evaluate(prediction, batch.targets, regions: batch.validRegions) }
         let r = promptLoop.evaluate(student: prediction, teacher: batch.targets, regions: batch.validRegions, seed: seed,
-                                    everythingMasks: batch.everythingMasks)
+                                    everythingMasks: batch.everythingMasks, sampleSeeds: positions.map(sampleSeed))
         phases.merge(r.timing.phases, uniquingKeysWith: +)
         return r.loss
     }
 
-    /// Augmentation seed of micro-batch `index` (counted over the whole run).
+    /// Prompt-sampling seed of the sample at `position` of the stream (whichever rank trains it).
+    func sampleSeed(_ position: Int) -> UInt64 {
+        var r = SeededRandom(seed: config.seed &+ 0x5EED_1007_0000_0000 &+ UInt64(position))
+        return r.next()
+    }
+
+    /// Augmentation seed of micro-batch `index` (counted over the whole run, global micro-batches).
     func microBatchSeed(_ index: Int) -> UInt64 {
         var r = SeededRandom(seed: config.seed &+ 0xA5A5_0000_0000_0000 &+ UInt64(index))
         return r.next()
@@ -203,44 +230,54 @@ public final class Trainer {
     @discardableResult
     public func run(resume: Bool = false) throws -> [StepRecord] {
         let fm = FileManager.default
+        let root = parallel.communicator.isRoot
         try fm.createDirectory(at: checkpointDirectory, withIntermediateDirectories: true)
         if resume {
+            // Every rank reads the same checkpoint (rank 0 writes the next one only after a step,
+            // that is after every rank has passed its first all-reduce).
             if let last = Self.checkpoints(in: checkpointDirectory).last {
                 try restore(from: last)
-                try truncateMetrics(after: step)
-            } else {
+                if root { try truncateMetrics(after: step) }
+            } else if root {
                 try? fm.removeItem(at: metricsURL)
             }
         } else {
             if !Self.checkpoints(in: checkpointDirectory).isEmpty {
                 throw TrainerError.runDirectoryInUse("\(runDirectory.path) already holds checkpoints: pass --resume to continue that run, or choose another output_dir")
             }
-            try? fm.removeItem(at: metricsURL)
+            if root { try? fm.removeItem(at: metricsURL) }
         }
-        try AtomicFile.write(Data(resolvedConfig.yaml().utf8), to: runDirectory.appendingPathComponent("config.yaml"))
+        if root { try AtomicFile.write(Data(resolvedConfig.yaml().utf8), to: runDirectory.appendingPathComponent("config.yaml")) }
+        // The same start on every rank: rank 0's parameters and buffers.
+        parallel.broadcastValues(student.namedParameters().map(\.1))
+        let buffers = student.namedParameters().map(\.1).filter { !$0.isTrainable }
+        let communicator = parallel.communicator
 
         let prefetch = Prefetcher(train)
         defer { prefetch.drain() }
-        let B = config.batchSize, A = config.gradAccumulation
+        // B: this rank's micro-batch; G: the job's (the stream advances by G per micro-batch).
+        let B = config.batchSize, A = config.gradAccumulation, G = B * parallel.size
         var ran: [StepRecord] = []
-        var microIndex = cursor / B
-        prefetch.request(order.rows(cursor: cursor, n: B), seed: microBatchSeed(microIndex))
+        var microIndex = cursor / G
+        prefetch.request(parallel.rows(&order, cursor: cursor, batchSize: B), seed: microBatchSeed(microIndex))
         while step < totalSteps {
             let t0 = Date()
+            let communicated = communicator.seconds
             student.zeroGradients()
             var lossSum = 0.0
             var phases: [String: Double] = [:]
             for _ in 0..<A {
-                let rows = order.rows(cursor: cursor, n: B)
+                let rows = parallel.rows(&order, cursor: cursor, batchSize: B)
                 let batch = try prefetch.take(rows, seed: microBatchSeed(microIndex))
                 // Start loading the next micro-batch while this one trains.
-                prefetch.request(order.rows(cursor: cursor + B, n: B), seed: microBatchSeed(microIndex + 1))
+                prefetch.request(parallel.rows(&order, cursor: cursor + G, batchSize: B), seed: microBatchSeed(microIndex + 1))
                 try checkBatch(batch)
                 var clock = Date()
-                let prediction = student.forward(batch.images, mode: .training)
+                let prediction = student.forward(batch.images, mode: trainingMode)
                 phases["encoder_forward", default: 0] += Date().timeIntervalSince(clock)
-                // The prompt sampling's seed: counter-based like the augmentation's (exact resume).
-                var l = loss(prediction, batch, seed: microBatchSeed(microIndex) ^ 0x5EED_1007, phases: &phases)
+                // The prompt sampling's seeds: counter-based like the augmentation's (exact resume).
+                var l = loss(prediction, batch, seed: microBatchSeed(microIndex) ^ 0x5EED_1007,
+                             positions: parallel.positions(cursor: cursor, batchSize: B), phases: &phases)
                 guard l.value.isFinite else {
                     throw TrainerError.nonFinite(step: step + 1, what: "loss", value: l.value)
                 }
@@ -250,8 +287,17 @@ public final class Trainer {
                 clock = Date()
                 student.backward(l.gradient, imageGradient: false)
                 phases["encoder_backward", default: 0] += Date().timeIntervalSince(clock)
-                cursor += B
+                cursor += G
                 microIndex += 1
+            }
+            var stepLoss = lossSum / Double(A)
+            if communicator.isDistributed {
+                if trainingMode.crossReplica != nil { phases["sync_batchnorm"] = communicator.seconds - communicated }
+                let before = communicator.seconds
+                parallel.averageGradients(optimizer.parameters)
+                if trainingMode.crossReplica == nil { parallel.averageValues(buffers) }
+                stepLoss = parallel.mean([stepLoss])[0]
+                phases["allreduce"] = communicator.seconds - before
             }
             let params = optimizer.parameters
             let gradNorm = config.optimizer.maxGradNorm.map { clipGradientNorm(params, maxNorm: $0) } ?? gradientNorm(params)
@@ -262,12 +308,12 @@ public final class Trainer {
             optimizer.step(learningRate: lr)
             step += 1
             let elapsed = Date().timeIntervalSince(t0)
-            let record = StepRecord(step: step, loss: lossSum / Double(A), lr: lr, gradNorm: gradNorm,
-                                    imagesPerSecond: Double(B * A) / max(elapsed, 1e-9), phaseSeconds: phases)
+            let record = StepRecord(step: step, loss: stepLoss, lr: lr, gradNorm: gradNorm,
+                                    imagesPerSecond: Double(G * A) / max(elapsed, 1e-9), phaseSeconds: phases)
             history.append(record)
             ran.append(record)
             lossesSinceCheckpoint.append(record.loss)
-            try appendMetrics(stepLine(record))
+            if root { try appendMetrics(stepLine(record)) }
             smoothedLoss = smoothedLoss.map { 0.9 * $0 + 0.1 * record.loss } ?? record.loss
 
             var evaluated: [String: Double]? = nil
@@ -278,13 +324,13 @@ public final class Trainer {
                 try saveCheckpoint(evaluated: evaluated)
             } else if let m = evaluated?["val_mse"], bestMetric.map({ m < $0 }) ?? true {
                 bestMetric = m
-                try writeCheckpoint(to: checkpointDirectory.appendingPathComponent("best.safetensors"))
+                if root { try writeCheckpoint(to: checkpointDirectory.appendingPathComponent("best.safetensors")) }
             }
-            if showsProgress { progress(record) }
-            if step % config.logEvery == 0 || step == totalSteps || evaluated != nil { try writePlot() }
+            if showsProgress && root { progress(record) }
+            if root && (step % config.logEvery == 0 || step == totalSteps || evaluated != nil) { try writePlot() }
             try afterStep?(record)
         }
-        if showsProgress && isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
+        if showsProgress && root && isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
         return ran
     }
 
@@ -302,22 +348,28 @@ public final class Trainer {
     // MARK: Evaluation
 
     /// Embedding MSE and cosine on the validation set (inference mode), plus the hook's metrics.
+    /// Data-parallel: rank r evaluates rows r, r + N, …, the sums are all-reduced (every rank gets
+    /// val_mse / val_cosine); the hook runs on rank 0 only and rank 0 logs.
     public func evaluate() throws -> [String: Double] {
         var metrics: [String: Double] = [:]
+        let c = parallel.communicator
         if let validation {
             let n = min(validation.count, config.eval.maxImages ?? validation.count)
-            let r = try EmbeddingEvaluation.evaluate(student, on: validation, rows: Array(0..<n), batchSize: config.batchSize)
+            let rows = Array(stride(from: c.rank, to: n, by: c.size))
+            var sums = try EmbeddingEvaluation.sums(student, on: validation, rows: rows, batchSize: config.batchSize)
+            c.allreduceSum(&sums)
+            let r = EmbeddingEvaluation.result(sums)
             metrics["val_mse"] = r.mse
             metrics["val_cosine"] = r.cosine
         }
-        if let hook = evaluationHook {
+        if let hook = evaluationHook, c.isRoot {
             for (k, v) in try hook(student, step) { metrics[k] = v }
         }
         if !metrics.isEmpty {
             evalHistory.append((step, metrics))
             var line: [String: Any] = ["step": step]
             line["eval"] = metrics
-            try appendMetrics(line)
+            if c.isRoot { try appendMetrics(line) }
         }
         return metrics
     }
@@ -342,6 +394,7 @@ public final class Trainer {
         let isBest = metric.map { m in bestMetric.map { m < $0 } ?? true } ?? false
         if isBest { bestMetric = metric }
         lossesSinceCheckpoint = []
+        guard parallel.communicator.isRoot else { return }  // rank 0 writes; the others keep its bookkeeping
         let url = checkpointDirectory.appendingPathComponent(Self.checkpointName(step))
         try writeCheckpoint(to: url)
         if isBest { try writeCheckpoint(to: checkpointDirectory.appendingPathComponent("best.safetensors")) }

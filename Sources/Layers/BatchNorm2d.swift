@@ -11,6 +11,11 @@ import Tensor
 /// - otherwise (`eval()`): normalises with the running statistics (a per-channel affine map).
 /// Backward follows whichever statistics the forward used: through the batch statistics in
 /// training, a per-channel scale in eval mode.
+/// - Synchronised (`mode.crossReplica` set, with batch statistics): the statistics are those of
+///   the batches of every process together, as if they were one batch (PyTorch's SyncBatchNorm):
+///   forward sums Σx and the count, then Σ(x − mean)², over the processes; backward sums Σdy and
+///   Σdy·x̂ for dx (the parameter gradients keep this process's sums: the data-parallel gradient
+///   average combines them).
 ///
 /// `forward(_:mode:activation:)` applies an activation to the normalised output in the same pass
 /// (MBConv's and PatchMerging's Conv2d_BN → GELU): BN's own output is then never stored, backward
@@ -38,6 +43,10 @@ public final class BatchNorm2d: Module {
     private var usedBatchStatistics = false
     private var activation: Activation?
     private var activated: Tensor?
+    // reducer, globalCount: the synchronised forward's reducer and its values per channel over
+    // every process (B·H·W summed), for backward.
+    private var reducer: CrossReplicaSum?
+    private var globalCount = 0
 
     public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1, weightInit: Float = 1) {
         self.channels = channels
@@ -63,7 +72,48 @@ public final class BatchNorm2d: Module {
         let B = x.shape[0], C = channels, HW = x.shape[2] * x.shape[3], n = B * HW
         // mean, scale: (C) the statistics used: batch statistics or running averages
         var mean = [Float](repeating: 0, count: C), scale = [Float](repeating: 0, count: C)
-        if mode.batchStatistics {
+        var count = n
+        if mode.batchStatistics, let sync = mode.crossReplica {
+            // Synchronised: Σx and the count over every process, then Σ(x − mean)² about the
+            // global mean (the same two passes as below, each total summed across processes).
+            var sums = [Double](repeating: 0, count: C + 1)
+            x.data.withUnsafeBufferPointer { xb in
+                sums.withUnsafeMutableBufferPointer { sb in
+                    let xp = xb.baseAddress!, sp = sb.baseAddress!
+                    parallelFor(C, costPerItem: n) { c in
+                        var total: Double = 0
+                        for b in 0..<B { total += Double(Reductions.sum(xp + (b * C + c) * HW, HW)) }
+                        sp[c] = total
+                    }
+                }
+            }
+            sums[C] = Double(n)
+            sync.sum(&sums)
+            count = Int(sums[C])
+            precondition(count > 1, "BatchNorm2d(\(channels)): training needs more than one value per channel over all processes")
+            for c in 0..<C { mean[c] = Float(sums[c] / Double(count)) }
+            var squares = [Double](repeating: 0, count: C)
+            x.data.withUnsafeBufferPointer { xb in
+                squares.withUnsafeMutableBufferPointer { qb in
+                    let xp = xb.baseAddress!, qp = qb.baseAddress!
+                    parallelFor(C, costPerItem: n) { c in
+                        var sq: Double = 0
+                        for b in 0..<B {
+                            sq += Double(Reductions.sumSquaredDeviations(xp + (b * C + c) * HW, HW, from: mean[c]))
+                        }
+                        qp[c] = sq
+                    }
+                }
+            }
+            sync.sum(&squares)
+            let mom = momentum, unbias = Float(count) / Float(count - 1)
+            for c in 0..<C {
+                let variance = Float(squares[c] / Double(count))
+                scale[c] = 1 / (variance + eps).squareRoot()
+                runningMean.value.data[c] = (1 - mom) * runningMean.value.data[c] + mom * mean[c]
+                runningVar.value.data[c] = (1 - mom) * runningVar.value.data[c] + mom * variance * unbias
+            }
+        } else if mode.batchStatistics {
             precondition(n > 1, "BatchNorm2d(\(channels)): training needs more than one value per channel, got input \(x.shape)")
             var variance = [Float](repeating: 0, count: C)
             x.data.withUnsafeBufferPointer { xb in
@@ -132,8 +182,9 @@ public final class BatchNorm2d: Module {
         if keep {
             xhat = xh; rstd = scale; usedBatchStatistics = mode.batchStatistics
             activation = act; activated = act == nil ? nil : y
+            reducer = mode.batchStatistics ? mode.crossReplica : nil; globalCount = count
         } else {
-            xhat = nil; rstd = []; activation = nil; activated = nil
+            xhat = nil; rstd = []; activation = nil; activated = nil; reducer = nil
         }
         return y
     }
@@ -185,7 +236,16 @@ public final class BatchNorm2d: Module {
                                         }
                                     }
                                 }
-                                let m1 = sumDy.map { Float($0 / Double(n)) }, m2 = sumDyXhat.map { Float($0 / Double(n)) }
+                                // Synchronised: the means of dx's formula over every process's batch.
+                                let (m1, m2): ([Float], [Float])
+                                if batch, let sync = reducer {
+                                    var sums = sumDy + sumDyXhat
+                                    sync.sum(&sums)
+                                    let total = Double(globalCount)
+                                    (m1, m2) = (sums[0..<C].map { Float($0 / total) }, sums[C...].map { Float($0 / total) })
+                                } else {
+                                    (m1, m2) = (sumDy.map { Float($0 / Double(n)) }, sumDyXhat.map { Float($0 / Double(n)) })
+                                }
                                 parallelFor(B * C, costPerItem: HW * 2) { bc in
                                     let c = bc % C, o = bc * HW, a = w[c] * rs[c]
                                     let mg = batch ? m1[c] : 0, mgx = batch ? m2[c] : 0
@@ -205,7 +265,7 @@ public final class BatchNorm2d: Module {
             weight.grad.data[c] += Float(sumDyXhat[c])
             bias.grad.data[c] += Float(sumDy[c])
         }
-        xhat = nil; rstd = []; activation = nil; activated = nil
+        xhat = nil; rstd = []; activation = nil; activated = nil; reducer = nil
         return dx
     }
 }

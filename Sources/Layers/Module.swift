@@ -5,13 +5,28 @@ import Tensor
 ///   averages (PyTorch's `train()`); otherwise it uses the running averages (`eval()`).
 /// - `keepsActivations`: the layer stores what `backward` needs. Off for inference, where no
 ///   backward comes and nothing may stay alive after the forward returns.
+/// - `crossReplica`: with batch statistics, BatchNorm sums its per-channel statistics over the
+///   processes of a data-parallel run through it (synchronised BatchNorm; nil: this process's batch).
 public struct ForwardMode: Sendable, Equatable {
     public var batchStatistics: Bool
     public var keepsActivations: Bool
+    public var crossReplica: CrossReplicaSum?
 
-    public init(batchStatistics: Bool, keepsActivations: Bool) {
+    public init(batchStatistics: Bool, keepsActivations: Bool, crossReplica: CrossReplicaSum? = nil) {
         self.batchStatistics = batchStatistics
         self.keepsActivations = keepsActivations
+        self.crossReplica = crossReplica
+    }
+
+    public static func == (a: ForwardMode, b: ForwardMode) -> Bool {
+        a.batchStatistics == b.batchStatistics && a.keepsActivations == b.keepsActivations && a.crossReplica === b.crossReplica
+    }
+
+    /// This mode with BatchNorm's batch statistics summed over processes by `reducer`.
+    public func synchronised(by reducer: CrossReplicaSum?) -> ForwardMode {
+        var m = self
+        m.crossReplica = reducer
+        return m
     }
 
     /// Inference: running statistics, nothing kept.
@@ -20,6 +35,14 @@ public struct ForwardMode: Sendable, Equatable {
     public static let training = ForwardMode(batchStatistics: true, keepsActivations: true)
     /// Gradients through a model in eval mode (frozen norms): running statistics, activations kept.
     public static let evaluationWithGradients = ForwardMode(batchStatistics: false, keepsActivations: true)
+}
+
+/// Sums per-channel statistics over the processes of a data-parallel run (synchronised
+/// BatchNorm): the trainer passes one (over MPI) in its `ForwardMode` with `sync_batchnorm`.
+public protocol CrossReplicaSum: AnyObject, Sendable {
+    /// values ← Σ over processes, element-wise (every process gets the sums; a collective: every
+    /// process calls it, in the same order).
+    func sum(_ values: inout [Double])
 }
 
 /// Anything that owns parameters, directly or through sub-modules. Keys are the PyTorch

@@ -25,6 +25,10 @@ struct Cache: ParsableCommand {
             JSON {"architecture": "tinyvit"|"vit", "config": {...}} for any other size (e.g. the \
             tiny teachers the tests use).
 
+            Under mpirun -np N (or srun) the ranks split the rows: the cache is sharded (N shards \
+            unless --shard-size), rank r writes shards r, r+N, …, each crash-safe; the --out file \
+            indexes them; a rerun with any rank count resumes every shard.
+
             --everything-masks (or data.everything_masks in --config) also stores each row's \
             teacher everything-masks: SAM's automatic mask generator (as `segment everything`, \
             with 16 points per side and the --fast grid by default) on the row's own image, decoding its teacher embedding \
@@ -157,8 +161,15 @@ struct Cache: ParsableCommand {
             o.progress = !quiet
             let builder = FeatureCacheBuilder(options: o, teacher: t,
                                               everything: try EverythingMasker.load(o.everythingMasks, checkpoint: teacherPath))
+            let comm = builder.communicator
+            if comm.isDistributed {
+                // Each rank's lines, marked with its rank (no in-place progress: lines interleave).
+                let tag = "[rank \(comm.rank)/\(comm.size)] "
+                builder.progressInPlace = false
+                builder.log = { FileHandle.standardError.write(Data((tag + $0 + "\n").utf8)) }
+            }
             let summary = try builder.run()
-            FileHandle.standardError.write(Data((summary.report + "\n").utf8))
+            if builder.communicator.isRoot { FileHandle.standardError.write(Data((summary.report + "\n").utf8)) }
         } catch let e as CustomStringConvertible where !(e is ValidationError) {
             FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
             throw ExitCode.failure

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Distill
+import Distributed
 import Foundation
 import SegmentAnything
 import Tensor
@@ -111,6 +112,9 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
+        if Communicator.world.isDistributed, annotations != nil || report != nil {
+            throw ValidationError("eval under mpirun splits --cache rows or --images files over the ranks; --annotations and --report are not implemented with ranks: run them without mpirun")
+        }
         var options = EvaluationOptions()
         options.prompts = prompts.protocols
         options.pointsPerImage = pointsPerImage
@@ -124,13 +128,19 @@ struct Eval: ParsableCommand {
         let model = try SAMModel.load(contentsOf: URL(fileURLWithPath: teacher))
         let evaluator = Evaluator(model: model, options: options)
         evaluator.keepsReportSamples = self.report != nil
+        // Under mpirun: rank r evaluates images r, r + N, …; the per-image results are gathered
+        // in order (the report equals the one-process report) and rank 0 prints and writes.
+        let parallel = DataParallel(.world)
+        let seconds = { (s: [Double]) -> [Double] in var v = s; parallel.communicator.allreduceSum(&v); return v }  // Σ over ranks
         let report: EvaluationReport
         if let cache {
             let reader = try CacheReader(URL(fileURLWithPath: cache))
-            let r = try evaluator.evaluateCache(reader, split: split.split, maxImages: maxImages, student: encode, studentImageSize: studentEncoder.imageSize)
-            guard !r.images.isEmpty else { throw EvaluationError(file: cache, reason: "no complete rows in split '\(split.rawValue)'") }
+            let r = try evaluator.evaluateCache(reader, split: split.split, maxImages: maxImages, student: encode, studentImageSize: studentEncoder.imageSize,
+                                                rowFilter: parallel.shard)
+            let images = try parallel.gatherInterleaved(r.images)
+            guard !images.isEmpty else { throw EvaluationError(file: cache, reason: "no complete rows in split '\(split.rawValue)'") }
             report = EvaluationReport(student: student, teacher: teacher, data: "\(cache) (split \(split.rawValue))", options: options,
-                                      images: r.images, studentSeconds: r.studentSeconds)
+                                      images: images, studentSeconds: seconds([r.studentSeconds])[0])
         } else if let annotations, let dataset {
             let gte = GroundTruthEvaluator(model: model, dataset: dataset, decoderBatch: options.decoderBatch)
             guard !gte.evaluatedImages(maxImages: maxImages).isEmpty else {
@@ -150,10 +160,13 @@ struct Eval: ParsableCommand {
             if let maxImages { names = Array(names.prefix(maxImages)) }
             let urls = names.map { folder.appendingPathComponent($0) }
             guard !urls.isEmpty else { throw EvaluationError(file: images!, reason: "no JPEG/PNG images") }
-            let r = try evaluator.evaluateImages(urls, names: names, student: encode, studentImageSize: studentEncoder.imageSize)
-            report = EvaluationReport(student: student, teacher: teacher, data: images!, options: options, images: r.images,
-                                      studentSeconds: r.studentSeconds, teacherSeconds: r.teacherSeconds)
+            let r = try evaluator.evaluateImages(parallel.shard(urls), names: parallel.shard(names), student: encode,
+                                                 studentImageSize: studentEncoder.imageSize)
+            let t = seconds([r.studentSeconds, r.teacherSeconds])
+            report = EvaluationReport(student: student, teacher: teacher, data: images!, options: options,
+                                      images: try parallel.gatherInterleaved(r.images), studentSeconds: t[0], teacherSeconds: t[1])
         }
+        guard parallel.communicator.isRoot else { return }  // rank 0 reports
         print(report.table(), terminator: "")
         if let json { try AtomicFile.write(try report.json(), to: URL(fileURLWithPath: json)) }
         if let markdown { try AtomicFile.write(Data(report.markdown().utf8), to: URL(fileURLWithPath: markdown)) }

@@ -57,6 +57,7 @@ struct Run: ParsableCommand {
             FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
             throw ExitCode.failure
         }
+        guard pipeline.communicator.isRoot else { return }  // rank 0 reports
         print("")
         print("mIoU against the teacher's masks (\(cfg.eval.split.rawValue) split of \(cfg.data.train[0]), 95% bootstrap intervals over images):")
         if let after = o.after { print(RunPipeline.comparisonTable(before: o.before, after: after), terminator: "") }

@@ -4,7 +4,7 @@ import Tensor
 /// Options every subcommand takes: the process's runtime (`Runtime` in Tensor), applied once by
 /// `main` before the subcommand runs.
 struct RuntimeOptions: ParsableArguments {
-    @Option(help: "Worker threads for OpenBLAS and the toolkit's own loops (default: SAMDISTILL_THREADS, else all cores).")
+    @Option(help: "Worker threads for OpenBLAS and the toolkit's own loops, per rank under mpirun (default: SAMDISTILL_THREADS, else all cores, divided by the ranks on this machine).")
     var threads: Int?
 
     func validate() throws {
@@ -16,6 +16,15 @@ struct RuntimeOptions: ParsableArguments {
 protocol RuntimeConfigured {
     var runtime: RuntimeOptions { get }
 }
+
+/// A subcommand that splits its work over the ranks of an MPI job (`mpirun -np N samdistill …`);
+/// any other refuses more than one rank.
+protocol DataParallelCommand {}
+
+extension Train: DataParallelCommand {}
+extension Run: DataParallelCommand {}
+extension Cache: DataParallelCommand {}
+extension Eval: DataParallelCommand {}
 
 extension Run: RuntimeConfigured {}
 extension SegmentPrompt: RuntimeConfigured {}

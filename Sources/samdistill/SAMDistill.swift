@@ -1,4 +1,6 @@
 import ArgumentParser
+import Distributed
+import Foundation
 import Tensor
 
 @main
@@ -15,15 +17,44 @@ struct SAMDistill: ParsableCommand {
 
     /// The runtime first: the environment OpenBLAS and glibc read at load (kernel, spin, huge
     /// pages; one re-exec), then threads and allocator from the subcommand's options, once.
+    ///
+    /// Under an MPI launcher (`mpirun -np N`, `srun`; `Communicator.world`) MPI is initialised
+    /// after parsing, for the commands that split their work over ranks (`DataParallelCommand`:
+    /// train, run, cache, eval); any other command refuses more than one rank. Threads per rank
+    /// default to cores / ranks on this machine. A rank whose command fails prints its error
+    /// (naming the rank) and ends the whole job (MPI_Abort), so no rank waits for it forever.
     static func main() {
         Runtime.prepareEnvironment()
+        var world: Communicator?
         do {
             var command = try parseAsRoot()
             // Only commands that compute (help and command groups print nothing else).
-            if let computing = command as? RuntimeConfigured { Runtime.configure(threads: computing.runtime.threads) }
+            if let computing = command as? RuntimeConfigured {
+                if Communicator.launchedByMPI(ProcessInfo.processInfo.environment) {
+                    let w = Communicator.world
+                    world = w
+                    if w.isDistributed && !(command is DataParallelCommand) {
+                        w.abort("this subcommand runs in one process: launch it without mpirun/srun (train, run, cache and eval split over ranks)")
+                    }
+                }
+                Runtime.configure(threads: computing.runtime.threads ?? threadsPerRank(world))
+            }
             try command.run()
         } catch {
+            if let world, world.isDistributed {
+                let message: String
+                if let e = error as? ExitCode { message = "failed with exit status \(e.rawValue) (its error is above)" }
+                else { message = SAMDistill.fullMessage(for: error) }
+                world.abort(message, code: 1)
+            }
             exit(withError: error)
         }
+    }
+
+    /// nil (the runtime's default: SAMDISTILL_THREADS, else every core) in a one-process run;
+    /// with ranks: SAMDISTILL_THREADS, else cores / ranks on this machine (at least 1).
+    static func threadsPerRank(_ world: Communicator?) -> Int? {
+        guard let world, world.localSize > 1, ProcessInfo.processInfo.environment["SAMDISTILL_THREADS"] == nil else { return nil }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount / world.localSize)
     }
 }

@@ -42,7 +42,10 @@ struct Train: ParsableCommand {
         let trainer = try Trainer(config: cfg, student: student, train: train, validation: validation)
         trainer.showsProgress = !quiet
         try trainer.run(resume: resume)
-        print("done: \(trainer.step) steps; run directory \(trainer.runDirectory.path)")
+        if trainer.parallel.communicator.isRoot {
+            let ranks = trainer.parallel.size > 1 ? " on \(trainer.parallel.size) ranks" : ""
+            print("done: \(trainer.step) steps\(ranks); run directory \(trainer.runDirectory.path)")
+        }
     }
 }
 
