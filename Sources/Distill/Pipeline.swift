@@ -22,8 +22,10 @@ import Tensor
 //
 // Under mpirun (`Communicator.world` with N > 1 ranks): training is data-parallel on every rank
 // (Trainer); the cache rows are split over the ranks (one shard each, FeatureCacheBuilder); the
-// evaluations and the export run on rank 0 while the others wait at a barrier; rank 0 alone
-// writes pipeline.json and logs. (Splitting the evaluation images over ranks is not done yet.)
+// initial evaluation and the held-out curve during training split the images over the ranks
+// (gathered in order, rank 0 writes); the final evaluation with its visual report and the
+// export run on rank 0 while the others wait at a barrier; rank 0 alone writes pipeline.json
+// and logs.
 
 extension CacheOptions {
     /// The cache a run config describes: images from data.images (only those of data.image_list
@@ -170,7 +172,10 @@ public final class RunPipeline {
             return e
         }
         let evalDigestBase = Self.digest(trainDigest + (try Self.evaluationSettings(config).yaml()))
-        // withReport: also write report/index.html (part of the step's outputs).
+        // withReport: also write report/index.html (part of the step's outputs); rank 0 alone runs
+        // those. Without: every rank evaluates its share of the images (`DataParallel.shard`), the
+        // results are gathered in order, rank 0 writes.
+        let parallel = DataParallel(communicator)
         func evaluate(_ name: String, label: String, withReport: Bool = false, student encode: (Tensor) -> Tensor, imageSize: Int) throws -> EvaluationReport {
             let digest = Self.digest(evalDigestBase + name)
             let json = evalURL(name, "json"), md = evalURL(name, "md")
@@ -184,14 +189,20 @@ public final class RunPipeline {
             let evaluator = try makeEvaluator()
             evaluator.keepsReportSamples = withReport
             defer { evaluator.reportSamples = []; evaluator.reportPhotos = [:] }
-            let r = try evaluator.evaluateCache(reader, split: split, maxImages: config.eval.maxImages, student: encode, studentImageSize: imageSize)
-            guard !r.images.isEmpty else {
+            let r = try evaluator.evaluateCache(reader, split: split, maxImages: config.eval.maxImages, student: encode, studentImageSize: imageSize,
+                                                rowFilter: withReport ? { $0 } : parallel.shard)
+            let images = withReport ? r.images : try parallel.gatherInterleaved(r.images)
+            var seconds = [r.studentSeconds]
+            if !withReport { communicator.allreduceSum(&seconds) }
+            guard !images.isEmpty else {
                 throw EvaluationError(file: config.data.train[0], reason: "no complete rows in split '\(config.eval.split.rawValue)' to evaluate (set data.val_list or data.val_fraction, or eval.split)")
             }
             let report = EvaluationReport(student: label, teacher: config.teacher.checkpoint ?? "", data: "\(config.data.train[0]) (split \(config.eval.split.rawValue))",
-                                          options: config.eval.evaluationOptions, images: r.images, studentSeconds: r.studentSeconds)
-            try AtomicFile.write(try report.json(), to: json)
-            try AtomicFile.write(Data(report.markdown().utf8), to: md)
+                                          options: config.eval.evaluationOptions, images: images, studentSeconds: seconds[0])
+            if root {
+                try AtomicFile.write(try report.json(), to: json)
+                try AtomicFile.write(Data(report.markdown().utf8), to: md)
+            }
             if withReport {
                 let metrics = FileManager.default.fileExists(atPath: trainer.metricsURL.path) ? trainer.metricsURL : nil
                 try VisualReport(evaluation: report, baseline: outcome.before, samples: evaluator.reportSamples, photos: evaluator.reportPhotos,
@@ -201,7 +212,7 @@ public final class RunPipeline {
             try record("eval-\(name)", digest: digest, seconds: Date().timeIntervalSince(t0))
             return report
         }
-        if config.eval.before && root {
+        if config.eval.before {
             log("[2/5] eval: the initial student (\(config.initialisation.typeName)) on split \(config.eval.split.rawValue)")
             // The trainer's student before `run` restores or trains anything: the initial weights.
             let initial = trainer.student
@@ -212,11 +223,13 @@ public final class RunPipeline {
         // The held-out mIoU curve: the evaluator on the student being trained, at each eval_every step.
         if config.eval.duringTraining {
             let settings = config.eval
+            // Collective (the trainer calls it on every rank): each rank its share of the images.
             trainer.evaluationHook = { student, _ in
                 let r = try makeEvaluator().evaluateCache(reader, split: split, maxImages: settings.maxImages,
-                                                          student: { student.forward($0, mode: .inference) }, studentImageSize: student.imageSize)
+                                                          student: { student.forward($0, mode: .inference) }, studentImageSize: student.imageSize,
+                                                          rowFilter: parallel.shard)
                 let report = EvaluationReport(student: "", teacher: "", data: "", options: settings.evaluationOptions,
-                                              images: r.images, studentSeconds: r.studentSeconds)
+                                              images: try parallel.gatherInterleaved(r.images), studentSeconds: r.studentSeconds)
                 var m: [String: Double] = [:]
                 for s in report.summary { m["miou_\(s.prompt)" + (s.metric == "single" ? "" : "_\(s.metric)")] = s.miou }
                 return m

@@ -67,7 +67,7 @@ public struct StepRecord: Equatable, Sendable {
 /// averaged over ranks in flat buckets before the norm and AdamW, so every rank takes the same
 /// step; the logged loss is the mean over ranks; BatchNorm uses per-rank statistics (running
 /// statistics averaged after each step) unless `sync_batchnorm`. Validation rows are split over
-/// the ranks and their sums all-reduced; the evaluation hook runs on rank 0. Rank 0 alone writes
+/// the ranks and their sums all-reduced; the evaluation hook runs on every rank. Rank 0 alone writes
 /// config.yaml, metrics, the plot, checkpoints and the progress line; every rank reads the
 /// checkpoint on resume, with any rank count (the global batch is then N·batch_size of the new
 /// run). The phases `allreduce` (gradients, buffers, loss) and `sync_batchnorm` time the
@@ -102,7 +102,8 @@ public final class Trainer {
     /// Print the progress line (stderr; rewritten in place on a terminal, plain lines otherwise).
     public var showsProgress = true
     /// Extra evaluation run at each `eval_every` step (e.g. mask mIoU from the evaluator); its
-    /// metrics are logged beside the embedding MSE / cosine.
+    /// metrics are logged beside the embedding MSE / cosine. Called on every rank of a
+    /// data-parallel run (it may use collectives; its results must agree across ranks).
     public var evaluationHook: ((Student, Int) throws -> [String: Double])? = nil
     /// Called after every step (tests use it to stop a run part-way).
     public var afterStep: ((StepRecord) throws -> Void)? = nil
@@ -349,7 +350,8 @@ public final class Trainer {
 
     /// Embedding MSE and cosine on the validation set (inference mode), plus the hook's metrics.
     /// Data-parallel: rank r evaluates rows r, r + N, …, the sums are all-reduced (every rank gets
-    /// val_mse / val_cosine); the hook runs on rank 0 only and rank 0 logs.
+    /// val_mse / val_cosine); the hook runs on every rank (a collective: RunPipeline's splits its
+    /// images over the ranks and gathers) and rank 0 logs.
     public func evaluate() throws -> [String: Double] {
         var metrics: [String: Double] = [:]
         let c = parallel.communicator
@@ -362,7 +364,7 @@ public final class Trainer {
             metrics["val_mse"] = r.mse
             metrics["val_cosine"] = r.cosine
         }
-        if let hook = evaluationHook, c.isRoot {
+        if let hook = evaluationHook {
             for (k, v) in try hook(student, step) { metrics[k] = v }
         }
         if !metrics.isEmpty {

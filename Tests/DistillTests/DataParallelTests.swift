@@ -263,8 +263,9 @@ final class DataParallelTests: XCTestCase {
     }
 
     /// `mpirun -np 2 samdistill run CONFIG`: cache rows split over the ranks (a 2-shard cache),
-    /// data-parallel training, evaluation and export on rank 0; one report; a rerun finds every
-    /// step up to date.
+    /// data-parallel training, the initial evaluation and the held-out mIoU curve split over the
+    /// ranks (the initial report identical to a one-process run's), final evaluation and export on
+    /// rank 0; one report; a rerun finds every step up to date.
     func testRunPipelineOnTwoRanks() throws {
         guard Self.mpirun != nil else { throw XCTSkip("mpirun is not installed (Scripts/setup installs openmpi-bin)") }
         let dir = try CacheTestSupport.temporaryDirectory("mpi-run")
@@ -285,16 +286,32 @@ final class DataParallelTests: XCTestCase {
             steps: 4
             checkpoint_every: 2
             sync_batchnorm: true
-            eval: {prompts: {types: [point], count: 2}, max_images: 3}
+            eval_every: 2
+            eval: {prompts: {types: [point], count: 2}, max_images: 3, during_training: true}
             export: {path: student.safetensors}
             output_dir: \(run.path)
             """.write(to: cfg, atomically: true, encoding: .utf8)
+        // The one-process reference (its own cache and run directory, batch 2 = 2 ranks × 1).
+        let oneRun = dir.appendingPathComponent("one"), oneCache = dir.appendingPathComponent("one.h5")
+        let one = try Self.samdistill(ranks: 0, ["run", cfg.path, "--quiet", "--set", "output_dir=\(oneRun.path)",
+                                                 "--set", "data.train=[\(oneCache.path)]", "--set", "batch_size=2"])
+        XCTAssertEqual(one.status, 0, one.err)
         let r = try Self.samdistill(ranks: 2, ["run", cfg.path, "--quiet"])
         XCTAssertEqual(r.status, 0, "\(r.out)\n\(r.err)")
         XCTAssertEqual(r.out.components(separatedBy: "exported student:").count, 2, "rank 0 reports once: \(r.out)")
         XCTAssertTrue(FileManager.default.fileExists(atPath: run.appendingPathComponent("student.safetensors").path))
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("cache-shard-00001.h5").path), "one shard per rank")
         XCTAssertEqual(try Self.metrics(run).losses.count, 4)
+        let initial = try [oneRun, run].map { try JSONSerialization.jsonObject(with: Data(contentsOf: $0.appendingPathComponent("eval-init.json"))) as! [String: Any] }
+        for key in ["rows", "summary"] {
+            let a = try JSONSerialization.data(withJSONObject: initial[0][key] as Any, options: [.sortedKeys])
+            let b = try JSONSerialization.data(withJSONObject: initial[1][key] as Any, options: [.sortedKeys])
+            XCTAssertEqual(String(decoding: a, as: UTF8.self), String(decoding: b, as: UTF8.self), "eval-init \(key): 1 vs 2 ranks")
+        }
+        let curve = try String(contentsOf: run.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+            .split(separator: "\n").compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .compactMap { ($0["eval"] as? [String: Double])?["miou_point"] }
+        XCTAssertEqual(curve.count, 2, "the held-out mIoU at steps 2 and 4, gathered from both ranks")
         let again = try Self.samdistill(ranks: 2, ["run", cfg.path, "--quiet"])
         XCTAssertEqual(again.status, 0, again.err)
         XCTAssertTrue(again.out.contains("up to date: ") && again.out.contains("train"), again.out)
