@@ -6,7 +6,7 @@ import Tensor
 
 // The image encoders as ONNX graphs (opset 17): a (1, 3, S, S) image, normalised and padded as SAM
 // preprocesses it, → the embedding (1, C, S/16, S/16). Each function follows its Swift forward
-// step by step (TinyViT.swift, ImageEncoderViT.swift, ConvStudent.swift and the layers they use),
+// step by step (TinyViT.swift, ImageEncoderViT.swift, ConvStudent.swift, RepViT.swift and the layers they use),
 // with BatchNorm folded into the convolution before it (running statistics: inference).
 // Between transformer blocks the tokens (1, H·W, C) are kept as an NHWC grid (1, H, W, C);
 // convolutions take NCHW. Initializers are named by checkpoint key (`image_encoder.…`).
@@ -18,6 +18,7 @@ enum ONNXEncoders {
         case let e as TinyViT: return tinyViT(e, g, image)
         case let e as ImageEncoderViT: return vit(e, g, image)
         case let e as ConvStudent: return convStudent(e, g, image)
+        case let e as RepViT: return repViT(e, g, image)
         default: throw ExportError(file: "\(type(of: encoder))", reason: "no ONNX graph for this encoder type")
         }
     }
@@ -252,5 +253,51 @@ enum ONNXEncoders {
             x = g.relu(g.convTranspose(x, weight: u.weight.value, bias: u.bias?.value, name: p + "up.\(2 * k)"), name: p + "up.\(2 * k + 1)")
         }
         return conv(g, x, m.head, p + "head")
+    }
+
+    // MARK: RepViT
+
+    /// A Conv2d_BN or its fused conv, as one Conv (`RepConv.foldedParameters`).
+    static func repConv(_ g: GraphBuilder, _ x: String, _ c: RepConv, _ name: String) -> String {
+        let (w, b) = c.foldedParameters(), k = c.conv
+        return g.conv(x, weight: w, bias: b, stride: k.stride, padding: k.padding, groups: k.groups, name: name)
+    }
+
+    /// timm's SqueezeExcite: x · σ(fc2(ReLU(fc1(mean_HW(x))))).
+    static func squeezeExcite(_ g: GraphBuilder, _ x: String, _ se: SqueezeExcite, _ p: String) -> String {
+        let s = g.op("GlobalAveragePool", [x], name: p + "pool")
+        let h = g.relu(conv(g, s, se.fc1, p + "fc1"), name: p + "act")
+        let a = g.op("Sigmoid", [conv(g, h, se.fc2, p + "fc2")], name: p + "gate")
+        return g.op("Mul", [x, a], name: p + "scale")
+    }
+
+    /// EdgeSAM's RepViT, structurally re-parameterised whatever form `m` is in: every Conv2d_BN
+    /// and every RepVGGDW one Conv; the stage-3 upsampling is Resize (cubic, A = −0.75,
+    /// pytorch_half_pixel: PyTorch's bicubic with align_corners=False).
+    static func repViT(_ m: RepViT, _ g: GraphBuilder, _ image: String) -> String {
+        let p = "image_encoder."
+        let stem = g.gelu(repConv(g, image, m.stem.conv1, p + "features.0.0"), name: p + "features.0.1")
+        var x = repConv(g, stem, m.stem.conv2, p + "features.0.2"), s2 = x
+        for (i, b) in m.blocks.enumerated() {
+            let bp = p + "features.\(i + 1)."
+            var t: String
+            if let mixer = b.mixer {
+                let (w, bias) = mixer.foldedParameters()
+                t = g.conv(x, weight: w, bias: bias, stride: 1, padding: 1, groups: mixer.channels, name: bp + "token_mixer.0")
+            } else {
+                t = repConv(g, x, b.downsample!.depthwise, bp + "token_mixer.0")
+            }
+            if let se = b.se { t = squeezeExcite(g, t, se, bp + "token_mixer.1.") }
+            if let d = b.downsample { t = repConv(g, t, d.pointwise, bp + "token_mixer.2") }
+            let h = g.gelu(repConv(g, t, b.expand, bp + "channel_mixer.m.0"), name: bp + "channel_mixer.m.1")
+            x = g.op("Add", [repConv(g, h, b.project, bp + "channel_mixer.m.2"), t], name: bp + "channel_mixer")
+            if i == m.stage2End { s2 = x }
+        }
+        let f2 = conv(g, s2, m.fusion.fuseStage2, p + "fuse_stage2")
+        let f3 = g.op("Resize", [conv(g, x, m.fusion.fuseStage3, p + "fuse_stage3.op_list.0"), "",
+                                 g.constant([1, 1, 2, 2], shape: [4], name: p + "fuse_stage3.scales")],
+                      [.string("mode", "cubic"), .float("cubic_coeff_a", -0.75),
+                       .string("coordinate_transformation_mode", "pytorch_half_pixel")], name: p + "fuse_stage3.op_list.1")
+        return neck(g, g.op("Add", [f2, f3], name: p + "fuse"), m.fusion.neck, p + "neck.")
     }
 }

@@ -256,7 +256,7 @@ extension SAMEncoderConfig {
     /// A RepViT's architecture from its keys (`features.N.…`, `fuse_stage2`): fused when the stem
     /// conv has a bias; stage widths where a block's channel mixer widens; a stage starts at each
     /// stride-2 block (`token_mixer.2`, the in → out 1×1); SE blocks by `token_mixer.1.fc1`;
-    /// image size 1024. EdgeSAM's own checkpoint reads this way.
+    /// image size 1024. EdgeSAM's key layout (its released checkpoint itself not tried here).
     static func detectRepViT(_ encoder: [String: Tensor], file: String) throws -> RepViTConfig {
         func fail(_ why: String) -> SAMModelError { SAMModelError(file: file, reason: why) }
         var c = RepViTConfig()
