@@ -149,6 +149,7 @@ public struct TorchCheckpoint: Sendable {
         }
         try TorchCheckpoint.checkContainer(url, fail)
         let fileSize = ((try? FileManager.default.attributesOfItem(atPath: file)[.size]) as? NSNumber)?.uint64Value ?? 0
+        if let problem = TorchCheckpoint.centralDirectoryProblem(url, fileSize: fileSize) { throw fail(.damagedArchive(problem)) }
 
         let archive: Archive
         do { archive = try Archive(url: url, accessMode: .read) } catch {
@@ -248,6 +249,55 @@ public struct TorchCheckpoint: Sendable {
     // MARK: Container
 
     /// Tells zip archives from legacy pickles, tar files and foreign files by their first bytes.
+    /// ZIPFoundation 0.9.20 traps on a central-directory offset ≥ 2⁶³ (its `readStruct` guard
+    /// compares with UInt64.max, then converts to off_t): every directory and local-header offset
+    /// is checked against the file size first. nil: fine (or no directory found: ZIPFoundation
+    /// reports that itself).
+    static func centralDirectoryProblem(_ url: URL, fileSize: UInt64) -> String? {
+        guard let handle = FileHandle(forReadingAtPath: url.path) else { return nil }
+        defer { try? handle.close() }
+        func read(_ offset: UInt64, _ count: Int) -> [UInt8]? {
+            guard offset < fileSize, (try? handle.seek(toOffset: offset)) != nil,
+                  let d = try? handle.read(upToCount: count), d.count == count else { return nil }
+            return [UInt8](d)
+        }
+        func le(_ b: [UInt8], _ at: Int, _ n: Int) -> UInt64 {
+            (0..<n).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) }
+        }
+        // The end-of-central-directory record: within the last 64 KiB + 22 bytes.
+        let tailStart = fileSize > 65_557 ? fileSize - 65_557 : 0
+        guard let tail = read(tailStart, Int(fileSize - tailStart)), tail.count >= 22,
+              let eocd = (0...(tail.count - 22)).reversed().first(where: { le(tail, $0, 4) == 0x0605_4B50 }) else { return nil }
+        var directory = le(tail, eocd + 16, 4), entries = le(tail, eocd + 10, 2)
+        if directory == 0xFFFF_FFFF || entries == 0xFFFF, eocd >= 20, le(tail, eocd - 20, 4) == 0x0706_4B50 {
+            let record = le(tail, eocd - 12, 8)  // the ZIP64 end-of-central-directory record
+            guard let z = read(record, 56), le(z, 0, 4) == 0x0606_4B50 else { return "its ZIP64 directory record offset \(record) is outside the file" }
+            directory = le(z, 48, 8); entries = le(z, 32, 8)
+        }
+        guard directory < fileSize else { return "its central directory offset \(directory) is outside the \(fileSize)-byte file" }
+        var at = directory
+        for _ in 0..<min(entries, 1 << 20) {
+            guard let h = read(at, 46), le(h, 0, 4) == 0x0201_4B50 else { return nil }  // ZIPFoundation stops here too
+            let nameLength = le(h, 28, 2), extraLength = le(h, 30, 2), commentLength = le(h, 32, 2)
+            var local = le(h, 42, 4)
+            if local == 0xFFFF_FFFF, let extra = read(at + 46 + nameLength, Int(extraLength)) {
+                // ZIP64 extra field: the 8-byte values present are those whose 4-byte field is 0xFFFFFFFF.
+                var i = 0
+                while i + 4 <= extra.count {
+                    let id = le(extra, i, 2), size = Int(le(extra, i + 2, 2))
+                    if id == 1 {
+                        let skip = (le(h, 24, 4) == 0xFFFF_FFFF ? 8 : 0) + (le(h, 20, 4) == 0xFFFF_FFFF ? 8 : 0)
+                        if i + 4 + skip + 8 <= extra.count { local = le(extra, i + 4 + skip, 8) }
+                    }
+                    i += 4 + size
+                }
+            }
+            guard local < fileSize else { return "an entry's local header offset \(local) is outside the \(fileSize)-byte file" }
+            at += 46 + nameLength + extraLength + commentLength
+        }
+        return nil
+    }
+
     private static func checkContainer(_ url: URL, _ fail: (TorchCheckpointError.Kind) -> TorchCheckpointError) throws {
         guard let handle = FileHandle(forReadingAtPath: url.path) else {
             let why = FileManager.default.fileExists(atPath: url.path) ? "permission denied" : "no such file"
