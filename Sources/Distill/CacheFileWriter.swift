@@ -42,7 +42,10 @@ final class CacheFileWriter {
 
     /// Creates a cache file with every row planned and space reserved (so writing rows later
     /// never changes HDF5 metadata), at a temporary name renamed into place once complete.
-    /// Every dataset's chunks carry HDF5's Fletcher-32 checksum (format version 2).
+    /// Every dataset's chunks carry HDF5's Fletcher-32 checksum (format version 2). With the
+    /// filter, HDF5 writes every reserved chunk (zeros, checksum 0) at creation instead of leaving
+    /// the file sparse: the rows' disk space is taken now, so a disk too small fails here, before
+    /// any row is computed, and never in the middle of the run.
     static func create(_ url: URL, settings: CacheSettings, plan: ArraySlice<PlannedRow>, command: String,
                        extra: (HDF5File) throws -> Void = { _ in }) throws {
         let tmp = url.deletingLastPathComponent().appendingPathComponent(url.lastPathComponent + ".creating")
@@ -94,6 +97,11 @@ final class CacheFileWriter {
             try f.flush()
             f.close()
             try FileManager.default.moveItem(atPath: tmp.path, toPath: url.path)
+        } catch let e as HDF5Error {
+            // Named by the cache's own name (the temporary one is gone): e.g. a disk too small.
+            try? FileManager.default.removeItem(at: tmp)
+            throw CacheError("\(url.path): cannot create the cache: \(e.object.isEmpty ? "" : "dataset '\(e.object)': ")\(e.operation) failed"
+                             + (e.reason.isEmpty ? "" : " (\(e.reason))"))
         } catch {
             try? FileManager.default.removeItem(at: tmp)
             throw error

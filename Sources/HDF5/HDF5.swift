@@ -180,7 +180,22 @@ public class HDF5Object {
             }, ptr)
         }
         H5Eclear2(chdf5_e_default())
-        return message
+        return conciseMessage(message)
+    }
+
+    /// HDF5's low-level I/O messages span lines and carry buffer addresses ("file write failed:
+    /// time = …\n, filename = …, errno = 28, error message = 'No space left on device', buf = …"):
+    /// kept as "file write failed: No space left on device (errno 28)", one line.
+    static func conciseMessage(_ m: String) -> String {
+        let oneLine = m.split(whereSeparator: \.isNewline).joined(separator: " ")
+        guard let r = oneLine.range(of: "error message = '"),
+              let end = oneLine[r.upperBound...].firstIndex(of: "'") else { return oneLine }
+        let what = oneLine[..<(oneLine.firstIndex(of: ":") ?? oneLine.endIndex)]
+        var errno = ""
+        if let e = oneLine.range(of: "errno = ") {
+            errno = " (errno " + oneLine[e.upperBound...].prefix { $0.isNumber } + ")"
+        }
+        return what + ": " + oneLine[r.upperBound..<end] + errno
     }
 
     // MARK: attributes
@@ -431,10 +446,13 @@ public final class HDF5File: HDF5Object {
     /// that every read verifies (a damaged chunk fails to read instead of reading as data).
     ///
     /// Checked on HDF5 1.10.8: Fletcher-32 with early allocation and fill time never is
-    /// accepted; the reserved chunks are allocated at their filtered size (data + 4 bytes) and
-    /// hold zeros, whose Fletcher-32 is 0, so unwritten rows read as zeros and pass; rewriting
-    /// a chunk keeps its size, so it is rewritten in place and the index (file metadata) is
-    /// untouched (`testChecksummedRowWritesChangeOnlyTheirChunk`).
+    /// accepted; the reserved chunks are allocated at their filtered size (data + 4 bytes) and,
+    /// filtered chunks having to be valid, written at creation with zeros (whose Fletcher-32 is
+    /// 0) despite fill time never, so the file is not sparse and unwritten rows read as zeros;
+    /// rewriting a chunk keeps its size, so it is rewritten in place and the index (file
+    /// metadata) is untouched (`testChecksummedRowWritesChangeOnlyTheirChunk`). Late allocation
+    /// would avoid the up-front write but add each chunk to the index at its first write: a
+    /// metadata change per row, which the cache's crash safety rules out.
     public func createDataset(_ path: String, type: HDF5ElementType, rowShape: [Int], rows: Int,
                               chunkRows: Int = 1, allocateEarly: Bool = false, checksum: Bool = false) throws -> HDF5Dataset {
         try HDF5Lock.run {

@@ -150,10 +150,14 @@ final class CacheFaultTests: XCTestCase {
 /// freed, rerunning (`train --resume`) completes with the uninterrupted run's rows, losses and
 /// weights.
 ///
-/// The tmpfs is mounted with mount(8), which needs root (or CAP_SYS_ADMIN): a real ENOSPC from
-/// a real filesystem, sparse files included (the cache reserves its rows' space in HDF5 without
-/// writing them, so the disk fills during row writes, as it would in use). Without the
-/// privilege the test is skipped with that reason.
+/// Cache rows cannot meet a full disk mid-run: the cache writes its rows' space when it creates
+/// the file (Fletcher-32 chunks are written at allocation), so the disk fills at creation, which
+/// fails with one error naming the cache; a cache created before the disk filled resumes to the
+/// end on a disk with no free page.
+///
+/// The tmpfs is mounted with mount(8), which needs root (or CAP_SYS_ADMIN): a real ENOSPC from a
+/// real filesystem (RLIMIT_FSIZE, the unprivileged alternative, gives EFBIG per file, not a full
+/// disk). Without the privilege the test is skipped with that reason.
 final class FullDiskTests: XCTestCase {
     var dir: URL!
     var disk: URL!
@@ -231,22 +235,43 @@ final class FullDiskTests: XCTestCase {
         XCTAssertEqual(r0.status, 0, r0.err)
         let expected = try CacheTestSupport.rowDump(reference)
         XCTAssertEqual(expected.count, 12)
+        // The cache takes its rows' space when it creates the file (the checksummed chunks are
+        // written then, CacheFileWriter.create), so a disk too small fails there, before any row,
+        // with one error naming the cache and nothing left behind.
         let cache = disk.appendingPathComponent("cache.h5")
+        XCTAssertGreaterThanOrEqual(allocated(reference), 12 * (64 * 64 * 3 + 256 * 16 * 2), "the file is not sparse")
         try fill(leaving: allocated(reference) / 2)
         let r1 = try CacheTestSupport.run(exe, cacheArgs(cache))
         XCTAssertEqual(r1.status, 1, "cache on a full disk: \(r1.err)")
         XCTAssertEqual(errorLines(r1.err).count, 1, "one error: \(r1.err)")
-        XCTAssertTrue(r1.err.contains(cache.path) && r1.err.contains("No space left on device"), r1.err)
+        XCTAssertTrue(r1.err.contains(cache.path + ": ") && r1.err.contains("No space left on device"), r1.err)
         XCTAssertFalse(r1.err.contains("HDF5-DIAG"), r1.err)
-        let partial = try CacheReader(cache).rows()
-        XCTAssertTrue(!partial.isEmpty && partial.count < 12, "the disk filled mid-cache: \(partial.count) of 12 rows complete")
-        let dump = try CacheTestSupport.rowDump(cache)
-        for i in partial { XCTAssertEqual(dump[i], expected[i], "row \(i), complete before the disk filled") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cache.path))
+        XCTAssertTrue(leftovers(disk).isEmpty, "temporary files left: \(leftovers(disk))")
         try freeSpace()
+        // With room for the file: killed as soon as it exists, then the disk filled to the last
+        // page; the resumed run still writes every row (their space is the file's), the rows
+        // complete before the kill are intact, and the result equals the uninterrupted cache.
+        let p = Process()
+        p.executableURL = exe
+        p.arguments = cacheArgs(cache)
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        while p.isRunning && !FileManager.default.fileExists(atPath: cache.path) { usleep(500) }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        let partial = try CacheReader(cache).rows()
+        let dump = try CacheTestSupport.rowDump(cache)
+        for i in partial { XCTAssertEqual(dump[i], expected[i], "row \(i), complete before the kill") }
+        try fill(leaving: 0)
         let r2 = try CacheTestSupport.run(exe, cacheArgs(cache))
-        XCTAssertEqual(r2.status, 0, r2.err)
+        XCTAssertEqual(r2.status, 0, "resumed on a full disk: \(r2.err)")
+        XCTAssertLessThan(freeBytes(), 8192, "the disk is full")
         XCTAssertEqual(try CacheTestSupport.rowDump(cache), expected, "the resumed cache equals the uninterrupted one")
-        print("full disk, cache: \(partial.count) of 12 rows complete when the disk filled; error: \(r1.err.trimmingCharacters(in: .newlines))")
+        print("full disk, cache: \(r1.err.trimmingCharacters(in: .newlines)); killed after creation with \(partial.count) of 12 rows complete, resumed on a full disk")
+        try freeSpace()
+        try FileManager.default.removeItem(at: cache)
 
         // Checkpoints: the uninterrupted run, then one whose disk fills writing the step-4 checkpoint.
         func trainConfig(_ run: URL) throws -> URL {
