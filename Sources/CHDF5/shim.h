@@ -30,7 +30,13 @@ static inline unsigned chdf5_acc_rdwr(void) { return H5F_ACC_RDWR; }
 static inline unsigned chdf5_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned chdf5_acc_excl(void) { return H5F_ACC_EXCL; }
 /// Turns off HDF5's automatic printing of its error stack (errors become Swift throws instead).
-static inline void chdf5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+/// First, before anything initialises the library, H5dont_atexit: HDF5's exit handler closes
+/// files still open, and crashes (SIGSEGV in H5F__close_cb, 1.10.8) on a file whose close already
+/// failed, e.g. on a full disk. Every file the toolkit writes is flushed and closed explicitly.
+static inline void chdf5_silence_errors(void) {
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
 /// IEEE half precision, little-endian (1 sign, 5 exponent, 10 mantissa bits, bias 15): the layout
 /// numpy calls float16 and h5py maps back to it. HDF5 1.10 predefines no such type.
 static inline hid_t chdf5_create_f16le(void) {
@@ -42,3 +48,8 @@ static inline hid_t chdf5_create_f16le(void) {
     }
     return t;
 }
+
+// Added for the cache's checksums (HDF5.swift): the Fletcher-32 filter's id and the undefined
+// file address H5Dget_chunk_info_by_coord reports for a chunk with no file space.
+static inline int chdf5_z_filter_fletcher32(void) { return H5Z_FILTER_FLETCHER32; }
+static inline haddr_t chdf5_haddr_undef(void) { return HADDR_UNDEF; }

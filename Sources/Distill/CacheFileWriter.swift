@@ -42,6 +42,10 @@ final class CacheFileWriter {
 
     /// Creates a cache file with every row planned and space reserved (so writing rows later
     /// never changes HDF5 metadata), at a temporary name renamed into place once complete.
+    /// Every dataset's chunks carry HDF5's Fletcher-32 checksum (format version 2). With the
+    /// filter, HDF5 writes every reserved chunk (zeros, checksum 0) at creation instead of leaving
+    /// the file sparse: the rows' disk space is taken now, so a disk too small fails here, before
+    /// any row is computed, and never in the middle of the run.
     static func create(_ url: URL, settings: CacheSettings, plan: ArraySlice<PlannedRow>, command: String,
                        extra: (HDF5File) throws -> Void = { _ in }) throws {
         let tmp = url.deletingLastPathComponent().appendingPathComponent(url.lastPathComponent + ".creating")
@@ -59,19 +63,19 @@ final class CacheFileWriter {
             try extra(f)
             let n = plan.count, S = settings.imageSize
             let embType: HDF5ElementType = settings.embeddingDType == "float32" ? .float32 : .float16
-            _ = try f.createDataset("image", type: .uint8, rowShape: [S, S, 3], rows: n, allocateEarly: true)
-            _ = try f.createDataset("embedding", type: embType, rowShape: settings.embeddingShape, rows: n, allocateEarly: true)
-            _ = try f.createDataset("original_size", type: .int32, rowShape: [2], rows: n, allocateEarly: true)
-            _ = try f.createDataset("resized_size", type: .int32, rowShape: [2], rows: n, allocateEarly: true)
-            _ = try f.createDataset("view_params", type: .float32, rowShape: [5], rows: n, allocateEarly: true)
+            _ = try f.createDataset("image", type: .uint8, rowShape: [S, S, 3], rows: n, allocateEarly: true, checksum: true)
+            _ = try f.createDataset("embedding", type: embType, rowShape: settings.embeddingShape, rows: n, allocateEarly: true, checksum: true)
+            _ = try f.createDataset("original_size", type: .int32, rowShape: [2], rows: n, allocateEarly: true, checksum: true)
+            _ = try f.createDataset("resized_size", type: .int32, rowShape: [2], rows: n, allocateEarly: true, checksum: true)
+            _ = try f.createDataset("view_params", type: .float32, rowShape: [5], rows: n, allocateEarly: true, checksum: true)
             let width = max(64, ((plan.map { $0.source.utf8.count }.max() ?? 0) + 63) / 64 * 64)
-            let src = try f.createDataset("source", type: .string(width), rowShape: [], rows: n, allocateEarly: true)
+            let src = try f.createDataset("source", type: .string(width), rowShape: [], rows: n, allocateEarly: true, checksum: true)
             try src.writeStrings(rows: 0, plan.map(\.source))
-            let v = try f.createDataset("view", type: .int32, rowShape: [], rows: n, allocateEarly: true)
+            let v = try f.createDataset("view", type: .int32, rowShape: [], rows: n, allocateEarly: true, checksum: true)
             try v.write(rows: 0, plan.map { Int32($0.view) })
-            let sp = try f.createDataset("split", type: .uint8, rowShape: [], rows: n, allocateEarly: true)
+            let sp = try f.createDataset("split", type: .uint8, rowShape: [], rows: n, allocateEarly: true, checksum: true)
             try sp.write(rows: 0, plan.map { UInt8($0.split) })
-            let c = try f.createDataset("complete", type: .uint8, rowShape: [], rows: n, allocateEarly: true)
+            let c = try f.createDataset("complete", type: .uint8, rowShape: [], rows: n, allocateEarly: true, checksum: true)
             try c.write(rows: 0, [UInt8](repeating: 0, count: n))
             // Zero sizes and parameters so incomplete rows read as zeros, never garbage.
             for name in ["original_size", "resized_size"] {
@@ -83,7 +87,7 @@ final class CacheFileWriter {
                 for (name, shape, type) in [("everything_masks", [Int](), HDF5ElementType.int32), ("everything_dropped", [], .int32),
                                             ("everything_rle_lengths", [M], .int32), ("everything_rle_counts", [e.maxCounts], .int32),
                                             ("everything_iou", [M], .float32), ("everything_stability", [M], .float32)] {
-                    _ = try f.createDataset(name, type: type, rowShape: shape, rows: n, allocateEarly: true)
+                    _ = try f.createDataset(name, type: type, rowShape: shape, rows: n, allocateEarly: true, checksum: true)
                 }
                 // Counts of 0 so incomplete rows read as holding no masks.
                 for name in ["everything_masks", "everything_dropped"] {
@@ -93,6 +97,11 @@ final class CacheFileWriter {
             try f.flush()
             f.close()
             try FileManager.default.moveItem(atPath: tmp.path, toPath: url.path)
+        } catch let e as HDF5Error {
+            // Named by the cache's own name (the temporary one is gone): e.g. a disk too small.
+            try? FileManager.default.removeItem(at: tmp)
+            throw CacheError("\(url.path): cannot create the cache: \(e.object.isEmpty ? "" : "dataset '\(e.object)': ")\(e.operation) failed"
+                             + (e.reason.isEmpty ? "" : " (\(e.reason))"))
         } catch {
             try? FileManager.default.removeItem(at: tmp)
             throw error

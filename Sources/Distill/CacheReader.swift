@@ -217,6 +217,21 @@ public final class CacheReader {
         return (p.writer, row - p.firstRow)
     }
 
+    /// Runs the reads of `row` (row `local` of `w`'s file); a failed HDF5 read (a chunk that fails
+    /// its Fletcher-32 checksum, a short file) becomes one error naming the file, the dataset and
+    /// the row, so damaged data is reported and never used.
+    private func reading<T>(_ row: Int, _ w: CacheFileWriter, _ local: Int, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let e as HDF5Error {
+            let which = parts.count > 1 ? "row \(row) (row \(local) of this file)" : "row \(row)"
+            if e.reason.localizedCaseInsensitiveContains("fletcher32") {
+                throw CacheError("\(e.file): \(which) is damaged: dataset '\(e.object)' fails its Fletcher-32 checksum")
+            }
+            throw CacheError("\(e.file): \(which): dataset '\(e.object)': \(e.operation) failed" + (e.reason.isEmpty ? "" : " (\(e.reason))"))
+        }
+    }
+
     private func readEmbedding(_ w: CacheFileWriter, _ local: Int, into out: UnsafeMutablePointer<Float>) throws {
         let n = embeddingShape.reduce(1, *)
         if embeddingDType == "float16" {
@@ -241,22 +256,24 @@ public final class CacheReader {
     /// The source path (relative to the cached folder) of a complete row, without reading pixels.
     public func source(of row: Int) throws -> String {
         let (w, local) = try locate(row)
-        return try w.source.readStrings(rows: local, count: 1)[0]
+        return try reading(row, w, local) { try w.source.readStrings(rows: local, count: 1)[0] }
     }
 
     /// One complete row, as stored (embedding widened to Float32).
     public func row(_ row: Int) throws -> CacheRow {
         let (w, local) = try locate(row)
-        var e = Tensor(zeros: embeddingShape)
-        try e.data.withUnsafeMutableBufferPointer { try readEmbedding(w, local, into: $0.baseAddress!) }
-        let os = try w.originalSize.readInts(rows: local, count: 1)
-        let vp = try w.viewParams.readFloats(rows: local, count: 1)
-        return CacheRow(row: row, image: try readImage(w, local), embedding: e,
-                        originalSize: ImageSize(height: os[0], width: os[1]),
-                        source: try w.source.readStrings(rows: local, count: 1)[0],
-                        view: try w.view.readInts(rows: local, count: 1)[0],
-                        viewParameters: ViewParameters(stored: vp),
-                        split: CacheSplit(rawValue: try w.split.readInts(rows: local, count: 1)[0]) ?? .train)
+        return try reading(row, w, local) {
+            var e = Tensor(zeros: embeddingShape)
+            try e.data.withUnsafeMutableBufferPointer { try readEmbedding(w, local, into: $0.baseAddress!) }
+            let os = try w.originalSize.readInts(rows: local, count: 1)
+            let vp = try w.viewParams.readFloats(rows: local, count: 1)
+            return CacheRow(row: row, image: try readImage(w, local), embedding: e,
+                            originalSize: ImageSize(height: os[0], width: os[1]),
+                            source: try w.source.readStrings(rows: local, count: 1)[0],
+                            view: try w.view.readInts(rows: local, count: 1)[0],
+                            viewParameters: ViewParameters(stored: vp),
+                            split: CacheSplit(rawValue: try w.split.readInts(rows: local, count: 1)[0]) ?? .train)
+        }
     }
 
     /// The teacher everything-masks of a complete row (nil when the cache has none). Stored counts
@@ -266,9 +283,10 @@ public final class CacheReader {
         let (w, local) = try locate(row)
         let d = w.everything!
         func bad(_ why: String) -> FormatError { FormatError(file: w.file.filePath, reason: "row \(local): everything masks: \(why)") }
-        let n = try d[0].readInts(rows: local, count: 1)[0]
-        let lengths = try d[2].readInts(rows: local, count: 1), counts = try d[3].readInts(rows: local, count: 1)
-        let iou = try d[4].readFloats(rows: local, count: 1), stability = try d[5].readFloats(rows: local, count: 1)
+        let (n, lengths, counts, iou, stability) = try reading(row, w, local) {
+            (try d[0].readInts(rows: local, count: 1)[0], try d[2].readInts(rows: local, count: 1), try d[3].readInts(rows: local, count: 1),
+             try d[4].readFloats(rows: local, count: 1), try d[5].readFloats(rows: local, count: 1))
+        }
         guard (0...lengths.count).contains(n) else { throw bad("\(n) masks, the row holds at most \(lengths.count)") }
         var masks: [EverythingMask] = [], start = 0
         for i in 0..<n {
@@ -293,16 +311,18 @@ public final class CacheReader {
         var valid: [ImageSize] = [], original: [ImageSize] = []
         for (b, r) in rows.enumerated() {
             let (w, local) = try locate(r)
-            let img = try readImage(w, local)
-            images.data.withUnsafeMutableBufferPointer {
-                img.normalise(into: $0.baseAddress! + b * 3 * S * S, mean: pixelMean, std: pixelStd)
+            try reading(r, w, local) {
+                let img = try readImage(w, local)
+                images.data.withUnsafeMutableBufferPointer {
+                    img.normalise(into: $0.baseAddress! + b * 3 * S * S, mean: pixelMean, std: pixelStd)
+                }
+                try embeddings.data.withUnsafeMutableBufferPointer {
+                    try readEmbedding(w, local, into: $0.baseAddress! + b * C * G * G2)
+                }
+                valid.append(img.validSize)
+                let os = try w.originalSize.readInts(rows: local, count: 1)
+                original.append(ImageSize(height: os[0], width: os[1]))
             }
-            try embeddings.data.withUnsafeMutableBufferPointer {
-                try readEmbedding(w, local, into: $0.baseAddress! + b * C * G * G2)
-            }
-            valid.append(img.validSize)
-            let os = try w.originalSize.readInts(rows: local, count: 1)
-            original.append(ImageSize(height: os[0], width: os[1]))
         }
         var batch = CacheBatch(rows: rows, images: images, embeddings: embeddings, validSizes: valid, originalSizes: original)
         if everythingMaskSize != nil { batch.everythingMasks = try rows.map { try everythingMasks($0)! } }

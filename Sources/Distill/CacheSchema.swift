@@ -3,7 +3,11 @@ import HDF5
 import SegmentAnything
 import Tensor
 
-/// The feature cache's HDF5 schema (format `samdistill-feature-cache`, version 1).
+/// The feature cache's HDF5 schema (format `samdistill-feature-cache`, version 2).
+///
+/// Versions: 2 stores every chunk with HDF5's Fletcher-32 checksum filter (h5py reads it with
+/// no plugin), so a damaged row fails to read, naming its file, dataset and row, instead of
+/// reading as data; 1 (no checksums, otherwise the same) still opens and resumes.
 ///
 /// Root attributes: `format`, `format_version`, `teacher`, `teacher_architecture`,
 /// `teacher_config` (JSON), `teacher_sha256`, `image_size`, `pixel_mean`, `pixel_std` (float64
@@ -41,7 +45,7 @@ import Tensor
 /// full cache file of this schema. `CacheReader` opens either as one row space.
 public enum CacheSchema {
     public static let format = "samdistill-feature-cache"
-    public static let version = 1
+    public static let version = 2
     public static let datasets = ["image", "embedding", "original_size", "resized_size", "source", "view",
                                   "view_params", "split", "complete"]
     public static let splitNames = CacheSplit.allCases.map(\.name)
