@@ -213,15 +213,7 @@ final class FullDiskTests: XCTestCase {
 
     func testFullDiskMidWriteLosesNothing() throws {
         let exe = try CacheTestSupport.executable()
-        // A tiny teacher with SAM's 256-channel embedding (64×64 input → 256×4×4), as the trainer needs.
-        var tc = CacheTestSupport.tinyConfig()
-        tc.neckChannels = 256
-        let teacher = TinyViT(tc)
-        var rng = SeededRandom(seed: 9)
-        CacheTestSupport.randomiseSignalPreserving(teacher, rng: &rng)
-        let weights = dir.appendingPathComponent("teacher.safetensors"), teacherConfig = dir.appendingPathComponent("teacher.json")
-        try SafeTensors.write(teacher.stateDict(), to: weights)
-        try JSONEncoder().encode(TeacherEncoder.ConfigFile(tinyvit: tc)).write(to: teacherConfig)
+        let (weights, teacherConfig) = try CacheTestSupport.writeTinySAMTeacher(in: dir)
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 6)
         func cacheArgs(_ out: URL) -> [String] {

@@ -25,6 +25,20 @@ enum CacheTestSupport {
         return c
     }
 
+    /// Writes `teacher.safetensors` + `teacher.json` into `dir`: a tiny teacher with SAM's
+    /// 256-channel embedding (64×64 input → 256×4×4), what the trainer and the decoder need.
+    static func writeTinySAMTeacher(in dir: URL, seed: UInt64 = 9) throws -> (weights: URL, config: URL) {
+        var config = tinyConfig()
+        config.neckChannels = 256
+        let teacher = TinyViT(config)
+        var rng = SeededRandom(seed: seed)
+        randomiseSignalPreserving(teacher, rng: &rng)
+        let weights = dir.appendingPathComponent("teacher.safetensors"), json = dir.appendingPathComponent("teacher.json")
+        try SafeTensors.write(teacher.stateDict(), to: weights)
+        try JSONEncoder().encode(TeacherEncoder.ConfigFile(tinyvit: config)).write(to: json)
+        return (weights, json)
+    }
+
     /// Writes `tiny.safetensors` (random weights, seeded) and `tiny.json` into `dir`.
     @discardableResult
     static func writeTinyTeacher(in dir: URL, imageSize: Int = 64, seed: UInt64 = 5) throws -> (weights: URL, config: URL) {

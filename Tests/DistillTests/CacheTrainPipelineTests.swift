@@ -14,15 +14,7 @@ final class CacheTrainPipelineTests: XCTestCase {
     func testCacheThenTrainFromTheCommandLine() throws {
         let dir = try CacheTestSupport.temporaryDirectory("pipeline")
         defer { try? FileManager.default.removeItem(at: dir) }
-        // A tiny teacher with SAM's 256-channel embedding (64×64 input → 256×4×4).
-        var config = CacheTestSupport.tinyConfig()
-        config.neckChannels = 256
-        let teacher = TinyViT(config)
-        var rng = SeededRandom(seed: 9)
-        CacheTestSupport.randomiseSignalPreserving(teacher, rng: &rng)
-        let weights = dir.appendingPathComponent("teacher.safetensors"), teacherConfig = dir.appendingPathComponent("teacher.json")
-        try SafeTensors.write(teacher.stateDict(), to: weights)
-        try JSONEncoder().encode(TeacherEncoder.ConfigFile(tinyvit: config)).write(to: teacherConfig)
+        let (weights, teacherConfig) = try CacheTestSupport.writeTinySAMTeacher(in: dir)
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 8)
         let exe = try CacheTestSupport.executable()

@@ -62,14 +62,7 @@ final class DataParallelTests: XCTestCase {
     /// A tiny teacher (256-channel embeddings of 64×64 inputs), 8 synthetic images cached (2 held
     /// out), and the run config of a tiny TinyViT student with BatchNorm (patch embed, MBConv).
     static func prepare(_ dir: URL) throws -> URL {
-        var config = CacheTestSupport.tinyConfig()
-        config.neckChannels = 256
-        let teacher = TinyViT(config)
-        var rng = SeededRandom(seed: 9)
-        CacheTestSupport.randomiseSignalPreserving(teacher, rng: &rng)
-        let weights = dir.appendingPathComponent("teacher.safetensors"), teacherConfig = dir.appendingPathComponent("teacher.json")
-        try SafeTensors.write(teacher.stateDict(), to: weights)
-        try JSONEncoder().encode(TeacherEncoder.ConfigFile(tinyvit: config)).write(to: teacherConfig)
+        let (weights, teacherConfig) = try CacheTestSupport.writeTinySAMTeacher(in: dir)
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 8)
         let cache = dir.appendingPathComponent("cache.h5")
