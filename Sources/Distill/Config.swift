@@ -546,13 +546,7 @@ extension StudentConfig {
         let type = r.string("type") ?? "tinyvit"
         switch type {
         case "tinyvit":
-            var c = TinyViTConfig.mobileSAM
-            let preset = r.string("preset")
-            if let preset {
-                if let p = tinyViTPresets[preset] { c = p } else {
-                    r.problem("preset", "unknown preset '\(preset)' (known: \(tinyViTPresets.keys.sorted().joined(separator: ", ")))")
-                }
-            }
+            var (c, preset) = readPreset(r, tinyViTPresets, default: TinyViTConfig.mobileSAM)
             r.read(TinyViTConfig.fields, into: &c)
             let problems = c.problems()
             for p in problems { r.problemText(p) }
@@ -569,13 +563,7 @@ extension StudentConfig {
                                                     channelKey: "out_channels", gridKey: "strides", r) }
             return .conv(c)
         case "repvit":
-            var c = RepViTConfig.m1
-            let preset = r.string("preset")
-            if let preset {
-                if let p = repViTPresets[preset] { c = p } else {
-                    r.problem("preset", "unknown preset '\(preset)' (known: \(repViTPresets.keys.sorted().joined(separator: ", ")))")
-                }
-            }
+            var (c, preset) = readPreset(r, repViTPresets, default: RepViTConfig.m1)
             r.read(RepViTConfig.fields, into: &c)
             if r.bool("fused") == true {
                 r.problem("fused", "a student trains in the multi-branch form; `samdistill export` writes the fused one")
@@ -602,6 +590,15 @@ extension StudentConfig {
         case .repViT(let c, let preset):
             configMapping(c, RepViTConfig.fields, leading: [("type", Node("repvit")), ("preset", preset.map { Node($0) })])
         }
+    }
+
+    /// `preset:` of a student section: the named architecture (unknown names list the known
+    /// ones) or `fallback` when absent; the name as given.
+    static func readPreset<C>(_ r: NodeReader, _ presets: [String: C], default fallback: C) -> (C, String?) {
+        guard let name = r.string("preset") else { return (fallback, nil) }
+        if let p = presets[name] { return (p, name) }
+        r.problem("preset", "unknown preset '\(name)' (known: \(presets.keys.sorted().joined(separator: ", ")))")
+        return (fallback, name)
     }
 
     /// The student must produce SAM's embedding: 256 channels on an (image_size / 16)² grid

@@ -58,39 +58,10 @@ final class ConvStudentEndToEndTests: XCTestCase {
         XCTAssertTrue(exported.keys.contains("head.weight"), "the conv student's own head is exported")
         for (k, v) in trained { XCTAssertTrue(exported[k]!.data == v.data, k) }
 
-        // segment: the CLI's mask score is the library's on the same model.
-        let photo = try CacheTestSupport.realPhotos(["fruits.jpg"])[0]
-        let json = dir.appendingPathComponent("seg.json")
-        let s = try CacheTestSupport.run(exe, ["segment", "--checkpoint", full.path, "--image", photo.path, "--point", "250,240",
-                                               "--out", dir.appendingPathComponent("overlay.png").path, "--json", json.path])
-        XCTAssertEqual(s.status, 0, s.err)
-        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
-        let predictor = SAMPredictor(model: model)
-        predictor.setImage(try ImageIO.read(photo))
-        let p = try predictor.predict(points: [PromptPoint(x: 250, y: 240, label: 1)], multimaskOutput: false)
-        XCTAssertEqual(try XCTUnwrap(summary["score"] as? Double), Double(p.iou(prompt: 0, index: 0)), accuracy: 1e-6)
-        XCTAssertTrue((summary["encoder"] as? String)?.hasPrefix("ConvStudent") == true, "\(summary)")
-
-        // segment everything on a 4×4 grid: every grid prompt decoded.
-        let everything = dir.appendingPathComponent("everything.json")
-        let g = try CacheTestSupport.run(exe, ["segment", "everything", "--checkpoint", full.path, "--image", photo.path,
-                                               "--points-per-side", "4", "--out", dir.appendingPathComponent("all.png").path,
-                                               "--json", everything.path])
-        XCTAssertEqual(g.status, 0, g.err)
-        let all = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: everything)) as? [String: Any])
-        XCTAssertEqual(all["decoded_prompts"] as? Int, 16)
-
-        // eval of the training checkpoint itself against MobileSAM.
+        // segment, segment everything and eval through the CLI (StudentCLIChecks).
+        let evaluation = try StudentCLIChecks.segmentEverythingAndEval(exe: exe, full: full, checkpoint: checkpoint, model: model,
+                                                                  encoderPrefix: "ConvStudent", in: dir)
         let images = dir.appendingPathComponent("images")
-        try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(at: photo, to: images.appendingPathComponent("fruits.jpg"))
-        let report = dir.appendingPathComponent("eval.json")
-        let r = try CacheTestSupport.run(exe, ["eval", "--student", checkpoint.path, "--teacher", try Fixture.mobileSAMCheckpoint().path,
-                                               "--images", images.path, "--prompts", "point", "--points-per-image", "2",
-                                               "--json", report.path])
-        XCTAssertEqual(r.status, 0, r.err)
-        let evaluation = try JSONDecoder().decode(EvaluationReport.self, from: Data(contentsOf: report), snakeCase: true)
-        XCTAssertEqual(evaluation.summary.map(\.prompts), [2])
         XCTAssertTrue(evaluation.summary.allSatisfy { $0.miou >= 0 && $0.miou <= 1 }, "\(evaluation.summary)")
 
         // cache --teacher: the conv student's embeddings, within float16 rounding of its forward.

@@ -53,38 +53,10 @@ final class RepViTEndToEndTests: XCTestCase {
         let trained = trainer.student.forward(x, mode: .evaluationWithGradients)
         XCTAssertLessThanOrEqual(relativeError(model.imageEncoder.forward(x, mode: .inference), trained), 1e-5)
 
-        // segment with the export: the CLI's mask score is the library's on the same model.
-        let photo = try CacheTestSupport.realPhotos(["fruits.jpg"])[0]
-        let json = dir.appendingPathComponent("seg.json")
-        let s = try CacheTestSupport.run(exe, ["segment", "--checkpoint", full.path, "--image", photo.path, "--point", "250,240",
-                                               "--out", dir.appendingPathComponent("overlay.png").path, "--json", json.path])
-        XCTAssertEqual(s.status, 0, s.err)
-        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
-        let predictor = SAMPredictor(model: model)
-        predictor.setImage(try ImageIO.read(photo))
-        let p = try predictor.predict(points: [PromptPoint(x: 250, y: 240, label: 1)], multimaskOutput: false)
-        XCTAssertEqual(try XCTUnwrap(summary["score"] as? Double), Double(p.iou(prompt: 0, index: 0)), accuracy: 1e-6)
-        XCTAssertTrue((summary["encoder"] as? String)?.hasPrefix("RepViT") == true, "\(summary)")
-
-        let everything = dir.appendingPathComponent("everything.json")
-        let g = try CacheTestSupport.run(exe, ["segment", "everything", "--checkpoint", full.path, "--image", photo.path,
-                                               "--points-per-side", "4", "--out", dir.appendingPathComponent("all.png").path,
-                                               "--json", everything.path])
-        XCTAssertEqual(g.status, 0, g.err)
-        let all = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: everything)) as? [String: Any])
-        XCTAssertEqual(all["decoded_prompts"] as? Int, 16)
-
-        // eval of the training checkpoint (multi-branch) against MobileSAM.
+        // segment, segment everything and eval through the CLI (StudentCLIChecks).
+        try StudentCLIChecks.segmentEverythingAndEval(exe: exe, full: full, checkpoint: checkpoint, model: model,
+                                                                  encoderPrefix: "RepViT", in: dir)
         let images = dir.appendingPathComponent("images")
-        try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(at: photo, to: images.appendingPathComponent("fruits.jpg"))
-        let report = dir.appendingPathComponent("eval.json")
-        let r = try CacheTestSupport.run(exe, ["eval", "--student", checkpoint.path, "--teacher", try Fixture.mobileSAMCheckpoint().path,
-                                               "--images", images.path, "--prompts", "point", "--points-per-image", "2",
-                                               "--json", report.path])
-        XCTAssertEqual(r.status, 0, r.err)
-        let evaluation = try JSONDecoder().decode(EvaluationReport.self, from: Data(contentsOf: report), snakeCase: true)
-        XCTAssertEqual(evaluation.summary.map(\.prompts), [2])
 
         // cache --teacher with the fused export: its embeddings within float16 rounding.
         let cache = dir.appendingPathComponent("c.h5")
