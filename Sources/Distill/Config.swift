@@ -516,7 +516,8 @@ extension TinyViTConfig {
         // Written resolved, so the resolved config says what ran.
         ConfigField(key: "merge_strides", read: ConfigField.optional("merge_strides", \.mergeStrides).read,
                     write: { $0.resolvedMergeStrides.configNode }),
-        .value("mlp_ratio", \.mlpRatio), .value("mbconv_expand_ratio", \.mbconvExpandRatio),
+        .value("mlp_ratio", \.mlpRatio), .optional("mlp_ratios", \.mlpRatios),
+        .value("mbconv_expand_ratio", \.mbconvExpandRatio),
         .int("local_conv_size", \.localConvSize, min: 1), .int("neck_channels", \.neckChannels, min: 1),
     ]
 }

@@ -50,6 +50,18 @@ extension Int: ConfigListElement {
     static func readList(_ n: Node, key: String, _ r: NodeReader) -> [Int]? { r.intList(n, key: key) }
 }
 
+extension Float: ConfigListElement {
+    static func readList(_ n: Node, key: String, _ r: NodeReader) -> [Float]? {
+        guard let seq = n.sequence else { r.sink.add(r.keyPath(key), "expected a list of numbers"); return nil }
+        var out: [Float] = []
+        for (i, e) in seq.enumerated() {
+            guard let v = r.double(e, key: "\(key)[\(i)]") else { return nil }
+            out.append(Float(v))
+        }
+        return out
+    }
+}
+
 extension String: ConfigListElement {
     static func readList(_ n: Node, key: String, _ r: NodeReader) -> [String]? { r.stringList(n, key: key) }
 }

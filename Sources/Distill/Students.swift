@@ -92,8 +92,10 @@ public final class Student: Module {
 ///
 /// for Ds student and Dt teacher blocks in the stage (Ds ≤ Dt): e.g. Dt = 6, Ds = 2 → [0, 5];
 /// Ds = 3 → [0, 3, 5]. Every copied tensor must have the student's shape (same widths, heads,
-/// windows, MLP and MBConv ratios); otherwise nothing is changed and the error lists every
-/// incompatible key.
+/// windows and MBConv ratio); otherwise nothing is changed and the error lists every
+/// incompatible key. The one exception is width pruning: a block's MLP may be narrower than its
+/// teacher block's (`mlp_ratios`); it then keeps the teacher's `hidden` most important hidden
+/// units (`MLPWidthPruning`), the LayerNorm and fc2's bias whole.
 public enum DepthPruning {
     public struct IncompatibleError: Error, CustomStringConvertible {
         public var problems: [String]
@@ -164,19 +166,122 @@ public enum DepthPruning {
     /// key map used.
     @discardableResult
     public static func initialise(_ student: TinyViT, fromTeacher teacher: [String: Tensor],
-                                  blockMap: [[Int]]? = nil) throws -> [String: String] {
+                                  blockMap: [[Int]]? = nil,
+                                  mlpStatistics: [String: TinyViTMlp.HiddenStatistics] = [:]) throws -> [String: String] {
         let map = try keyMap(student: student, teacherKeys: Array(teacher.keys), blockMap: blockMap)
         var problems: [String] = []
+        var values: [String: Tensor] = [:]
+        // hidden width of each student MLP, by key prefix (`layers.1.blocks.0.mlp.`)
+        var hidden: [String: Int] = [:]
+        for (i, s) in student.stages.enumerated() {
+            for (b, block) in s.blocks.enumerated() { hidden["layers.\(i + 1).blocks.\(b).mlp."] = block.mlp.hiddenFeatures }
+        }
+        func mlpPrefix(_ key: String) -> String {
+            guard let r = key.range(of: ".mlp.", options: .backwards) else { return key }
+            return String(key[..<r.upperBound])
+        }
         for (k, p) in student.namedParameters() {
             let tk = map[k]!
             guard let t = teacher[tk] else { problems.append("\(k): teacher has no \(tk)"); continue }
-            if t.shape != p.value.shape {
+            if let h = hidden[mlpPrefix(k)], let w = teacher[mlpPrefix(tk) + "fc1.weight"], w.rank == 2, h < w.shape[0],
+               let narrowed = MLPWidthPruning.narrowed(key: tk, hidden: h, teacher: teacher, statistics: mlpStatistics),
+               narrowed.shape == p.value.shape {
+                values[k] = narrowed
+            } else if t.shape == p.value.shape {
+                values[k] = t
+            } else {
                 problems.append("\(k) \(p.value.shape) ← teacher \(tk) \(t.shape): shapes differ")
             }
         }
         if !problems.isEmpty { throw IncompatibleError(problems: problems) }
-        for (k, p) in student.namedParameters() { p.value = teacher[map[k]!]! }
+        for (k, p) in student.namedParameters() { p.value = values[k]! }
         return map
+    }
+}
+
+/// Width pruning of a TinyViT MLP (LayerNorm → fc1 (H, C) → GELU → fc2 (C, H)): a student block
+/// with `h` < H hidden units keeps the teacher's `h` most important units, in their original
+/// order (rows of fc1's weight and bias, columns of fc2's weight). With activation statistics of
+/// the teacher on calibration images (a = GELU(fc1(norm(x))), `TinyViTMlp.HiddenStatistics`), a
+/// unit's importance is the RMS of its contribution to the block's output, and the mean
+/// contribution of the dropped units moves into fc2's bias (so the output keeps its mean):
+///
+///     s_j = √E[a_j²] · ‖fc2.weight[:, j]‖₂          fc2.bias += Σ_{j dropped} E[a_j] · fc2.weight[:, j]
+///
+/// Without statistics, the weights alone: s_j = ‖fc1.weight[j, :] ⊙ norm.weight‖₂ · ‖fc2.weight[:, j]‖₂.
+public enum MLPWidthPruning {
+    /// The hidden units `hidden` keeps of the MLP with these fc1 (H, C), fc2 (C, H) weights and norm scale (C).
+    public static func keptUnits(fc1: Tensor, fc2: Tensor, normWeight: Tensor, hidden: Int,
+                                 statistics: TinyViTMlp.HiddenStatistics? = nil) -> [Int] {
+        let H = fc1.shape[0], C = fc1.shape[1]
+        precondition(fc2.shape == [C, H] && normWeight.shape == [C] && hidden <= H, "MLPWidthPruning: shapes \(fc1.shape) \(fc2.shape)")
+        precondition(statistics == nil || statistics!.sum.count == H, "MLPWidthPruning: statistics of another width")
+        let rms = statistics?.meanSquare
+        var score = [Double](repeating: 0, count: H)
+        for j in 0..<H {
+            var a = 0.0, b = 0.0
+            for c in 0..<C {
+                let w = Double(fc1.data[j * C + c] * normWeight.data[c]); a += w * w
+                let v = Double(fc2.data[c * H + j]); b += v * v
+            }
+            score[j] = ((rms?[j] ?? a) * b).squareRoot()
+        }
+        // largest scores first (ties by index), then back to the teacher's order
+        let ranked = (0..<H).sorted { score[$0] != score[$1] ? score[$0] > score[$1] : $0 < $1 }
+        return ranked.prefix(hidden).sorted()
+    }
+
+    /// The teacher tensor `key` (an MLP's `fc1.weight`, `fc1.bias`, `fc2.weight` or `fc2.bias`)
+    /// for a student MLP of `hidden` units, or nil when `key` is none of those or `hidden` is not
+    /// a narrowing of the teacher's width. `statistics` is keyed by the teacher MLP's prefix
+    /// (`layers.1.blocks.0.mlp.`).
+    static func narrowed(key: String, hidden h: Int, teacher: [String: Tensor],
+                         statistics: [String: TinyViTMlp.HiddenStatistics]) -> Tensor? {
+        let parts = ["mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+        guard let part = parts.first(where: { key.hasSuffix($0) }) else { return nil }
+        let mlp = String(key.dropLast(part.count)) + "mlp."
+        guard let w1 = teacher[mlp + "fc1.weight"], let w2 = teacher[mlp + "fc2.weight"], let g = teacher[mlp + "norm.weight"],
+              let t = teacher[key], w1.rank == 2 else { return nil }
+        let H = w1.shape[0], C = w1.shape[1]
+        guard h >= 1, h < H, w2.shape == [C, H], g.shape == [C] else { return nil }
+        let st = statistics[mlp].flatMap { $0.sum.count == H ? $0 : nil }
+        let kept = keptUnits(fc1: w1, fc2: w2, normWeight: g, hidden: h, statistics: st)
+        switch part {
+        case "mlp.fc1.weight":  // rows (H, C) → (h, C)
+            var out = Tensor(zeros: [h, C])
+            for (i, j) in kept.enumerated() { for c in 0..<C { out.data[i * C + c] = t.data[j * C + c] } }
+            return out
+        case "mlp.fc1.bias":
+            var out = Tensor(zeros: [h])
+            for (i, j) in kept.enumerated() { out.data[i] = t.data[j] }
+            return out
+        case "mlp.fc2.weight":  // columns (C, H) → (C, h)
+            var out = Tensor(zeros: [C, h])
+            for c in 0..<C { for (i, j) in kept.enumerated() { out.data[c * h + i] = t.data[c * H + j] } }
+            return out
+        default:                // fc2.bias (C): plus the dropped units' mean contribution
+            var out = t
+            guard let mean = st?.mean else { return out }
+            let keep = Set(kept)
+            for j in 0..<H where !keep.contains(j) {
+                for c in 0..<C { out.data[c] += Float(mean[j] * Double(w2.data[c * H + j])) }
+            }
+            return out
+        }
+    }
+
+    /// Runs `teacher` (inference) on `images` (B, 3, S, S), one at a time, recording every MLP's
+    /// hidden-unit statistics; keyed by checkpoint prefix (`layers.1.blocks.0.mlp.`).
+    public static func calibrate(_ teacher: TinyViT, images: [Tensor]) -> [String: TinyViTMlp.HiddenStatistics] {
+        var mlps: [(String, TinyViTMlp)] = []
+        for (i, s) in teacher.stages.enumerated() {
+            for (b, block) in s.blocks.enumerated() { mlps.append(("layers.\(i + 1).blocks.\(b).mlp.", block.mlp)) }
+        }
+        for (_, m) in mlps { m.hiddenStatistics = .init(hidden: m.hiddenFeatures) }
+        for image in images { _ = teacher.forward(image, mode: .inference) }
+        var result: [String: TinyViTMlp.HiddenStatistics] = [:]
+        for (k, m) in mlps { result[k] = m.hiddenStatistics; m.hiddenStatistics = nil }
+        return result
     }
 }
 
@@ -200,7 +305,12 @@ extension Student {
                 throw ConfigError(["teacher.checkpoint: required by init type teacher_blocks"])
             }
             let teacher = try SAMWeights.read(URL(fileURLWithPath: path))
-            try DepthPruning.initialise(net, fromTeacher: teacher.encoder.stateDict(), blockMap: blockMap)
+            var statistics: [String: TinyViTMlp.HiddenStatistics] = [:]
+            if let t = teacher.encoder as? TinyViT, narrowsMLPs(net, teacher: t), let cache = config.data.train.first {
+                statistics = MLPWidthPruning.calibrate(t, images: try calibrationImages(cache, count: 8))
+            }
+            try DepthPruning.initialise(net, fromTeacher: teacher.encoder.stateDict(), blockMap: blockMap,
+                                        mlpStatistics: statistics)
         case .checkpoint(let path):
             // Read as this student's architecture: the file's keys must be exactly its keys.
             let w = try SAMWeights.read(URL(fileURLWithPath: path), architecture: config.student.encoderConfig)
@@ -208,6 +318,24 @@ extension Student {
         }
         if let net = student.network as? TinyViT { net.frozenUnits = config.freeze.count }
         return student
+    }
+
+    /// Whether any student MLP is narrower than the teacher's of the same stage (width pruning).
+    static func narrowsMLPs(_ student: TinyViT, teacher: TinyViT) -> Bool {
+        zip(student.stages, teacher.stages).contains { s, t in
+            guard let a = s.blocks.first, let b = t.blocks.first else { return false }
+            return a.mlp.hiddenFeatures < b.mlp.hiddenFeatures
+        }
+    }
+
+    /// Width pruning's calibration images: `count` train rows of `cache`, evenly spaced, each
+    /// (1, 3, S, S) as the encoder takes it. Fewer when the cache has fewer.
+    static func calibrationImages(_ cache: String, count: Int) throws -> [Tensor] {
+        let reader = try CacheReader(URL(fileURLWithPath: cache))
+        defer { reader.close() }
+        let rows = reader.rows(split: .train).filter(reader.isComplete)
+        let picked = Set((0..<min(count, rows.count)).map { rows[$0 * rows.count / min(count, rows.count)] })
+        return try picked.sorted().map { try reader.batch(rows: [$0]).images }
     }
 
     /// Whether the parameter `key` belongs to a frozen unit (`RunConfig.freeze`).

@@ -17,7 +17,7 @@ public final class TinyViTBlock: Module {
     public let mlp: TinyViTMlp
 
     public init(dim: Int, resolution: (height: Int, width: Int), heads: Int, windowSize: Int,
-                mlpRatio: Float = 4, localConvSize: Int = 3) {
+                mlpRatio: Float = 4, mlpHidden: Int? = nil, localConvSize: Int = 3) {
         precondition(dim % heads == 0, "TinyViTBlock: dim \(dim) is not divisible by heads \(heads)")
         precondition(windowSize > 0, "TinyViTBlock: window size must be positive")
         self.dim = dim
@@ -29,7 +29,8 @@ public final class TinyViTBlock: Module {
                                 resolution: (windowSize, windowSize))
         localConv = Conv2dBN(inputChannels: dim, outputChannels: dim, kernelSize: localConvSize,
                              stride: 1, padding: localConvSize / 2, groups: dim)
-        mlp = TinyViTMlp(inputFeatures: dim, hiddenFeatures: Int(Float(dim) * mlpRatio))
+        // hidden width: explicit (a width-pruned student), else the reference's Int(dim · ratio)
+        mlp = TinyViTMlp(inputFeatures: dim, hiddenFeatures: mlpHidden ?? Int(Float(dim) * mlpRatio))
     }
 
     public func namedParameters() -> [(String, Parameter)] {

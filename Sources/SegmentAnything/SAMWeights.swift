@@ -190,8 +190,13 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
                     c.windowSizes.append(7)
                 }
             }
-            if let fc1 = (1..<stages).lazy.compactMap({ i in shape("layers.\(i).blocks.0.mlp.fc1.weight").map { ($0, dims[i]) } }).first {
-                c.mlpRatio = Float(fc1.0[0]) / Float(fc1.1)
+            // MLP ratio per stage from its first block's fc1; one ratio when the stages agree
+            let ratios = (1..<stages).map { i in shape("layers.\(i).blocks.0.mlp.fc1.weight").map { Float($0[0]) / Float(dims[i]) } }
+            if let first = ratios.compactMap({ $0 }).first {
+                c.mlpRatio = first
+                if ratios.contains(where: { $0 != nil && $0 != first }) {
+                    c.mlpRatios = [TinyViTConfig.mobileSAM.mlpRatio] + ratios.map { $0 ?? first }  // [0]: unused, as numHeads[0]
+                }
             }
             if let conv1 = shape("layers.0.blocks.0.conv1.c.weight") { c.mbconvExpandRatio = Float(conv1[0]) / Float(dims[0]) }
             if let local = (1..<stages).lazy.compactMap({ shape("layers.\($0).blocks.0.local_conv.c.weight") }).first {

@@ -15,6 +15,10 @@ public struct TinyViTConfig: Codable, Equatable, Sendable {
     /// (the reference uses stride 1 into a 320/448/576-wide stage, 2 otherwise).
     public var mergeStrides: [Int]? = nil
     public var mlpRatio: Float = 4
+    /// MLP ratio of each stage (entry 0, the MBConv stage, unused, as `numHeads[0]`); nil: `mlpRatio`
+    /// everywhere. A width-pruned student narrows its MLPs here (`DepthPruning` keeps the teacher's
+    /// most important hidden units).
+    public var mlpRatios: [Float]? = nil
     public var mbconvExpandRatio: Float = 4
     public var localConvSize: Int = 3
     public var neckChannels: Int = 256
@@ -22,7 +26,7 @@ public struct TinyViTConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", inputChannels = "input_channels", embedDims = "embed_dims", depths
         case numHeads = "num_heads", windowSizes = "window_sizes", mergeStrides = "merge_strides"
-        case mlpRatio = "mlp_ratio", mbconvExpandRatio = "mbconv_expand_ratio"
+        case mlpRatio = "mlp_ratio", mlpRatios = "mlp_ratios", mbconvExpandRatio = "mbconv_expand_ratio"
         case localConvSize = "local_conv_size", neckChannels = "neck_channels"
     }
 
@@ -34,6 +38,11 @@ public struct TinyViTConfig: Codable, Equatable, Sendable {
     /// The merge strides in effect: explicit, or the reference's rule.
     public var resolvedMergeStrides: [Int] {
         mergeStrides ?? (1..<embedDims.count).map { PatchMerging.referenceStride(outputDim: embedDims[$0]) }
+    }
+
+    /// MLP hidden width of the blocks of transformer stage `stage` (≥ 1).
+    public func mlpHidden(stage: Int) -> Int {
+        Int(Float(embedDims[stage]) * (mlpRatios?[stage] ?? mlpRatio))
     }
 
     /// Token grid of each stage: the patch embedding divides by 4, each merge by its stride.
@@ -61,6 +70,11 @@ public struct TinyViTConfig: Codable, Equatable, Sendable {
         }
         if depths.contains(where: { $0 < 0 }) { p.append("depths: negative depth") }
         if windowSizes.contains(where: { $0 < 1 }) { p.append("window_sizes: must be positive") }
+        if let r = mlpRatios, r.count != n { p.append("mlp_ratios: \(r.count) entries for \(n) stages") }
+        if let r = mlpRatios, r.count == n, embedDims.count == n,
+           (1..<max(n, 1)).contains(where: { Int(Float(embedDims[$0]) * r[$0]) < 1 }) {
+            p.append("mlp_ratios: every transformer stage needs at least one hidden unit")
+        }
         return p
     }
 }
@@ -92,11 +106,11 @@ public final class TinyViTStage: Module {
     public let blocks: [TinyViTBlock]
     public let downsample: PatchMerging?
 
-    init(dim: Int, resolution: Int, depth: Int, heads: Int, window: Int, mlpRatio: Float, localConvSize: Int,
+    init(dim: Int, resolution: Int, depth: Int, heads: Int, window: Int, mlpHidden: Int, localConvSize: Int,
          outDim: Int, mergeStride: Int?) {
         blocks = (0..<depth).map { _ in
             TinyViTBlock(dim: dim, resolution: (resolution, resolution), heads: heads, windowSize: window,
-                         mlpRatio: mlpRatio, localConvSize: localConvSize)
+                         mlpHidden: mlpHidden, localConvSize: localConvSize)
         }
         downsample = mergeStride.map {
             PatchMerging(inputResolution: (resolution, resolution), dim: dim, outputDim: outDim, stride: $0)
@@ -138,7 +152,7 @@ public final class TinyViT: Module {
                                      mergeStride: n > 1 ? strides[0] : nil)
         stages = (1..<n).map { i in
             TinyViTStage(dim: dims[i], resolution: res[i], depth: config.depths[i], heads: config.numHeads[i],
-                         window: config.windowSizes[i], mlpRatio: config.mlpRatio,
+                         window: config.windowSizes[i], mlpHidden: config.mlpHidden(stage: i),
                          localConvSize: config.localConvSize, outDim: dims[min(i + 1, n - 1)],
                          mergeStride: i < n - 1 ? strides[i] : nil)
         }

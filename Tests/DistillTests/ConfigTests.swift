@@ -91,7 +91,8 @@ final class ConfigTests: XCTestCase {
             data: {train: [a.h5], train_split: val, val_split: null, val_fraction: 0.2, val_list: l.txt, images: img,
                    image_list: il.txt, views: 3, cache_dtype: f32, everything_masks: {points_per_side: 8, max_counts: 100}}
             teacher: {checkpoint: t.pt}
-            student: {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], mlp_ratio: 3.0, local_conv_size: 5}
+            student: {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], mlp_ratio: 3.0, mlp_ratios: [4, 1.5, 1, 0.5],
+                      local_conv_size: 5}
             init: {type: checkpoint, path: c.safetensors}
             loss: {type: prompt_in_the_loop, prompts_per_image: 4, box_fraction: 0.25, correction_rounds: 0,
                    bce_weight: 2.0, dice_weight: 0.5, embedding_weight: 0.1}
@@ -116,7 +117,8 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.data.trainSplit, .val); XCTAssertNil(c.data.valSplit); XCTAssertEqual(c.data.views, 3)
         XCTAssertEqual(c.data.everythingMasks?.pointsPerSide, 8); XCTAssertEqual(c.data.everythingMasks?.maxCounts, 100)
         guard case .tinyViT(let s, _) = c.student, case .promptInTheLoop(let p) = c.loss else { return XCTFail("student / loss") }
-        XCTAssertEqual(s.mlpRatio, 3); XCTAssertEqual(s.localConvSize, 5)
+        XCTAssertEqual(s.mlpRatio, 3); XCTAssertEqual(s.localConvSize, 5); XCTAssertEqual(s.mlpRatios, [4, 1.5, 1, 0.5])
+        XCTAssertEqual(s.mlpHidden(stage: 1), 192); XCTAssertEqual(s.mlpHidden(stage: 3), 160)
         XCTAssertEqual(p.boxFraction, 0.25); XCTAssertEqual(p.embeddingWeight, 0.1); XCTAssertEqual(p.correctionRounds, 0)
         XCTAssertEqual(c.optimizer.adamW.beta2, 0.95); XCTAssertEqual(c.optimizer.maxGradNorm, 2)
         XCTAssertNil(c.steps); XCTAssertEqual(c.epochs, 2.5); XCTAssertEqual(c.seed, 7); XCTAssertEqual(c.logEvery, 2)

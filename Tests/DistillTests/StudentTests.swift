@@ -140,6 +140,80 @@ final class StudentTests: XCTestCase {
         }
     }
 
+    /// Width pruning: the kept units are the `h` of largest √E[a_j²]·‖fc2[:, j]‖ (an independent
+    /// ranking here), rows/columns copied exactly, and the compensated fc2 bias keeps the MLP's
+    /// mean output over the calibration tokens equal to the teacher's (float rounding only).
+    func testWidthPruningKeepsImportantUnitsAndTheMeanOutput() throws {
+        func at(_ t: Tensor, _ i: Int, _ j: Int) -> Float { t.data[i * t.shape[1] + j] }
+        let teacher = Student(.tinyViT(Self.smallTinyViT, preset: nil))
+        var rng = SeededRandom(seed: 5)
+        teacher.initialiseRandomly(rng: &rng)
+        for (_, p) in teacher.namedParameters() { p.value = p.value.map { $0 + rng.uniform(-0.1, 0.1) } }
+        guard let tnet = teacher.network as? TinyViT else { return XCTFail() }
+        let images = (0..<2).map { _ in Tensor.randomUniform([1, 3, 64, 64], -1, 1, rng: &rng) }
+        let stats = MLPWidthPruning.calibrate(tnet, images: images)
+        XCTAssertEqual(stats.count, 2 + 3 + 2)
+        XCTAssertNil(tnet.stages[0].blocks[0].mlp.hiddenStatistics, "calibration leaves no recorder behind")
+        var sc = Self.smallTinyViT
+        sc.mlpRatios = [4, 1.5, 4, 0.25]     // stage 1: 48 of 128 units, stage 3: 16 of 256, stage 2 whole
+        let student = Student(.tinyViT(sc, preset: nil))
+        guard let snet = student.network as? TinyViT else { return XCTFail() }
+        let t = teacher.stateDict()
+        try DepthPruning.initialise(snet, fromTeacher: t, mlpStatistics: stats)
+        let s = student.stateDict()
+        for (prefix, h) in [("layers.1.blocks.1.mlp.", 48), ("layers.3.blocks.0.mlp.", 16)] {
+            let w1 = t[prefix + "fc1.weight"]!, w2 = t[prefix + "fc2.weight"]!, st = stats[prefix]!
+            let H = w1.shape[0], C = w1.shape[1]
+            let side = sc.stageResolutions[prefix.hasPrefix("layers.1") ? 1 : 3]   // 8, 4
+            XCTAssertEqual(st.tokens, 2 * side * side, prefix)
+            var score = [Double](repeating: 0, count: H)
+            for j in 0..<H {
+                var b = 0.0
+                for c in 0..<C { b += Double(at(w2, c, j)) * Double(at(w2, c, j)) }
+                score[j] = (st.meanSquare[j] * b).squareRoot()
+            }
+            let kept = Array((0..<H).sorted { score[$0] > score[$1] }.prefix(h)).sorted()
+            XCTAssertEqual(s[prefix + "fc1.weight"]!.shape, [h, C])
+            for (i, j) in kept.enumerated() {
+                XCTAssertEqual(s[prefix + "fc1.bias"]!.data[i], t[prefix + "fc1.bias"]!.data[j], prefix)
+                for c in 0..<C {
+                    XCTAssertEqual(at(s[prefix + "fc1.weight"]!, i, c), at(w1, j, c))
+                    XCTAssertEqual(at(s[prefix + "fc2.weight"]!, c, i), at(w2, c, j))
+                }
+            }
+            XCTAssertEqual(s[prefix + "norm.weight"]!.data, t[prefix + "norm.weight"]!.data)
+            // mean output: Σ_kept E[a_j] w2_j + b' = Σ_all E[a_j] w2_j + b (dropped means folded into b')
+            let mean = st.mean, b = t[prefix + "fc2.bias"]!, b2 = s[prefix + "fc2.bias"]!
+            for c in 0..<C {
+                var teacherMean = Double(b.data[c]), studentMean = Double(b2.data[c])
+                for j in 0..<H { teacherMean += mean[j] * Double(at(w2, c, j)) }
+                for j in kept { studentMean += mean[j] * Double(at(w2, c, j)) }
+                XCTAssertEqual(studentMean, teacherMean, accuracy: 1e-5 * max(1, abs(teacherMean)), "\(prefix) channel \(c)")
+            }
+        }
+        XCTAssertEqual(s["layers.2.blocks.2.mlp.fc2.bias"]!.data, t["layers.2.blocks.2.mlp.fc2.bias"]!.data, "unpruned MLP copied")
+        // Without statistics: weight magnitudes, fc2's bias as is.
+        try DepthPruning.initialise(snet, fromTeacher: t)
+        let m = student.stateDict()
+        XCTAssertEqual(m["layers.1.blocks.1.mlp.fc2.bias"]!.data, t["layers.1.blocks.1.mlp.fc2.bias"]!.data)
+        let w1 = t["layers.3.blocks.0.mlp.fc1.weight"]!, w2 = t["layers.3.blocks.0.mlp.fc2.weight"]!
+        let g = t["layers.3.blocks.0.mlp.norm.weight"]!
+        var score = [Double](repeating: 0, count: 256)
+        for j in 0..<256 {
+            var a = 0.0, b = 0.0
+            for c in 0..<64 {
+                let u = Double(at(w1, j, c) * g.data[c]), v = Double(at(w2, c, j))
+                a += u * u; b += v * v
+            }
+            score[j] = (a * b).squareRoot()
+        }
+        let kept = Array((0..<256).sorted { score[$0] > score[$1] }.prefix(16)).sorted()
+        XCTAssertEqual((0..<16).map { m["layers.3.blocks.0.mlp.fc1.bias"]!.data[$0] }, kept.map { t["layers.3.blocks.0.mlp.fc1.bias"]!.data[$0] })
+        // A loader given the pruned weights alone infers the per-stage ratios.
+        guard case .tinyViT(let inferred) = try SAMEncoderConfig.detect(m, file: "pruned") else { return XCTFail("not a TinyViT") }
+        XCTAssertEqual(inferred.mlpRatios, [4, 1.5, 4, 0.25])
+    }
+
     func testDepthPruningFromMobileSAM() throws {
         let url: URL
         url = try Fixture.mobileSAMCheckpoint()
