@@ -93,9 +93,9 @@ public final class Student: Module {
 /// for Ds student and Dt teacher blocks in the stage (Ds ≤ Dt): e.g. Dt = 6, Ds = 2 → [0, 5];
 /// Ds = 3 → [0, 3, 5]. Every copied tensor must have the student's shape (same widths, heads,
 /// windows and MBConv ratio); otherwise nothing is changed and the error lists every
-/// incompatible key. The one exception is width pruning: a block's MLP may be narrower than its
-/// teacher block's (`mlp_ratios`); it then keeps the teacher's `hidden` most important hidden
-/// units (`MLPWidthPruning`), the LayerNorm and fc2's bias whole.
+/// incompatible key. The one exception is width pruning: a block's MLP (`mlp_ratios`) or MBConv
+/// (`mbconv_expand_ratio`) may be narrower than its teacher block's; it then keeps the teacher's
+/// most important hidden units (`WidthPruning`).
 public enum DepthPruning {
     public struct IncompatibleError: Error, CustomStringConvertible {
         public var problems: [String]
@@ -167,24 +167,25 @@ public enum DepthPruning {
     @discardableResult
     public static func initialise(_ student: TinyViT, fromTeacher teacher: [String: Tensor],
                                   blockMap: [[Int]]? = nil,
-                                  mlpStatistics: [String: TinyViTMlp.HiddenStatistics] = [:]) throws -> [String: String] {
+                                  widthStatistics mlpStatistics: [String: HiddenStatistics] = [:]) throws -> [String: String] {
         let map = try keyMap(student: student, teacherKeys: Array(teacher.keys), blockMap: blockMap)
         var problems: [String] = []
         var values: [String: Tensor] = [:]
-        // hidden width of each student MLP, by key prefix (`layers.1.blocks.0.mlp.`)
-        var hidden: [String: Int] = [:]
-        for (i, s) in student.stages.enumerated() {
-            for (b, block) in s.blocks.enumerated() { hidden["layers.\(i + 1).blocks.\(b).mlp."] = block.mlp.hiddenFeatures }
-        }
-        func mlpPrefix(_ key: String) -> String {
-            guard let r = key.range(of: ".mlp.", options: .backwards) else { return key }
-            return String(key[..<r.upperBound])
+        // the unit sets the student narrows: student prefix → (teacher prefix, plan)
+        var plans: [String: (teacher: String, plan: WidthPruning.Plan)] = [:]
+        for (prefix, h) in WidthPruning.hiddenWidths(student) {
+            guard let probe = student.namedParameters().first(where: { $0.0.hasPrefix(prefix) })?.0,
+                  let tk = map[probe] else { continue }
+            let tp = String(tk.prefix(tk.count - (probe.count - prefix.count)))
+            if let plan = WidthPruning.plan(prefix: tp, hidden: h, teacher: teacher, statistics: mlpStatistics[tp]) {
+                plans[prefix] = (tp, plan)
+            }
         }
         for (k, p) in student.namedParameters() {
             let tk = map[k]!
             guard let t = teacher[tk] else { problems.append("\(k): teacher has no \(tk)"); continue }
-            if let h = hidden[mlpPrefix(k)], let w = teacher[mlpPrefix(tk) + "fc1.weight"], w.rank == 2, h < w.shape[0],
-               let narrowed = MLPWidthPruning.narrowed(key: tk, hidden: h, teacher: teacher, statistics: mlpStatistics),
+            if let (prefix, pl) = plans.first(where: { k.hasPrefix($0.key) }).map({ ($0.value.teacher, $0.value.plan) }),
+               let narrowed = WidthPruning.narrowed(key: tk, prefix: prefix, plan: pl, teacher: teacher),
                narrowed.shape == p.value.shape {
                 values[k] = narrowed
             } else if t.shape == p.value.shape {
@@ -199,89 +200,146 @@ public enum DepthPruning {
     }
 }
 
-/// Width pruning of a TinyViT MLP (LayerNorm → fc1 (H, C) → GELU → fc2 (C, H)): a student block
-/// with `h` < H hidden units keeps the teacher's `h` most important units, in their original
-/// order (rows of fc1's weight and bias, columns of fc2's weight). With activation statistics of
-/// the teacher on calibration images (a = GELU(fc1(norm(x))), `TinyViTMlp.HiddenStatistics`), a
-/// unit's importance is the RMS of its contribution to the block's output, and the mean
-/// contribution of the dropped units moves into fc2's bias (so the output keeps its mean):
+/// Width pruning: a student TinyViT MLP (LayerNorm → fc1 (H, C) → GELU → fc2 (C, H)) or MBConv
+/// (conv1 1×1 + BN + GELU → conv2 3×3 depthwise + BN + GELU → conv3 1×1 + BN) with fewer hidden
+/// units than its teacher block keeps the teacher's most important units, in their original
+/// order: rows of fc1 / conv1 / conv2 and their biases and BatchNorms, columns of fc2 / conv3.
+/// With activation statistics of the teacher on calibration images (a_j: the unit's value
+/// entering fc2 / conv3, `HiddenStatistics`), a unit's importance is the RMS of its contribution
+/// to the block's output, and the mean contribution of the dropped units is folded in after, so
+/// the block's output keeps its mean on those images:
 ///
-///     s_j = √E[a_j²] · ‖fc2.weight[:, j]‖₂          fc2.bias += Σ_{j dropped} E[a_j] · fc2.weight[:, j]
+///     s_j = √E[a_j²] · ‖W_out[:, j]‖₂        (MBConv: W_out's rows scaled by conv3's BN, γ/√(σ²+ε))
+///     MLP:    fc2.bias          += Σ_{j dropped} E[a_j] · fc2.weight[:, j]
+///     MBConv: conv3.bn.running_mean −= Σ_{j dropped} E[a_j] · conv3.weight[:, j]
 ///
-/// Without statistics, the weights alone: s_j = ‖fc1.weight[j, :] ⊙ norm.weight‖₂ · ‖fc2.weight[:, j]‖₂.
-public enum MLPWidthPruning {
-    /// The hidden units `hidden` keeps of the MLP with these fc1 (H, C), fc2 (C, H) weights and norm scale (C).
-    public static func keptUnits(fc1: Tensor, fc2: Tensor, normWeight: Tensor, hidden: Int,
-                                 statistics: TinyViTMlp.HiddenStatistics? = nil) -> [Int] {
-        let H = fc1.shape[0], C = fc1.shape[1]
-        precondition(fc2.shape == [C, H] && normWeight.shape == [C] && hidden <= H, "MLPWidthPruning: shapes \(fc1.shape) \(fc2.shape)")
-        precondition(statistics == nil || statistics!.sum.count == H, "MLPWidthPruning: statistics of another width")
-        let rms = statistics?.meanSquare
-        var score = [Double](repeating: 0, count: H)
-        for j in 0..<H {
-            var a = 0.0, b = 0.0
-            for c in 0..<C {
-                let w = Double(fc1.data[j * C + c] * normWeight.data[c]); a += w * w
-                let v = Double(fc2.data[c * H + j]); b += v * v
-            }
-            score[j] = ((rms?[j] ?? a) * b).squareRoot()
-        }
-        // largest scores first (ties by index), then back to the teacher's order
-        let ranked = (0..<H).sorted { score[$0] != score[$1] ? score[$0] > score[$1] : $0 < $1 }
-        return ranked.prefix(hidden).sorted()
+/// Without statistics, the weights alone stand in for √E[a_j²]: ‖fc1.weight[j, :] ⊙ norm.weight‖₂
+/// (MLP), ‖conv2.weight[j]‖₂ · |γ_j|/√(σ_j²+ε) of conv2's BN (MBConv); nothing is folded.
+public enum WidthPruning {
+    static let batchNormEpsilon: Float = 1e-5  // TinyViT's Conv2d_BN (PyTorch's default)
+
+    /// One prunable unit set: its hidden width in the teacher, the keys sliced along the units and
+    /// how, and the importance of each unit.
+    struct Plan {
+        var kept: [Int]
+        var rows: [String]           // dim 0 is the unit
+        var columns: [String]        // dim 1 is the unit
+        var outputWeight: String     // (Cout, H, …): the dropped units' mean contribution goes through it
+        var compensated: String      // fc2.bias (added) or conv3.bn.running_mean (subtracted)
+        var compensationSign: Float
+        var mean: [Double]?
     }
 
-    /// The teacher tensor `key` (an MLP's `fc1.weight`, `fc1.bias`, `fc2.weight` or `fc2.bias`)
-    /// for a student MLP of `hidden` units, or nil when `key` is none of those or `hidden` is not
-    /// a narrowing of the teacher's width. `statistics` is keyed by the teacher MLP's prefix
-    /// (`layers.1.blocks.0.mlp.`).
-    static func narrowed(key: String, hidden h: Int, teacher: [String: Tensor],
-                         statistics: [String: TinyViTMlp.HiddenStatistics]) -> Tensor? {
-        let parts = ["mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
-        guard let part = parts.first(where: { key.hasSuffix($0) }) else { return nil }
-        let mlp = String(key.dropLast(part.count)) + "mlp."
-        guard let w1 = teacher[mlp + "fc1.weight"], let w2 = teacher[mlp + "fc2.weight"], let g = teacher[mlp + "norm.weight"],
-              let t = teacher[key], w1.rank == 2 else { return nil }
-        let H = w1.shape[0], C = w1.shape[1]
-        guard h >= 1, h < H, w2.shape == [C, H], g.shape == [C] else { return nil }
-        let st = statistics[mlp].flatMap { $0.sum.count == H ? $0 : nil }
-        let kept = keptUnits(fc1: w1, fc2: w2, normWeight: g, hidden: h, statistics: st)
-        switch part {
-        case "mlp.fc1.weight":  // rows (H, C) → (h, C)
-            var out = Tensor(zeros: [h, C])
-            for (i, j) in kept.enumerated() { for c in 0..<C { out.data[i * C + c] = t.data[j * C + c] } }
-            return out
-        case "mlp.fc1.bias":
-            var out = Tensor(zeros: [h])
-            for (i, j) in kept.enumerated() { out.data[i] = t.data[j] }
-            return out
-        case "mlp.fc2.weight":  // columns (C, H) → (C, h)
-            var out = Tensor(zeros: [C, h])
-            for c in 0..<C { for (i, j) in kept.enumerated() { out.data[c * h + i] = t.data[c * H + j] } }
-            return out
-        default:                // fc2.bias (C): plus the dropped units' mean contribution
-            var out = t
-            guard let mean = st?.mean else { return out }
-            let keep = Set(kept)
-            for j in 0..<H where !keep.contains(j) {
-                for c in 0..<C { out.data[c] += Float(mean[j] * Double(w2.data[c * H + j])) }
-            }
-            return out
+    /// The unit indices of the `keep` largest scores (ties by index), in increasing order.
+    static func topUnits(_ score: [Double], keep: Int) -> [Int] {
+        let ranked = score.indices.sorted { score[$0] != score[$1] ? score[$0] > score[$1] : $0 < $1 }
+        return ranked.prefix(keep).sorted()
+    }
+
+    /// ‖scale ⊙ W[:, j]‖₂ for each column j of W (Cout, H, 1, 1 …) flattened as (Cout, H).
+    static func columnNorms(_ w: Tensor, scale: [Float]? = nil) -> [Double] {
+        let C = w.shape[0], H = w.shape[1]
+        precondition(w.count == C * H, "WidthPruning: \(w.shape) is not a 1×1 weight")
+        var n = [Double](repeating: 0, count: H)
+        for c in 0..<C {
+            let g = Double(scale?[c] ?? 1)
+            for j in 0..<H { let v = g * Double(w.data[c * H + j]); n[j] += v * v }
+        }
+        return n.map { $0.squareRoot() }
+    }
+
+    /// ‖W[j]‖₂ of each row (dim 0) of W, each entry multiplied by `scale` along its last dimension (the MLP's norm scale).
+    static func rowNorms(_ w: Tensor, scale: [Float]? = nil) -> [Double] {
+        let H = w.shape[0], n = w.count / H
+        return (0..<H).map { j in
+            var a = 0.0
+            for i in 0..<n { let v = Double(w.data[j * n + i] * (scale?[i] ?? 1)); a += v * v }
+            return a.squareRoot()
         }
     }
 
-    /// Runs `teacher` (inference) on `images` (B, 3, S, S), one at a time, recording every MLP's
-    /// hidden-unit statistics; keyed by checkpoint prefix (`layers.1.blocks.0.mlp.`).
-    public static func calibrate(_ teacher: TinyViT, images: [Tensor]) -> [String: TinyViTMlp.HiddenStatistics] {
-        var mlps: [(String, TinyViTMlp)] = []
-        for (i, s) in teacher.stages.enumerated() {
-            for (b, block) in s.blocks.enumerated() { mlps.append(("layers.\(i + 1).blocks.\(b).mlp.", block.mlp)) }
+    /// The plan for the MLP or MBConv at `prefix` (teacher keys) narrowed to `hidden` units.
+    static func plan(prefix: String, hidden: Int, teacher t: [String: Tensor], statistics: HiddenStatistics?) -> Plan? {
+        if prefix.hasSuffix(".mlp.") {
+            guard let w1 = t[prefix + "fc1.weight"], let w2 = t[prefix + "fc2.weight"], let g = t[prefix + "norm.weight"],
+                  w1.rank == 2, w2.rank == 2, hidden < w1.shape[0], w2.shape == [w1.shape[1], w1.shape[0]] else { return nil }
+            let st = statistics.flatMap { $0.sum.count == w1.shape[0] ? $0 : nil }
+            let gain = st.map { $0.meanSquare.map { $0.squareRoot() } } ?? rowNorms(w1, scale: g.data)
+            let score = zip(gain, columnNorms(w2)).map { $0 * $1 }
+            return Plan(kept: topUnits(score, keep: hidden), rows: ["fc1.weight", "fc1.bias"], columns: ["fc2.weight"],
+                        outputWeight: "fc2.weight", compensated: "fc2.bias", compensationSign: 1, mean: st?.mean)
         }
-        for (_, m) in mlps { m.hiddenStatistics = .init(hidden: m.hiddenFeatures) }
+        guard let w2 = t[prefix + "conv2.c.weight"], let w3 = t[prefix + "conv3.c.weight"], w3.rank == 4,
+              hidden < w2.shape[0], w3.shape[1] == w2.shape[0],
+              let g2 = t[prefix + "conv2.bn.weight"], let v2 = t[prefix + "conv2.bn.running_var"],
+              let g3 = t[prefix + "conv3.bn.weight"], let v3 = t[prefix + "conv3.bn.running_var"] else { return nil }
+        let H = w2.shape[0]
+        let st = statistics.flatMap { $0.sum.count == H ? $0 : nil }
+        let s3 = (0..<g3.count).map { g3.data[$0] / (v3.data[$0] + batchNormEpsilon).squareRoot() }
+        let gain = st.map { $0.meanSquare.map { $0.squareRoot() } }
+            ?? zip(rowNorms(w2), (0..<H).map { Double(abs(g2.data[$0]) / (v2.data[$0] + batchNormEpsilon).squareRoot()) }).map { $0 * $1 }
+        let score = zip(gain, columnNorms(w3, scale: s3)).map { $0 * $1 }
+        let bn = ["weight", "bias", "running_mean", "running_var"]
+        return Plan(kept: topUnits(score, keep: hidden),
+                    rows: ["conv1.c.weight", "conv2.c.weight"] + bn.map { "conv1.bn." + $0 } + bn.map { "conv2.bn." + $0 },
+                    columns: ["conv3.c.weight"], outputWeight: "conv3.c.weight", compensated: "conv3.bn.running_mean",
+                    compensationSign: -1, mean: st?.mean)
+    }
+
+    /// `t` with only the `kept` entries along dimension `dim` (0 or 1).
+    static func select(_ t: Tensor, dim: Int, _ kept: [Int]) -> Tensor {
+        var shape = t.shape
+        let outer = dim == 0 ? 1 : shape[0], H = shape[dim]
+        let inner = t.count / (outer * H)
+        shape[dim] = kept.count
+        var out = Tensor(zeros: shape)
+        for o in 0..<outer {
+            for (i, j) in kept.enumerated() {
+                for k in 0..<inner { out.data[(o * kept.count + i) * inner + k] = t.data[(o * H + j) * inner + k] }
+            }
+        }
+        return out
+    }
+
+    /// The narrowed teacher tensor for `key` (teacher name) of the unit set at `prefix`, or nil
+    /// when the plan does not touch `key` (then it is copied whole).
+    static func narrowed(key: String, prefix: String, plan: Plan, teacher t: [String: Tensor]) -> Tensor? {
+        let local = String(key.dropFirst(prefix.count))
+        guard let v = t[key] else { return nil }
+        if plan.rows.contains(local) { return select(v, dim: 0, plan.kept) }
+        if plan.columns.contains(local) { return select(v, dim: 1, plan.kept) }
+        guard local == plan.compensated, let mean = plan.mean, let w = t[prefix + plan.outputWeight] else { return nil }
+        var out = v
+        let C = w.shape[0], H = w.shape[1]
+        let keep = Set(plan.kept)
+        for j in 0..<H where !keep.contains(j) {
+            for c in 0..<C { out.data[c] += plan.compensationSign * Float(mean[j] * Double(w.data[c * H + j])) }
+        }
+        return out
+    }
+
+    /// Runs `teacher` (inference) on `images` (each (1, 3, S, S)) recording the hidden statistics
+    /// of every MBConv (keyed `layers.0.blocks.N.`) and MLP (`layers.S.blocks.N.mlp.`).
+    public static func calibrate(_ teacher: TinyViT, images: [Tensor]) -> [String: HiddenStatistics] {
+        for b in teacher.convStage.blocks { b.hiddenStatistics = .init(units: b.hiddenChannels) }
+        for s in teacher.stages { for b in s.blocks { b.mlp.hiddenStatistics = .init(units: b.mlp.hiddenFeatures) } }
         for image in images { _ = teacher.forward(image, mode: .inference) }
-        var result: [String: TinyViTMlp.HiddenStatistics] = [:]
-        for (k, m) in mlps { result[k] = m.hiddenStatistics; m.hiddenStatistics = nil }
+        var result: [String: HiddenStatistics] = [:]
+        for (i, b) in teacher.convStage.blocks.enumerated() { result["layers.0.blocks.\(i)."] = b.hiddenStatistics; b.hiddenStatistics = nil }
+        for (i, s) in teacher.stages.enumerated() {
+            for (n, b) in s.blocks.enumerated() { result["layers.\(i + 1).blocks.\(n).mlp."] = b.mlp.hiddenStatistics; b.mlp.hiddenStatistics = nil }
+        }
         return result
+    }
+
+    /// Hidden width of each prunable unit set of `model`, keyed as `calibrate` keys them.
+    static func hiddenWidths(_ model: TinyViT) -> [String: Int] {
+        var h: [String: Int] = [:]
+        for (i, b) in model.convStage.blocks.enumerated() { h["layers.0.blocks.\(i)."] = b.hiddenChannels }
+        for (i, s) in model.stages.enumerated() {
+            for (n, b) in s.blocks.enumerated() { h["layers.\(i + 1).blocks.\(n).mlp."] = b.mlp.hiddenFeatures }
+        }
+        return h
     }
 }
 
@@ -305,12 +363,12 @@ extension Student {
                 throw ConfigError(["teacher.checkpoint: required by init type teacher_blocks"])
             }
             let teacher = try SAMWeights.read(URL(fileURLWithPath: path))
-            var statistics: [String: TinyViTMlp.HiddenStatistics] = [:]
-            if let t = teacher.encoder as? TinyViT, narrowsMLPs(net, teacher: t), let cache = config.data.train.first {
-                statistics = MLPWidthPruning.calibrate(t, images: try calibrationImages(cache, count: 8))
+            var statistics: [String: HiddenStatistics] = [:]
+            if let t = teacher.encoder as? TinyViT, narrows(net, teacher: t), let cache = config.data.train.first {
+                statistics = WidthPruning.calibrate(t, images: try calibrationImages(cache, count: 8))
             }
             try DepthPruning.initialise(net, fromTeacher: teacher.encoder.stateDict(), blockMap: blockMap,
-                                        mlpStatistics: statistics)
+                                        widthStatistics: statistics)
         case .checkpoint(let path):
             // Read as this student's architecture: the file's keys must be exactly its keys.
             let w = try SAMWeights.read(URL(fileURLWithPath: path), architecture: config.student.encoderConfig)
@@ -320,12 +378,10 @@ extension Student {
         return student
     }
 
-    /// Whether any student MLP is narrower than the teacher's of the same stage (width pruning).
-    static func narrowsMLPs(_ student: TinyViT, teacher: TinyViT) -> Bool {
-        zip(student.stages, teacher.stages).contains { s, t in
-            guard let a = s.blocks.first, let b = t.blocks.first else { return false }
-            return a.mlp.hiddenFeatures < b.mlp.hiddenFeatures
-        }
+    /// Whether any student MLP or MBConv is narrower than the teacher's (width pruning).
+    static func narrows(_ student: TinyViT, teacher: TinyViT) -> Bool {
+        let t = WidthPruning.hiddenWidths(teacher)
+        return WidthPruning.hiddenWidths(student).contains { k, h in h < (t[k] ?? 0) }
     }
 
     /// Width pruning's calibration images: `count` train rows of `cache`, evenly spaced, each

@@ -16,6 +16,10 @@ public final class MBConv: Module {
     // backward; conv1's and conv2's GELUs run inside their BatchNorm passes (and backward).
     private var a3: Tensor?, g3: Tensor?
 
+    /// When set, every forward adds each hidden channel's Σ a and Σ a² (a = conv2's GELU output,
+    /// conv3's input) over its pixels: what width pruning ranks channels by.
+    public var hiddenStatistics: HiddenStatistics?
+
     /// The reference adds the input back, so `outputChannels` must equal `inputChannels`.
     public init(inputChannels: Int, outputChannels: Int, expandRatio: Float) {
         precondition(inputChannels == outputChannels,
@@ -41,6 +45,10 @@ public final class MBConv: Module {
         a3 = nil; g3 = nil
         let o1 = conv1.forward(x, mode: mode, residual: nil, activation: .gelu)
         let o2 = conv2.forward(o1, mode: mode, residual: nil, activation: .gelu)
+        if var st = hiddenStatistics {  // o2: (B, hidden, H, W)
+            st.addChannels(o2)
+            hiddenStatistics = st
+        }
         if mode.foldsBatchNorm { return conv3.forward(o2, mode: mode, residual: x, activation: .gelu) }
         var h3 = conv3.forward(o2, mode: mode)
         h3.add(x)

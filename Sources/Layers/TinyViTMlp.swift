@@ -17,15 +17,8 @@ public final class TinyViTMlp: Module {
     // h: (..., hidden) fc1's output before GELU, a = GELU(h) (also fc2's kept input); kept for backward
     private var hidden: Tensor?, activation: Tensor?
 
-    /// Activation statistics of the hidden units, what width pruning ranks them by: when set,
-    /// every forward adds Σ a_j and Σ a_j² over its tokens (a = GELU(h)) and their count.
-    public struct HiddenStatistics: Sendable {
-        public var sum: [Double], squares: [Double], tokens = 0
-        public init(hidden: Int) { sum = Array(repeating: 0, count: hidden); squares = sum }
-        /// E[a_j] and E[a_j²] of each unit.
-        public var mean: [Double] { sum.map { $0 / Double(max(tokens, 1)) } }
-        public var meanSquare: [Double] { squares.map { $0 / Double(max(tokens, 1)) } }
-    }
+    /// When set, every forward adds each hidden unit's Σ a and Σ a² over its tokens (a = GELU(h),
+    /// fc2's input): what width pruning ranks units by.
     public var hiddenStatistics: HiddenStatistics?
 
     /// As the reference: `hiddenFeatures` and `outputFeatures` default to `inputFeatures`.
@@ -53,11 +46,7 @@ public final class TinyViTMlp: Module {
         hidden = mode.keepsActivations ? h : nil
         activation = mode.keepsActivations ? a : nil
         if var st = hiddenStatistics {
-            let H = hiddenFeatures, n = a.count / H
-            for t in 0..<n {
-                for j in 0..<H { let v = Double(a.data[t * H + j]); st.sum[j] += v; st.squares[j] += v * v }
-            }
-            st.tokens += n
+            st.addTokens(a)
             hiddenStatistics = st
         }
         return fc2.forward(a, mode: mode)

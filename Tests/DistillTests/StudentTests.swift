@@ -151,21 +151,23 @@ final class StudentTests: XCTestCase {
         for (_, p) in teacher.namedParameters() { p.value = p.value.map { $0 + rng.uniform(-0.1, 0.1) } }
         guard let tnet = teacher.network as? TinyViT else { return XCTFail() }
         let images = (0..<2).map { _ in Tensor.randomUniform([1, 3, 64, 64], -1, 1, rng: &rng) }
-        let stats = MLPWidthPruning.calibrate(tnet, images: images)
-        XCTAssertEqual(stats.count, 2 + 3 + 2)
+        let stats = WidthPruning.calibrate(tnet, images: images)
+        XCTAssertEqual(stats.count, 1 + 2 + 3 + 2)
         XCTAssertNil(tnet.stages[0].blocks[0].mlp.hiddenStatistics, "calibration leaves no recorder behind")
+        XCTAssertNil(tnet.convStage.blocks[0].hiddenStatistics)
         var sc = Self.smallTinyViT
         sc.mlpRatios = [4, 1.5, 4, 0.25]     // stage 1: 48 of 128 units, stage 3: 16 of 256, stage 2 whole
+        sc.mbconvExpandRatio = 1.5           // MBConv: 24 of 64 channels
         let student = Student(.tinyViT(sc, preset: nil))
         guard let snet = student.network as? TinyViT else { return XCTFail() }
         let t = teacher.stateDict()
-        try DepthPruning.initialise(snet, fromTeacher: t, mlpStatistics: stats)
+        try DepthPruning.initialise(snet, fromTeacher: t, widthStatistics: stats)
         let s = student.stateDict()
         for (prefix, h) in [("layers.1.blocks.1.mlp.", 48), ("layers.3.blocks.0.mlp.", 16)] {
             let w1 = t[prefix + "fc1.weight"]!, w2 = t[prefix + "fc2.weight"]!, st = stats[prefix]!
             let H = w1.shape[0], C = w1.shape[1]
             let side = sc.stageResolutions[prefix.hasPrefix("layers.1") ? 1 : 3]   // 8, 4
-            XCTAssertEqual(st.tokens, 2 * side * side, prefix)
+            XCTAssertEqual(st.count, 2 * side * side, prefix)
             var score = [Double](repeating: 0, count: H)
             for j in 0..<H {
                 var b = 0.0
@@ -192,6 +194,30 @@ final class StudentTests: XCTestCase {
             }
         }
         XCTAssertEqual(s["layers.2.blocks.2.mlp.fc2.bias"]!.data, t["layers.2.blocks.2.mlp.fc2.bias"]!.data, "unpruned MLP copied")
+        // MBConv: channels ranked by √E[a²]·‖(γ₃/√(σ₃²+ε)) ⊙ conv3[:, j]‖, conv3's running mean absorbs the dropped means
+        do {
+            let p = "layers.0.blocks.0.", st = stats[p]!, w3 = t[p + "conv3.c.weight"]!  // (16, 64, 1, 1)
+            XCTAssertEqual(st.count, 2 * 16 * 16)
+            let g3 = t[p + "conv3.bn.weight"]!.data, v3 = t[p + "conv3.bn.running_var"]!.data
+            var score = [Double](repeating: 0, count: 64)
+            for j in 0..<64 {
+                var b = 0.0
+                for c in 0..<16 { let v = Double(g3[c] / (v3[c] + 1e-5).squareRoot() * at(w3, c, j)); b += v * v }
+                score[j] = (st.meanSquare[j] * b).squareRoot()
+            }
+            let kept = Array((0..<64).sorted { score[$0] > score[$1] }.prefix(24)).sorted()
+            XCTAssertEqual(s[p + "conv2.c.weight"]!.shape, [24, 1, 3, 3])
+            XCTAssertEqual(s[p + "conv1.bn.running_var"]!.data, kept.map { t[p + "conv1.bn.running_var"]!.data[$0] })
+            XCTAssertEqual(s[p + "conv2.c.weight"]!.data, kept.flatMap { j in (0..<9).map { t[p + "conv2.c.weight"]!.data[j * 9 + $0] } })
+            XCTAssertEqual(at(s[p + "conv3.c.weight"]!, 3, 5), at(w3, 3, kept[5]))
+            let dropped = Set(0..<64).subtracting(kept)
+            for c in 0..<16 {
+                var shift = 0.0
+                for j in dropped { shift += st.mean[j] * Double(at(w3, c, j)) }
+                XCTAssertEqual(Double(s[p + "conv3.bn.running_mean"]!.data[c]), Double(t[p + "conv3.bn.running_mean"]!.data[c]) - shift,
+                               accuracy: 1e-5, "conv3 running mean \(c)")
+            }
+        }
         // Without statistics: weight magnitudes, fc2's bias as is.
         try DepthPruning.initialise(snet, fromTeacher: t)
         let m = student.stateDict()
