@@ -39,6 +39,10 @@ public enum AtomicFile {
             return String(cString: strerror(Int32(u.code)))
         }
         if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+        // Foundation on Linux reports ENOSPC / EDQUOT as CocoaError.fileWriteOutOfSpace, no POSIX error under it
+        if ns.domain == NSCocoaErrorDomain && ns.code == CocoaError.fileWriteOutOfSpace.rawValue {
+            return String(cString: strerror(ENOSPC))
+        }
         return ns.localizedDescription
     }
 }
