@@ -217,8 +217,9 @@ final class ConfigTests: XCTestCase {
                        ["init.type: teacher_blocks needs a tinyvit student (the teacher is a TinyViT)"])
     }
 
-    /// Every config under Configs/ is valid; the quickstart's student is TinyViT-5M pruned to
-    /// depths [2, 1, 2, 1] (FLOPs printed for the record).
+    /// Every config under Configs/ is valid; the quickstart's student is a pruned TinyViT-5M and
+    /// the long recipe's is at most half the teacher's FLOPs, as its config and the README say
+    /// (FLOPs printed for the record).
     func testShippedConfigsAreValid() throws {
         let dir = Fixture.repositoryRoot.appendingPathComponent("Configs")
         let names = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
@@ -229,5 +230,8 @@ final class ConfigTests: XCTestCase {
         print("FLOPs per 1024² image: TinyViT-5M \(full.forwardFLOPs), quickstart student \(pruned.forwardFLOPs); parameters \(full.parameterCount) / \(pruned.parameterCount)")
         XCTAssertLessThan(pruned.forwardFLOPs, full.forwardFLOPs)
         XCTAssertLessThan(pruned.parameterCount, full.parameterCount)
+        let long = Student(try RunConfig.load(dir.appendingPathComponent("long_width_pruned.yaml")).student)
+        print("long recipe student: \(long.forwardFLOPs) FLOPs (\(Double(long.forwardFLOPs) / Double(full.forwardFLOPs)) of the teacher's)")
+        XCTAssertLessThanOrEqual(Double(long.forwardFLOPs), 0.5 * Double(full.forwardFLOPs))
     }
 }
