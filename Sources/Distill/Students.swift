@@ -173,15 +173,16 @@ public enum DepthPruning {
         var values: [String: Tensor] = [:]
         // the unit sets the student narrows: student prefix → (teacher prefix, plan)
         var plans: [String: (teacher: String, plan: WidthPruning.Plan)] = [:]
+        let params = student.namedParameters()
         for (prefix, h) in WidthPruning.hiddenWidths(student) {
-            guard let probe = student.namedParameters().first(where: { $0.0.hasPrefix(prefix) })?.0,
+            guard let probe = params.first(where: { $0.0.hasPrefix(prefix) })?.0,
                   let tk = map[probe] else { continue }
             let tp = String(tk.prefix(tk.count - (probe.count - prefix.count)))
             if let plan = WidthPruning.plan(prefix: tp, hidden: h, teacher: teacher, statistics: mlpStatistics[tp]) {
                 plans[prefix] = (tp, plan)
             }
         }
-        for (k, p) in student.namedParameters() {
+        for (k, p) in params {
             let tk = map[k]!
             guard let t = teacher[tk] else { problems.append("\(k): teacher has no \(tk)"); continue }
             if let (prefix, pl) = plans.first(where: { k.hasPrefix($0.key) }).map({ ($0.value.teacher, $0.value.plan) }),
@@ -195,7 +196,7 @@ public enum DepthPruning {
             }
         }
         if !problems.isEmpty { throw IncompatibleError(problems: problems) }
-        for (k, p) in student.namedParameters() { p.value = values[k]! }
+        for (k, p) in params { p.value = values[k]! }
         return map
     }
 }
