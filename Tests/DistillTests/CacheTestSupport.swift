@@ -41,8 +41,10 @@ enum CacheTestSupport {
 
     /// Writes `tiny.safetensors` (random weights, seeded) and `tiny.json` into `dir`.
     @discardableResult
-    static func writeTinyTeacher(in dir: URL, imageSize: Int = 64, seed: UInt64 = 5) throws -> (weights: URL, config: URL) {
-        let config = tinyConfig(imageSize: imageSize)
+    static func writeTinyTeacher(in dir: URL, imageSize: Int = 64, seed: UInt64 = 5,
+                                 neckChannels: Int = 8) throws -> (weights: URL, config: URL) {
+        var config = tinyConfig(imageSize: imageSize)
+        config.neckChannels = neckChannels
         let model = TinyViT(config)
         var rng = SeededRandom(seed: seed)
         randomiseSignalPreserving(model, rng: &rng)

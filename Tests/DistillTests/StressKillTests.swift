@@ -116,12 +116,12 @@ final class StressKillTests: XCTestCase {
         report("cache", o, d, "\(expected.count) rows, resumed cache equal to the reference: \(same)")
     }
 
-    /// A train config on the committed tiny teacher's cache (8×4×4 embeddings); checkpoints every step.
+    /// A train config on the tiny teacher's cache (256×4×4 embeddings); checkpoints every step.
     func trainConfig(cache: URL, run: URL, steps: Int) throws -> URL {
         let yaml = """
             data: {train: [\(cache.path)]}
             student: {type: tinyvit, image_size: 64, embed_dims: [8, 16, 16, 16], depths: [1, 1, 1, 1],
-                      num_heads: [1, 2, 2, 2], window_sizes: [4, 4, 4, 4], merge_strides: [2, 2, 1], neck_channels: 8}
+                      num_heads: [1, 2, 2, 2], window_sizes: [4, 4, 4, 4], merge_strides: [2, 2, 1], neck_channels: 256}
             init: {type: random}
             loss: {type: mse}
             schedule: {type: warmup_cosine, peak_lr: 2.0e-3, min_lr: 1.0e-5, warmup_steps: 2}
@@ -142,7 +142,8 @@ final class StressKillTests: XCTestCase {
         let exe = try CacheTestSupport.executable()
         let images = dir.appendingPathComponent("images")
         try CacheTestSupport.writeSyntheticImages(in: images, count: 6)
-        let (w, c) = try CacheTestSupport.writeTinyTeacher(in: dir)
+        // SAM's 256 channels: a student's embedding must fit the mask decoder
+        let (w, c) = try CacheTestSupport.writeTinyTeacher(in: dir, neckChannels: 256)
         let cache = dir.appendingPathComponent("cache.h5")
         XCTAssertEqual(try CacheTestSupport.run(exe, ["cache", "--images", images.path, "--teacher", w.path, "--teacher-config", c.path,
                                                       "--out", cache.path, "--views", "2", "--quiet"]).status, 0)
