@@ -40,11 +40,8 @@ public final class LayerNorm: Module {
                                 parallelChunks(rows, costPerItem: C * 4) { range in
                                     for r in range {
                                         let row = xp + r * C
-                                        var mean: Float = 0
-                                        for c in 0..<C { mean += row[c] }
-                                        mean /= Float(C)
-                                        var v: Float = 0
-                                        for c in 0..<C { let d = row[c] - mean; v += d * d }
+                                        let mean = Reductions.sum(row, C) / Float(C)
+                                        let v = Reductions.sumSquaredDeviations(row, C, from: mean)
                                         let s = 1 / (v / Float(C) + eps).squareRoot()
                                         let out = yp + r * C
                                         if keep {
@@ -72,30 +69,39 @@ public final class LayerNorm: Module {
         precondition(dy.shape == xh.shape, "LayerNorm.backward: dy \(dy.shape) vs input \(xh.shape)")
         let C = features, rows = xh.count / C
         var dx = Tensor.empty(xh.shape)
-        var dw = [Float](repeating: 0, count: C), db = [Float](repeating: 0, count: C)
+        // dW and dB per block of 256 rows (fixed blocks: the same sums for any thread count),
+        // added in block order afterwards. partial: (blocks, 2, C)
+        let block = 256, blocks = (rows + block - 1) / block
+        var partial = [Float](repeating: 0, count: blocks * 2 * C)
+        let rs = rstd
         dy.data.withUnsafeBufferPointer { gb in
             xh.data.withUnsafeBufferPointer { hb in
                 dx.data.withUnsafeMutableBufferPointer { ob in
                     weight.value.data.withUnsafeBufferPointer { wb in
-                        let g = gb.baseAddress!, h = hb.baseAddress!, o = ob.baseAddress!, w = wb.baseAddress!
-                        for r in 0..<rows {
-                            let gr = g + r * C, hr = h + r * C, orow = o + r * C
-                            var m1: Float = 0, m2: Float = 0
-                            for c in 0..<C {
-                                let d = gr[c] * w[c]
-                                m1 += d; m2 += d * hr[c]
-                                dw[c] += gr[c] * hr[c]; db[c] += gr[c]
+                        partial.withUnsafeMutableBufferPointer { pb in
+                            let g = gb.baseAddress!, h = hb.baseAddress!, o = ob.baseAddress!, w = wb.baseAddress!
+                            let pp = pb.baseAddress!
+                            parallelFor(blocks, costPerItem: block * C * 4) { k in
+                                let dw = pp + k * 2 * C, db = dw + C
+                                for r in (k * block)..<Swift.min(rows, (k + 1) * block) {
+                                    let gr = g + r * C, hr = h + r * C, orow = o + r * C
+                                    let m1 = Reductions.dot(gr, w, C) / Float(C)
+                                    let m2 = Reductions.dot(gr, w, hr, C) / Float(C)
+                                    for c in 0..<C { dw[c] += gr[c] * hr[c]; db[c] += gr[c] }
+                                    let s = rs[r]
+                                    for c in 0..<C { orow[c] = s * (gr[c] * w[c] - m1 - hr[c] * m2) }
+                                }
                             }
-                            m1 /= Float(C); m2 /= Float(C)
-                            let s = rstd[r]
-                            for c in 0..<C { orow[c] = s * (gr[c] * w[c] - m1 - hr[c] * m2) }
                         }
                     }
                 }
             }
         }
-        if weight.requiresGradient { for c in 0..<C { weight.grad.data[c] += dw[c] } }
-        if bias.requiresGradient { for c in 0..<C { bias.grad.data[c] += db[c] } }
+        for k in 0..<blocks {
+            let o = k * 2 * C
+            if weight.requiresGradient { for c in 0..<C { weight.grad.data[c] += partial[o + c] } }
+            if bias.requiresGradient { for c in 0..<C { bias.grad.data[c] += partial[o + C + c] } }
+        }
         xhat = nil; rstd = []
         return dx
     }
@@ -188,9 +194,7 @@ public final class LayerNorm2d: Module {
                 let g = gb.baseAddress!, h = hb.baseAddress!
                 if weight.requiresGradient || bias.requiresGradient { for b in 0..<B { for c in 0..<C {
                     let o = (b * C + c) * HW
-                    var sw: Float = 0, sb: Float = 0
-                    for i in 0..<HW { sw += g[o + i] * h[o + i]; sb += g[o + i] }
-                    dw[c] += Double(sw); db[c] += Double(sb)
+                    dw[c] += Double(Reductions.dot(g + o, h + o, HW)); db[c] += Double(Reductions.sum(g + o, HW))
                 } } }
                 dx.data.withUnsafeMutableBufferPointer { ob in
                     weight.value.data.withUnsafeBufferPointer { wb in

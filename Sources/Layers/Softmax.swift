@@ -15,8 +15,7 @@ public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
 /// One row in place: max, vectorised e^(x − max) with its sum, scale.
 @inline(__always)
 public func softmaxRow(_ row: UnsafeMutablePointer<Float>, _ n: Int) {
-    var m = -Float.infinity
-    for j in 0..<n { m = Swift.max(m, row[j]) }
+    let m = Reductions.max(row, n)
     let inv = 1 / FastMath.expShiftedInPlace(row, m, n)
     for j in 0..<n { row[j] *= inv }
 }
@@ -36,8 +35,7 @@ public func softmaxRowsBackward(probabilities p: UnsafePointer<Float>, gradient 
     parallelChunks(rows, costPerItem: n * 4) { range in
         for r in range {
             let pr = p + r * n, gr = g + r * n
-            var dot: Float = 0
-            for j in 0..<n { dot += pr[j] * gr[j] }
+            let dot = Reductions.dot(pr, UnsafePointer(gr), n)
             for j in 0..<n { gr[j] = pr[j] * (gr[j] - dot) }
         }
     }

@@ -13,14 +13,17 @@ func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> Strin
     if x.shape == y.shape { return x + y }
     precondition(x.rank == 3 && y.rank == 3 && y.shape[0] == 1 && y.shape[1] == x.shape[1] && y.shape[2] == x.shape[2],
                  "\(layer()): cannot add a tensor of shape \(y.shape) to one of shape \(x.shape)")
-    var out = x
+    // Written in one pass (not a copy of x, then an add): the image side is B × 4 MB here.
+    var out = Tensor.empty(x.shape)
     let per = x.shape[1] * x.shape[2], B = x.shape[0]
     out.data.withUnsafeMutableBufferPointer { ob in
-        y.data.withUnsafeBufferPointer { yb in
-            let o = ob.baseAddress!, yp = yb.baseAddress!
-            parallelFor(B, costPerItem: per) { b in
-                let ob = o + b * per
-                for i in 0..<per { ob[i] += yp[i] }
+        x.data.withUnsafeBufferPointer { xb in
+            y.data.withUnsafeBufferPointer { yb in
+                let o = ob.baseAddress!, xp = xb.baseAddress!, yp = yb.baseAddress!
+                parallelFor(B, costPerItem: per) { b in
+                    let ob = o + b * per, xr = xp + b * per
+                    for i in 0..<per { ob[i] = xr[i] + yp[i] }
+                }
             }
         }
     }

@@ -110,13 +110,9 @@ public enum FastMath {
         for i in 0..<n { dx[i] = dy[i] * geluDerivative(x[i], gelu: y[i]) }
     }
 
-    /// y[i] = e^(y[i] − m) in place; returns Σ y[i] (4 partial sums).
+    /// y[i] = e^(y[i] − m) in place; returns Σ y[i].
     public static func expShiftedInPlace(_ y: UnsafeMutablePointer<Float>, _ m: Float, _ n: Int) -> Float {
         for i in 0..<n { y[i] = exp(y[i] - m) }
-        var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
-        var i = 0
-        while i + 4 <= n { s0 += y[i]; s1 += y[i + 1]; s2 += y[i + 2]; s3 += y[i + 3]; i += 4 }
-        while i < n { s0 += y[i]; i += 1 }
-        return (s0 + s1) + (s2 + s3)
+        return Reductions.sum(y, n)
     }
 }

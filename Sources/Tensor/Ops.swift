@@ -44,8 +44,26 @@ extension Tensor {
         }
     }
 
-    public static func + (a: Tensor, b: Tensor) -> Tensor { var c = a; c.add(b); return c }
-    public static func - (a: Tensor, b: Tensor) -> Tensor { var c = a; c.add(b, scaledBy: -1); return c }
+    // One parallel pass into new storage (`var c = a; c.add(b)` would first copy a on one thread).
+    public static func + (a: Tensor, b: Tensor) -> Tensor { a.combined(with: b, "+") { $0 + $1 } }
+    public static func - (a: Tensor, b: Tensor) -> Tensor { a.combined(with: b, "-") { $0 - $1 } }
+
+    /// out[i] = f(self[i], other[i]) (same shape).
+    @inline(__always)
+    func combined(with other: Tensor, _ op: String, _ f: (Float, Float) -> Float) -> Tensor {
+        precondition(shape == other.shape, "\(op): shapes \(shape) and \(other.shape) differ")
+        var out = Tensor.empty(shape)
+        let n = count
+        out.data.withUnsafeMutableBufferPointer { y in
+            data.withUnsafeBufferPointer { a in
+                other.data.withUnsafeBufferPointer { b in
+                    let yp = y.baseAddress!, ap = a.baseAddress!, bp = b.baseAddress!
+                    parallelChunks(n) { r in for i in r { yp[i] = f(ap[i], bp[i]) } }
+                }
+            }
+        }
+        return out
+    }
     public static func * (a: Tensor, s: Float) -> Tensor { var c = a; c.scale(by: s); return c }
 
     /// Applies `f` to every value, in parallel for large tensors.

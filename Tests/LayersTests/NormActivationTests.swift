@@ -82,6 +82,48 @@ final class NormActivationTests: XCTestCase {
         XCTAssertLessThan(relativeError(y, ref), 1e-5)
     }
 
+    /// Large LayerNorm (SIMD reductions, parallel backward over row blocks, a ragged last block and
+    /// a channel tail) equals a Double reference (1e-5 relative for y, dx, dW, dB), and its
+    /// parameter gradients are bitwise the same with 1 and 4 threads.
+    func testLayerNormLargeMatchesDoubleReferenceForAnyThreadCount() {
+        var rng = SeededRandom(seed: 7)
+        let (rows, C) = (700, 37)
+        let x = Tensor.randomNormal([rows, C], std: 3, rng: &rng), dy = Tensor.randomNormal([rows, C], rng: &rng)
+        var gradients: [[Float]] = []
+        for threads in [1, 4] {
+            let saved = Threads.count
+            Threads.count = threads
+            defer { Threads.count = saved }
+            var r = SeededRandom(seed: 8)
+            let ln = LayerNorm(C)
+            randomiseParameters(ln, rng: &r)
+            let y = ln.forward(x, mode: .training)
+            let dx = ln.backward(dy)
+            gradients.append(ln.weight.grad.data + ln.bias.grad.data)
+            var yRef = Tensor(zeros: x.shape), dxRef = Tensor(zeros: x.shape)
+            var dwRef = [Double](repeating: 0, count: C), dbRef = [Double](repeating: 0, count: C)
+            let w = ln.weight.value.data.map(Double.init), b = ln.bias.value.data.map(Double.init)
+            for i in 0..<rows {
+                let row = (0..<C).map { Double(x.data[i * C + $0]) }, g = (0..<C).map { Double(dy.data[i * C + $0]) }
+                let m = row.reduce(0, +) / Double(C)
+                let s = 1 / (row.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(C) + Double(ln.eps)).squareRoot()
+                let h = row.map { ($0 - m) * s }
+                let m1 = (0..<C).map { g[$0] * w[$0] }.reduce(0, +) / Double(C)
+                let m2 = (0..<C).map { g[$0] * w[$0] * h[$0] }.reduce(0, +) / Double(C)
+                for c in 0..<C {
+                    yRef.data[i * C + c] = Float(h[c] * w[c] + b[c])
+                    dxRef.data[i * C + c] = Float(s * (g[c] * w[c] - m1 - h[c] * m2))
+                    dwRef[c] += g[c] * h[c]; dbRef[c] += g[c]
+                }
+            }
+            XCTAssertLessThan(relativeError(y, yRef), 1e-5)
+            XCTAssertLessThan(relativeError(dx, dxRef), 1e-5)
+            XCTAssertLessThan(relativeError(ln.weight.grad, Tensor(shape: [C], data: dwRef.map(Float.init))), 1e-5)
+            XCTAssertLessThan(relativeError(ln.bias.grad, Tensor(shape: [C], data: dbRef.map(Float.init))), 1e-5)
+        }
+        XCTAssertEqual(gradients[0], gradients[1])
+    }
+
     /// Partition then reverse is the identity (with padding); reverse is partition's adjoint:
     /// ⟨partition(x), w⟩ = ⟨x, reverse(w)⟩.
     func testWindowPartitionRoundTripAndAdjoint() {
