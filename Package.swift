@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "CheckpointFormats", targets: ["CheckpointFormats"]),
         .library(name: "ImageCodecs", targets: ["ImageCodecs"]),
         .library(name: "Distill", targets: ["Distill"]),
+        .library(name: "ONNX", targets: ["ONNX"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

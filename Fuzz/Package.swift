@@ -11,6 +11,7 @@ let formats = [
     ("fuzz-config", "Distill"),                     // YAML run configs: decoding and validation
     ("fuzz-coco", "Distill"),                       // COCO annotation JSON, RLE and polygons
     ("fuzz-cache", "Distill"),                      // the HDF5 feature cache reader's checks
+    ("fuzz-onnx", "ONNX"),                          // ONNX models as `inspect` reads them
 ]
 
 let package = Package(

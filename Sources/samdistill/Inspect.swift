@@ -76,49 +76,37 @@ struct Inspect: ParsableCommand {
     }
 
     private func inspectONNX(_ url: URL) throws {
-        let m: Onnx_ModelProto
+        let m: ONNXSummary
         do {
-            m = try Onnx_ModelProto(serializedBytes: try Data(contentsOf: url))
+            m = try ONNXSummary(contentsOf: url)
         } catch {
             FileHandle.standardError.write(Data("error: \(file): not a readable ONNX model (\(error))\n".utf8))
             throw ExitCode.failure
         }
-        func typeName(_ t: Int32) -> String {
-            Onnx_TensorProto.DataType(rawValue: Int(t)).map { "\($0)" } ?? "type \(t)"
-        }
-        func describe(_ v: Onnx_ValueInfoProto) -> [String: Any] {
-            let t = v.type.tensorType
-            let dims: [Any] = t.shape.dim.map { $0.dimParam.isEmpty ? Int($0.dimValue) as Any : $0.dimParam as Any }
-            return ["name": v.name, "type": typeName(t.elemType), "shape": dims]
-        }
-        let inputs = m.graph.input.map(describe), outputs = m.graph.output.map(describe)
-        var opCounts: [String: Int] = [:]
-        for n in m.graph.node { opCounts[n.opType, default: 0] += 1 }
-        var valuesPerType: [String: Int] = [:]
-        for t in m.graph.initializer { valuesPerType[typeName(t.dataType), default: 0] += Int(t.dims.reduce(1, *)) }
-        let opsets = m.opsetImport.map { ["domain": $0.domain.isEmpty ? "ai.onnx" : $0.domain, "version": Int($0.version)] as [String: Any] }
-        let metadata = Dictionary(m.metadataProps.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        let opsets = m.opsets.map { "\($0.domain) \($0.version)" }.joined(separator: ", ")
         if json {
-            printJSON(["file": file, "format": "onnx", "ir_version": Int(m.irVersion), "opsets": opsets,
-                       "producer": m.producerName + " " + m.producerVersion, "inputs": inputs, "outputs": outputs,
-                       "nodes": m.graph.node.count, "ops": opCounts, "initializers": m.graph.initializer.count,
-                       "initializer_values": valuesPerType, "metadata": metadata])
+            func describe(_ v: ONNXSummary.Value) -> [String: Any] {
+                ["name": v.name, "type": v.type, "shape": v.shape.map { d -> Any in
+                    switch d { case .size(let n): Int(n); case .named(let s): s }
+                }]
+            }
+            printJSON(["file": file, "format": "onnx", "ir_version": Int(m.irVersion),
+                       "opsets": m.opsets.map { ["domain": $0.domain, "version": Int($0.version)] as [String: Any] },
+                       "producer": m.producer, "inputs": m.inputs.map(describe), "outputs": m.outputs.map(describe),
+                       "nodes": m.nodes, "ops": m.ops, "initializers": m.initializers,
+                       "initializer_values": m.initializerValues, "metadata": m.metadata])
             return
         }
-        func shape(_ d: [String: Any]) -> String {
-            "(" + (d["shape"] as! [Any]).map { "\($0)" }.joined(separator: ", ") + ")"
-        }
-        print("onnx    \(file): IR version \(m.irVersion), opset " + opsets.map { "\($0["domain"]!) \($0["version"]!)" }.joined(separator: ", ")
-              + ", producer \(m.producerName) \(m.producerVersion)")
-        for d in inputs { print("input   \(d["name"]!)  \(d["type"]!) \(shape(d))") }
-        for d in outputs { print("output  \(d["name"]!)  \(d["type"]!) \(shape(d))") }
-        print("initializers: \(m.graph.initializer.count) ("
-              + valuesPerType.sorted { $0.key < $1.key }.map { "\(grouped($0.value)) \($0.key) values" }.joined(separator: ", ") + ")")
-        print("nodes: \(m.graph.node.count)")
-        for (op, n) in opCounts.sorted(by: { ($0.value, $1.key) > ($1.value, $0.key) }) {
+        print("onnx    \(file): IR version \(m.irVersion), opset \(opsets), producer \(m.producer)")
+        for v in m.inputs { print("input   \(v.name)  \(v.type) (\(v.shape.map(\.description).joined(separator: ", ")))") }
+        for v in m.outputs { print("output  \(v.name)  \(v.type) (\(v.shape.map(\.description).joined(separator: ", ")))") }
+        print("initializers: \(m.initializers) ("
+              + m.initializerValues.sorted { $0.key < $1.key }.map { "\(grouped($0.value)) \($0.key) values" }.joined(separator: ", ") + ")")
+        print("nodes: \(m.nodes)")
+        for (op, n) in m.ops.sorted(by: { ($0.value, $1.key) > ($1.value, $0.key) }) {
             print("  " + op.padding(toLength: max(op.count, 20), withPad: " ", startingAt: 0) + " \(n)")
         }
-        for (k, v) in metadata.sorted(by: { $0.key < $1.key }) { print("metadata \(k): \(v)") }
+        for (k, v) in m.metadata.sorted(by: { $0.key < $1.key }) { print("metadata \(k): \(v)") }
     }
 
     /// 10140231 → "10,140,231".

@@ -43,4 +43,32 @@ final class GraphBuilderTests: XCTestCase {
         XCTAssertEqual(m.graph.node[0].output, [v])
         XCTAssertEqual(m.graph.node[0].attribute[0].i, Int64(Onnx_TensorProto.DataType.float.rawValue))
     }
+
+    /// `inspect`'s summary: interface, opsets, node and initializer counts; sizes claimed by a
+    /// hostile file (overflowing or negative dims) saturate instead of trapping.
+    func testSummaryCountsAndHostileSizes() throws {
+        let g = GraphBuilder(name: "tiny")
+        let x = g.input("x", [1, "n", 4])
+        let y = g.linear(x, weight: Tensor(zeros: [3, 4]), bias: Tensor(zeros: [3]), name: "fc")
+        g.output(g.relu(y, name: "act"), as: "y", [1, "n", 3])
+        var m = g.model(producer: "test", version: "0")
+        var s = ONNXSummary(m)
+        XCTAssertEqual(s.inputs.map(\.name), ["x"])
+        XCTAssertEqual(s.inputs[0].shape.map(\.description), ["1", "n", "4"])
+        XCTAssertEqual(s.outputs[0].type, "float")
+        XCTAssertEqual(s.ops, ["MatMul": 1, "Add": 1, "Relu": 1, "Identity": 1])
+        XCTAssertEqual(s.nodes, 4)
+        XCTAssertEqual(s.initializerValues["float"], 15)
+        XCTAssertEqual(s.opsets.map(\.domain), ["ai.onnx"])
+
+        var huge = Onnx_TensorProto()
+        huge.name = "huge"; huge.dataType = Int32(Onnx_TensorProto.DataType.float.rawValue)
+        huge.dims = [1 << 40, 1 << 40]
+        var negative = huge
+        negative.name = "negative"; negative.dims = [-1, 5]
+        m.graph.initializer += [huge, negative]
+        s = try ONNXSummary(Onnx_ModelProto(serializedBytes: try m.serializedData() as Data))
+        XCTAssertEqual(s.initializers, 4)
+        XCTAssertEqual(s.initializerValues["float"], Int.max)
+    }
 }
