@@ -506,6 +506,7 @@ extension TeacherConfig {
 
 extension CacheSplit: ConfigChoice { var choiceName: String { name } }
 extension CacheSelection: ConfigChoice { var choiceName: String { rawValue } }
+extension PromptInTheLoopConfig.PointOutput: ConfigChoice { var choiceName: String { rawValue } }
 
 extension TinyViTConfig {
     /// The `student: {type: tinyvit}` keys besides `type` and `preset`.
@@ -696,6 +697,8 @@ extension PromptInTheLoopConfig {
         .value("bce_weight", \.bceWeight, check: nonNegative),
         .value("dice_weight", \.diceWeight, check: nonNegative),
         .value("embedding_weight", \.embeddingWeight, check: nonNegative),
+        .value("point_output", \.pointOutput),
+        .value("correction_mask_input", \.correctionMaskInput),
     ]
 }
 

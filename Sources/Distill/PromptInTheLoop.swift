@@ -18,7 +18,16 @@ public struct PromptInTheLoopConfig: Equatable, Sendable {
     public var diceWeight = 1.0
     /// Weight of the embedding MSE mixed in (0: none).
     public var embeddingWeight = 0.0
+    /// Which output a point prompt of the first round learns: the teacher's multimask output of
+    /// highest predicted IoU (EdgeSAM, SAM's training) or the single-mask output (what
+    /// `samdistill eval` scores and `segment` returns by default).
+    public var pointOutput: PointOutput = .best
+    /// The correction round decodes with the previous round's logits as mask input (EdgeSAM); off:
+    /// the prompt's points alone, as a user's second click without a mask.
+    public var correctionMaskInput = true
     public init() {}
+
+    public enum PointOutput: String, CaseIterable, Sendable { case best, single }
 }
 
 /// One prompt of the loop: points (input-frame pixels, labels 1 foreground / 0 background), an
@@ -45,6 +54,7 @@ public struct LoopPrompt: Equatable, Sendable {
 ///    are decoded from the teacher's embedding (multimask, best predicted IoU); each prompt is a
 ///    point (that point, that output) or, with probability `boxFraction`, a box: the bounding box
 ///    of that point's teacher mask (a point prompt when the mask is empty), single output.
+///    With `pointOutput: single`, point prompts learn the single-mask output instead.
 ///    Targets: the teacher's low-res mask for the same prompt, logits > 0.
 /// 2. The student's embedding is decoded with the same prompts (one batch); loss
 ///    bce_weight · BCE + dice_weight · Dice of the chosen outputs against the targets; its
@@ -53,8 +63,8 @@ public struct LoopPrompt: Equatable, Sendable {
 ///    (positive in a false negative, negative in a false positive; a pixel drawn uniformly from
 ///    both; where they agree, a positive point in the teacher mask, else a negative one), added to
 ///    the prompt and decoded again, single output, with the previous logits as mask input (the
-///    teacher's own for its target, the student's, not differentiated, for the student); the
-///    same loss again.
+///    teacher's own for its target, the student's, not differentiated, for the student; none
+///    with `correctionMaskInput` off); the same loss again.
 ///
 /// The value is the mean over images of the rounds' sum, plus embedding_weight · MSE(student,
 /// teacher embeddings). Randomness comes from (seed, image index) only: same inputs, same seed,
@@ -232,10 +242,12 @@ public final class PromptInTheLoop {
                 used.append(prompts)
                 if let given { studentLogits = given.maskInputs[round - 1] }
                 maskInputs.append(studentLogits)
-                teacherLogits = select(decode(teacherDecoder, t, prompts, masks: teacherLogits, mode: .inference), prompts)
+                let teacherMask = config.correctionMaskInput ? teacherLogits : nil
+                teacherLogits = select(decode(teacherDecoder, t, prompts, masks: teacherMask, mode: .inference), prompts)
                 lap(\.teacherDecode)
             }
-            let decoded = decode(studentDecoder, s, prompts, masks: round > 0 ? studentLogits : nil, mode: .training)
+            let studentMask = round > 0 && config.correctionMaskInput ? studentLogits : nil
+            let decoded = decode(studentDecoder, s, prompts, masks: studentMask, mode: .training)
             studentLogits = select(decoded, prompts)
             let target = teacherLogits.map { $0 > 0 ? 1 : 0 }
             let bce = bceWithLogitsLoss(studentLogits, target), dice = diceLoss(studentLogits, target)
@@ -278,15 +290,17 @@ public final class PromptInTheLoop {
         var logits = Tensor(zeros: [K, 1, lh, lw])
         let pointed = prompts.indices.filter { prompts[$0].box == nil }
         if !pointed.isEmpty {
-            let M = teacherDecoder.numMaskTokens, R = M - 1
+            // outputs: the multimask ones, and the single one when points learn it
+            let M = teacherDecoder.numMaskTokens, first = config.pointOutput == .single ? 0 : 1, R = M - first
             let decoded = decode(teacherDecoder, t, pointed.map { prompts[$0] }, masks: nil, mode: .inference,
-                                 outputs: 1..<M)
+                                 outputs: first..<M)
             for (j, k) in pointed.enumerated() {
                 var best = 1
                 for i in 1..<M where decoded.iou.data[j * M + i] > decoded.iou.data[j * M + best] { best = i }
-                prompts[k].output = best
-                let o = (j * R + best - 1) * P
-                logits.data.replaceSubrange((k * P)..<((k + 1) * P), with: decoded.masks.data[o..<(o + P)])
+                prompts[k].output = config.pointOutput == .single ? 0 : best
+                let target = (j * R + prompts[k].output - first) * P
+                logits.data.replaceSubrange((k * P)..<((k + 1) * P), with: decoded.masks.data[target..<(target + P)])
+                let o = (j * R + best - first) * P  // the best multimask output: the box's mask
                 guard wantsBox[k] else { continue }
                 // The bounding box of the mask inside the unpadded region.
                 var x0 = lw, y0 = lh, x1 = -1, y1 = -1

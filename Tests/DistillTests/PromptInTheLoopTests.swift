@@ -110,6 +110,43 @@ final class PromptInTheLoopTests: XCTestCase {
         XCTAssertEqual(one.roundLosses[0], a.roundLosses[0], accuracy: 1e-12)
     }
 
+    /// `point_output: single` and `correction_mask_input: false`: the same first-round prompts as
+    /// the default for the same seed, points learning output 0; the loss without mask inputs is
+    /// another function (round 2 differs), still smooth in the embedding: its gradient against
+    /// central differences at its 12 largest entries (the tolerance of the test above).
+    func testSingleOutputPointsAndCorrectionsWithoutMaskInput() throws {
+        var c = Self.loopConfig(prompts: 6)
+        let (student, teacher, regions) = Self.embeddings()
+        let base = try Self.loop(c).evaluate(student: student, teacher: teacher, regions: regions, seed: 21)
+        c.pointOutput = .single
+        c.correctionMaskInput = false
+        let loop = try Self.loop(c)
+        let r = loop.evaluate(student: student, teacher: teacher, regions: regions, seed: 21)
+        for (a, b) in zip(r.plan.prompts, base.plan.prompts) {
+            XCTAssertEqual(a[0].map(\.points), b[0].map(\.points))
+            XCTAssertEqual(a[0].map(\.box), b[0].map(\.box))
+            XCTAssertTrue(a[0].allSatisfy { $0.output == 0 })
+            XCTAssertTrue(b[0].contains { $0.box == nil && $0.output > 0 }, "the default trains a multimask output")
+        }
+        XCTAssertNotEqual(r.roundLosses[1], base.roundLosses[1])
+        var x = student
+        // The 12 largest gradient entries: far above the Float32 decoder's noise floor (~1e-4 at
+        // this step, where ReLU kinks also sit).
+        let largest = r.loss.gradient.data.indices.sorted { abs(r.loss.gradient.data[$0]) > abs(r.loss.gradient.data[$1]) }
+        let eps: Float = 4e-3
+        for i in largest.prefix(12) {
+            let v = x.data[i]
+            x.data[i] = v + eps
+            let lp = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 21, plan: r.plan).loss.value
+            x.data[i] = v - eps
+            let lm = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 21, plan: r.plan).loss.value
+            x.data[i] = v
+            let numeric = (lp - lm) / (Double(v + eps) - Double(v - eps)), analytic = Double(r.loss.gradient.data[i])
+            XCTAssertLessThanOrEqual(abs(analytic - numeric), 1e-4 + 2e-2 * max(abs(analytic), abs(numeric)),
+                                     "coordinate \(i): analytic \(analytic), numeric \(numeric)")
+        }
+    }
+
     /// The trainer with `loss: prompt_in_the_loop` (teacher decoder loaded from teacher.checkpoint):
     /// 8 steps on two images lower the loss on those images (fixed prompts seed) by ≥ 10%, and
     /// every step logs its phase times.
@@ -218,10 +255,12 @@ final class PromptInTheLoopTests: XCTestCase {
         let yaml = """
         teacher: {checkpoint: weights/mobile_sam.pt}
         loss: {type: prompt_in_the_loop, prompts_per_image: 8, box_fraction: 0.25, correction_rounds: 0,
-               bce_weight: 5, dice_weight: 1, embedding_weight: 0.1}
+               bce_weight: 5, dice_weight: 1, embedding_weight: 0.1, point_output: single, correction_mask_input: false}
         """
         let c = try RunConfig.parse(yaml)
         var expected = PromptInTheLoopConfig()
+        expected.pointOutput = .single
+        expected.correctionMaskInput = false
         expected.promptsPerImage = 8
         expected.boxFraction = 0.25
         expected.correctionRounds = 0
@@ -238,6 +277,8 @@ final class PromptInTheLoopTests: XCTestCase {
                        ["loss.prompt_per_image: unknown key"])
         XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, correction_rounds: 2}").count, 1)
         XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, box_fraction: 1.5}").count, 1)
+        XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, point_output: top}"),
+                       ["loss.point_output: must be 'best' or 'single', got 'top'"])
         XCTAssertEqual(problems("loss: {type: prompt_in_the_loop}"),
                        ["teacher: checkpoint is required by loss type prompt_in_the_loop (its prompt encoder and mask decoder)"])
     }
