@@ -349,10 +349,12 @@ public struct HDF5Entry: Sendable {
     public enum Kind: String, Sendable { case group, dataset, other }
     public let path: String
     public let kind: Kind
-    /// Datasets: shape, element type (nil when this wrapper does not know it), chunk shape.
+    /// Datasets: shape, element type (nil when this wrapper does not know it), chunk shape, and
+    /// whether the chunks carry Fletcher-32 checksums.
     public let shape: [Int]
     public let typeDescription: String
     public let chunk: [Int]?
+    public var checksum = false
     public let attributes: [(String, HDF5AttributeValue?)]
 }
 
@@ -373,6 +375,10 @@ public final class HDF5File: HDF5Object {
             let fapl = H5Pcreate(chdf5_p_file_access())
             defer { H5Pclose(fapl) }
             H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG)
+            // New files in the 1.10 format: superblock 3 and version-2 object headers, whose
+            // metadata checksums libhdf5 verifies before parsing (a damaged header of an older
+            // format can crash libhdf5 itself: Experiments/reliability/results.md).
+            if mode == .create || mode == .createExclusive { H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) }
             switch mode {
             case .readOnly: return H5Fopen(path, chdf5_acc_rdonly(), fapl)
             case .readWrite: return H5Fopen(path, chdf5_acc_rdwr(), fapl)
@@ -413,6 +419,15 @@ public final class HDF5File: HDF5Object {
         HDF5Lock.run {
             if H5Iis_valid(id) > 0 { H5Gclose(id) }
             if H5Iis_valid(fileID) > 0 { H5Fclose(fileID) }
+        }
+    }
+
+    /// The superblock's version: 2 or more means checksummed file metadata (samdistill writes 3;
+    /// h5py's and libhdf5's defaults write 0, with unchecksummed version-1 object headers).
+    public var superblockVersion: Int {
+        HDF5Lock.run {
+            var info = H5F_info2_t()
+            return H5Fget_info2(fileID, &info) >= 0 ? Int(info.super.version) : -1
         }
     }
 
@@ -511,6 +526,7 @@ public final class HDF5File: HDF5Object {
                 let d = try HDF5Dataset(id: oid, file: self, name: path)  // closes oid on deinit
                 out.append(HDF5Entry(path: path, kind: .dataset, shape: d.shape,
                                      typeDescription: d.elementType?.description ?? d.typeName, chunk: d.chunkShape,
+                                     checksum: d.hasChecksum,
                                      attributes: try d.attributeNames().map { ($0, try? d.attribute($0)) }))
             } else {
                 out.append(HDF5Entry(path: path, kind: .other, shape: [], typeDescription: "", chunk: nil, attributes: []))

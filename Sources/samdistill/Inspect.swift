@@ -132,24 +132,30 @@ struct Inspect: ParsableCommand {
         do {
             let f = try HDF5File(url, mode: .readOnly)
             let entries = try f.walk()
+            let superblock = f.superblockVersion
             var out: [[String: Any]] = []
             for e in entries {
                 var attrs: [String: String] = [:]
                 for (k, v) in e.attributes { attrs[k] = v.map { "\($0)" } ?? "(unreadable)" }
                 out.append(["path": e.path, "kind": e.kind.rawValue, "shape": e.shape, "type": e.typeDescription,
-                            "chunk": e.chunk ?? [], "attributes": attrs])
+                            "chunk": e.chunk ?? [], "checksum": e.checksum ? "fletcher32" : "none", "attributes": attrs])
             }
             f.close()
             var cacheLine: String? = nil
             var perSplit: [String: Int] = [:]
             if let reader = try? CacheReader(url) {
                 for s in CacheSplit.allCases { perSplit[CacheSchema.splitNames[s.rawValue]] = reader.rows(split: s).count }
+                let datasets = entries.filter { $0.kind == .dataset }
+                let checked = datasets.allSatisfy(\.checksum) ? "every dataset's chunks checksummed (Fletcher-32)"
+                    : datasets.contains(where: \.checksum) ? "some datasets checksummed"
+                    : "no checksums (a format-1 cache: damaged rows cannot be detected)"
                 cacheLine = "feature cache: \(reader.count) rows, \(reader.rows().count) complete "
                     + "(train \(perSplit["train"]!), val \(perSplit["val"]!)), teacher \(reader.teacher), "
-                    + "image \(reader.imageSize)×\(reader.imageSize), embedding \(reader.embeddingShape) \(reader.embeddingDType)"
+                    + "image \(reader.imageSize)×\(reader.imageSize), embedding \(reader.embeddingShape) \(reader.embeddingDType); "
+                    + checked
             }
             if json {
-                var o: [String: Any] = ["file": file, "format": "hdf5", "entries": out]
+                var o: [String: Any] = ["file": file, "format": "hdf5", "superblock_version": superblock, "entries": out]
                 if cacheLine != nil { o["complete_rows"] = perSplit }
                 printJSON(o)
                 return
@@ -160,7 +166,7 @@ struct Inspect: ParsableCommand {
                 case .dataset:
                     let shape = "(" + e.shape.map(String.init).joined(separator: ", ") + ")"
                     let chunk = e.chunk.map { " chunks (" + $0.map(String.init).joined(separator: ", ") + ")" } ?? " contiguous"
-                    print("dataset \(e.path)  \(shape) \(e.typeDescription)\(chunk)")
+                    print("dataset \(e.path)  \(shape) \(e.typeDescription)\(chunk)\(e.checksum ? ", Fletcher-32 checksums" : "")")
                 case .other: print("other   \(e.path)")
                 }
                 for (k, v) in (o["attributes"] as! [String: String]).sorted(by: { $0.key < $1.key }) {
@@ -168,6 +174,8 @@ struct Inspect: ParsableCommand {
                     print("    @\(k) = \(shown)")
                 }
             }
+            print("file metadata: superblock version \(superblock)"
+                  + (superblock >= 2 ? ", checksummed headers" : ", no header checksums (written by an older libhdf5 default or h5py)"))
             if let cacheLine { print(cacheLine) }
         } catch let e as HDF5Error {
             FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))

@@ -33,6 +33,7 @@ final class CacheFaultTests: XCTestCase {
             let f = try HDF5File(url, mode: .create)
             let d = try f.createDataset("x", type: .uint8, rowShape: [1000], rows: 4, allocateEarly: true, checksum: true)
             XCTAssertTrue(d.hasChecksum)
+            XCTAssertEqual(f.superblockVersion, 2, "the 1.8 format: checksummed file metadata")
             for r in 0..<4 {
                 let loc = try XCTUnwrap(try d.chunkLocation(row: r), "row \(r): space reserved at creation")
                 XCTAssertEqual(loc.size, 1004, "row \(r): 1000 data bytes + the 4-byte Fletcher-32")
@@ -59,6 +60,31 @@ final class CacheFaultTests: XCTestCase {
         let back = try g.dataset("x").readInts(rows: 0, count: 4)
         XCTAssertEqual(Array(back[2000..<3000]), [Int](repeating: 7, count: 1000))
         XCTAssertEqual(back.filter { $0 != 0 }.count, 1000)
+    }
+
+    /// Files samdistill creates use the 1.8 format (superblock 2, version-2 object headers with
+    /// checksums; not 1.10's superblock 3, whose "open for writing" flag would make a killed
+    /// writer's file refuse to open): a byte flipped inside the root group's object header (its
+    /// address read from the superblock) is an error on open, not a parse of damaged metadata.
+    func testDamagedHeaderIsAnErrorNotAParse() throws {
+        let url = dir.appendingPathComponent("h.h5")
+        do {
+            let f = try HDF5File(url, mode: .create)
+            try f.setAttribute("format", "samdistill-feature-cache")
+            XCTAssertEqual(f.superblockVersion, 2)
+            f.close()
+        }
+        var bytes = [UInt8](try Data(contentsOf: url))
+        XCTAssertEqual(Array(bytes[0..<9]), [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a, 2], "HDF5 signature, superblock 2")
+        // superblock 2: signature 8, version, offset size, length size, flags, then four 8-byte
+        // addresses (base, extension, end of file, root group object header), then its checksum
+        let root = (0..<8).reduce(0) { $0 | Int(bytes[36 + $1]) << (8 * $1) }
+        XCTAssertEqual(Array(bytes[root..<(root + 4)]), Array("OHDR".utf8), "a version-2 object header")
+        bytes[root + 24] ^= 0x5a
+        try Data(bytes).write(to: url)
+        XCTAssertThrowsError(try HDF5File(url, mode: .readOnly)) { e in
+            XCTAssertTrue("\(e)".contains(url.path), "\(e)")
+        }
     }
 
     /// A cache of 8 rows; bytes flipped inside row 5's embedding chunk (found with

@@ -507,7 +507,8 @@ final class FeatureCacheTests: XCTestCase {
 
         let inspect = try CacheTestSupport.run(exe, ["inspect", out.path])
         XCTAssertEqual(inspect.status, 0, inspect.err)
-        XCTAssertTrue(inspect.out.contains("dataset /embedding  (36, 256, 8, 8) float16 chunks (1, 256, 8, 8)"), inspect.out)
+        XCTAssertTrue(inspect.out.contains("dataset /embedding  (36, 256, 8, 8) float16 chunks (1, 256, 8, 8), Fletcher-32 checksums"), inspect.out)
+        XCTAssertTrue(inspect.out.contains("every dataset's chunks checksummed (Fletcher-32)"), inspect.out)
         XCTAssertTrue(inspect.out.contains("dataset /everything_rle_counts  (36, 32768) int32"), inspect.out)
         XCTAssertTrue(inspect.out.contains("@teacher_sha256"), inspect.out)
         XCTAssertTrue(inspect.out.contains("36 complete"), inspect.out)
