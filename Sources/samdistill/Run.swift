@@ -33,7 +33,7 @@ struct Run: ParsableCommand {
     @Flag(help: "No progress lines.")
     var quiet = false
 
-    @Flag(help: "Print the resolved config (every key, defaults filled in, overrides applied) and exit.")
+    @Flag(help: "Print the resolved config (every key, defaults filled in, overrides applied) and exit; a staged config prints each stage's resolved config after it, as further YAML documents.")
     var printConfig = false
 
     func validate() throws {
@@ -46,7 +46,11 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
-        if printConfig { print(try cfg.yaml(), terminator: ""); return }
+        if printConfig {
+            print(try cfg.yaml(), terminator: "")
+            for stage in cfg.stages { print("--- # stage \(stage.name)\n" + (try stage.config.yaml()), terminator: "") }
+            return
+        }
         let pipeline = RunPipeline(config: cfg, configName: config)
         pipeline.showsProgress = !quiet
         let t0 = Date()

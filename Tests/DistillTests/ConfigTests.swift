@@ -230,7 +230,14 @@ final class ConfigTests: XCTestCase {
         print("FLOPs per 1024² image: TinyViT-5M \(full.forwardFLOPs), quickstart student \(pruned.forwardFLOPs); parameters \(full.parameterCount) / \(pruned.parameterCount)")
         XCTAssertLessThan(pruned.forwardFLOPs, full.forwardFLOPs)
         XCTAssertLessThan(pruned.parameterCount, full.parameterCount)
-        let long = Student(try RunConfig.load(dir.appendingPathComponent("long_width_pruned.yaml")).student)
+        let longConfig = try RunConfig.load(dir.appendingPathComponent("long_width_pruned.yaml"))
+        let long = Student(longConfig.student)
+        // MSE, then prompt-in-the-loop from the MSE stage's last checkpoint
+        XCTAssertEqual(longConfig.stages.map(\.name), ["mse", "pitl"])
+        XCTAssertEqual(longConfig.stages[1].config.initialisation, .checkpoint(path: longConfig.stages[0].finalCheckpoint))
+        guard case .promptInTheLoop(let loop) = longConfig.stages[1].config.loss else { return XCTFail("stage 2's loss") }
+        XCTAssertEqual(loop.pointOutput, .single)
+        XCTAssertFalse(loop.correctionMaskInput)
         print("long recipe student: \(long.forwardFLOPs) FLOPs (\(Double(long.forwardFLOPs) / Double(full.forwardFLOPs)) of the teacher's)")
         XCTAssertLessThanOrEqual(Double(long.forwardFLOPs), 0.5 * Double(full.forwardFLOPs))
     }
