@@ -295,16 +295,24 @@ public final class AutomaticMaskGenerator {
     /// pixels) lie where a confident kept mask's logit exceeds the cover logit.
     func processBatch(_ points: [(x: Double, y: Double)], crop: ImageSize, cropBox: PixelBox, imageSize: ImageSize,
                       probes: [(x: Double, y: Double)], hierarchical: HierarchicalOptions?) throws -> (candidates: [Candidate], covered: [Bool]) {
-        let prompts = points.map { SAMPrompt(points: [PromptPoint(x: $0.x, y: $0.y, label: 1)]) }
-        let prediction = try predictor.predict(prompts, multimaskOutput: true, returnLogits: true)
-        // logits: (B, K, h, w) at the crop's size
-        let logits = prediction.masks
-        let K = prediction.masksPerPrompt, h = crop.height, w = crop.width, hw = h * w
-        precondition(logits.shape == [points.count, K, h, w],
-                     "AutomaticMaskGenerator: decoder masks \(logits.shape), expected \([points.count, K, h, w])")
+        let (low, iouPredictions) = try predictor.predictLowRes(points: points.map { PromptPoint(x: $0.x, y: $0.y, label: 1) })
+        let K = iouPredictions.shape[1], h = crop.height, w = crop.width, hw = h * w
+        let lh = low.shape[2], lw = low.shape[3]
         // The reference's order: prompt-major, then mask (`flatten(0, 1)`), filtered in place.
-        let ious = prediction.iouPredictions.data
+        // The predicted-IoU filter does not look at the masks, so only the masks it keeps are
+        // resized to the crop (the reference resizes all: the same values, far less work on
+        // large photos).
+        let ious = iouPredictions.data
         let kept = (0..<(points.count * K)).filter { options.predIoUThresh <= 0 || ious[$0] > Float(options.predIoUThresh) }
+        var keptLow = Tensor.empty([kept.count, 1, lh, lw])
+        for (j, i) in kept.enumerated() {
+            keptLow.data.replaceSubrange((j * lh * lw)..<((j + 1) * lh * lw), with: low.data[(i * lh * lw)..<((i + 1) * lh * lw)])
+        }
+        // logits: (kept, 1, h, w) at the crop's size
+        let logits = kept.isEmpty ? Tensor.empty([0]) : SAMModel.postprocessMasks(
+            keptLow, inputSize: predictor.inputSize!, originalSize: crop, imageSize: predictor.model.imageSize)
+        precondition(kept.isEmpty || logits.shape == [kept.count, 1, h, w],
+                     "AutomaticMaskGenerator: resized masks \(logits.shape), expected \([kept.count, 1, h, w])")
         let offset = Float(options.stabilityScoreOffset), threshold = SAMModel.maskThreshold
         var stability = [Float](repeating: 0, count: kept.count)
         var results = [Candidate?](repeating: nil, count: kept.count)
@@ -314,7 +322,7 @@ public final class AutomaticMaskGenerator {
             let src = lb.baseAddress!
             stability.withUnsafeMutableBufferPointer { sb in
                 parallelFor(kept.count, costPerItem: hw, minimumWork: 1 << 18) { j in
-                    sb[j] = MaskUtilities.stabilityScore(UnsafeBufferPointer(start: src + kept[j] * hw, count: hw),
+                    sb[j] = MaskUtilities.stabilityScore(UnsafeBufferPointer(start: src + j * hw, count: hw),
                                                          maskThreshold: threshold, offset: offset)
                 }
             }
@@ -322,7 +330,7 @@ public final class AutomaticMaskGenerator {
                 coveredBy.withUnsafeMutableBufferPointer { cb in
                     parallelFor(kept.count, costPerItem: 4 * hw, minimumWork: 1 << 18) { j in
                         if options.stabilityScoreThresh > 0 && !(stability[j] >= Float(options.stabilityScoreThresh)) { return }
-                        let m = src + kept[j] * hw
+                        let m = src + j * hw
                         var pixels = [Bool](repeating: false, count: hw)
                         for i in 0..<hw { pixels[i] = m[i] > threshold }
                         let mask = BinaryMask(width: w, height: h, pixels: pixels)

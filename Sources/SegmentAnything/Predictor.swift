@@ -313,6 +313,29 @@ public final class SAMPredictor {
     /// `applyBoxes`): points (B, N, 2) + labels, boxes (B, 4), mask inputs (B, 1, 256, 256).
     public func predictBatch(points: PromptPoints?, boxes: Tensor?, maskInputs: Tensor?,
                              multimaskOutput: Bool = true, returnLogits: Bool = false) throws -> SAMPrediction {
+        let r = try decodeBatch(points: points, boxes: boxes, maskInputs: maskInputs, multimaskOutput: multimaskOutput,
+                                resize: returnLogits ? .logits : .binary)
+        return SAMPrediction(masks: r.masks!, iouPredictions: r.iou, lowResLogits: r.lowRes, areLogits: returnLogits)
+    }
+
+    /// Single-point prompts in original-image pixels → (low-res logits (B, K, lh, lw), IoU
+    /// predictions (B, K)), without the resize to the image: for callers that drop masks before
+    /// paying for it (the automatic mask generator filters by predicted IoU first, then resizes
+    /// the survivors with `SAMModel.postprocessMasks`).
+    public func predictLowRes(points: [PromptPoint], multimaskOutput: Bool = true) throws -> (lowResLogits: Tensor, iouPredictions: Tensor) {
+        guard let originalSize else { throw SAMPredictorError.imageNotSet }
+        let prompts = points.map { SAMPrompt(points: [$0]) }
+        let r = try decodeBatch(points: Self.points(prompts, transform: transform, originalSize: originalSize), boxes: nil,
+                                maskInputs: nil, multimaskOutput: multimaskOutput, resize: nil)
+        return (r.lowRes, r.iou)
+    }
+
+    enum Resize { case logits, binary }
+
+    /// The decoder over a batch, chunk by chunk; `resize`: also the masks at the image's size
+    /// (logits, or binarised in the resize's output pass), else none.
+    func decodeBatch(points: PromptPoints?, boxes: Tensor?, maskInputs: Tensor?, multimaskOutput: Bool,
+                     resize: Resize?) throws -> (masks: Tensor?, iou: Tensor, lowRes: Tensor) {
         guard let features, let originalSize, let inputSize else { throw SAMPredictorError.imageNotSet }
         let size = model.promptEncoder.maskInputSize
         if let boxes, boxes.rank != 2 || boxes.shape[1] != 4 {
@@ -329,7 +352,7 @@ public final class SAMPredictor {
         // instead of growing with B (the values are the same: prompts are independent).
         let K = multimaskOutput ? model.maskDecoder.numMultimaskOutputs : 1
         let lh = size.height, lw = size.width, H = originalSize.height, W = originalSize.width
-        var masks = Tensor.empty([B, K, H, W])
+        var masks = Tensor.empty(resize == nil ? [0] : [B, K, H, W])
         var iou = Tensor.empty([B, K])
         var lowRes = Tensor.empty([B, K, lh, lw])
         let imagePE = model.promptEncoder.densePositionalEncoding()
@@ -349,13 +372,14 @@ public final class SAMPredictor {
             lowRes.data.replaceSubrange((start * K * lh * lw)..<(end * K * lh * lw), with: low.data)
             iou.data.replaceSubrange((start * K)..<(end * K), with: q.data)
             // Binarised (logits > maskThreshold) in the resize's output pass unless logits are wanted.
+            guard let resize else { continue }
             masks.data.withUnsafeMutableBufferPointer { mb in
                 SAMModel.postprocessMasks(low, inputSize: inputSize, originalSize: originalSize, imageSize: model.imageSize,
-                                          threshold: returnLogits ? nil : SAMModel.maskThreshold,
+                                          threshold: resize == .logits ? nil : SAMModel.maskThreshold,
                                           into: mb.baseAddress! + start * K * H * W)
             }
         }
-        return SAMPrediction(masks: masks, iouPredictions: iou, lowResLogits: lowRes, areLogits: returnLogits)
+        return (resize == nil ? nil : masks, iou, lowRes)
     }
 }
 
