@@ -200,7 +200,9 @@ public final class Conv2d: Module {
         let maxCols = rowsPerBlock * g.Wo
         parallelChunksSerialBLAS(g.B * blocks) { jobs in
             // cols: (C·k·k, block columns) for one block (unused on the pointwise path)
-            var cols = [Float](unsafeUninitializedCapacity: pointwise ? 0 : CK * maxCols) { _, n in n = pointwise ? 0 : CK * maxCols }
+            // (capacity 0 would write the count into the stdlib's shared empty-array storage
+            // from every worker: a benign race that ThreadSanitizer still reports)
+            var cols = pointwise ? [] : [Float](unsafeUninitializedCapacity: CK * maxCols) { _, n in n = CK * maxCols }
             cols.withUnsafeMutableBufferPointer { cb in
                 for job in jobs {
                     let b = job / blocks, oy0 = (job % blocks) * rowsPerBlock

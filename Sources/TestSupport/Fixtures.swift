@@ -68,7 +68,15 @@ public struct Fixture {
         p.standardOutput = o
         p.standardError = e
         try p.run()
-        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
+        // Both pipes drained at once: a child that fills stderr (64 KiB: e.g. sanitizer reports)
+        // while stdout is still open would otherwise block forever.
+        final class Box: @unchecked Sendable { var data = Data() }
+        let errBox = Box(), group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { errBox.data = e.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let od = o.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        let ed = errBox.data
         p.waitUntilExit()
         return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
     }

@@ -38,7 +38,11 @@ final class SyncBatchNormTests: XCTestCase {
 
     static func copy(_ bn: BatchNorm2d) -> BatchNorm2d {
         let c = BatchNorm2d(bn.channels)
-        for ((_, a), (_, b)) in zip(c.namedParameters(), bn.namedParameters()) { a.value = b.value }
+        // Own storage (not a copy-on-write share): the replicas run on two threads, and two
+        // threads mutating one shared buffer through CoW is a race (ThreadSanitizer reports it).
+        for ((_, a), (_, b)) in zip(c.namedParameters(), bn.namedParameters()) {
+            a.value = Tensor(shape: b.value.shape, data: b.value.data.map { $0 })
+        }
         return c
     }
 
