@@ -30,6 +30,9 @@ public struct Tensor: Sendable {
     /// use `Tensor(zeros:)` where a kernel accumulates into its output.
     public static func empty(_ shape: [Int]) -> Tensor {
         let n = shape.reduce(1, *)
+        // (capacity 0 would write into the stdlib's shared empty-array storage: a race that
+        // ThreadSanitizer reports when threads do it at once)
+        guard n > 0 else { return Tensor(shape: shape, data: []) }
         return Tensor(shape: shape, data: [Float](unsafeUninitializedCapacity: n) { _, count in count = n })
     }
 
