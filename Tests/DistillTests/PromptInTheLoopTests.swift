@@ -33,6 +33,18 @@ final class PromptInTheLoopTests: XCTestCase {
         return (student, teacher, [ValidRegion(height: 4, width: 4), ValidRegion(height: 3, width: 2)])
     }
 
+    /// Central difference of the loss (plan held fixed) in coordinate i of the student embedding.
+    static func numericDerivative(_ loop: PromptInTheLoop, student: Tensor, teacher: Tensor, regions: [ValidRegion],
+                                  seed: UInt64, plan: PromptInTheLoop.Plan, index i: Int, eps: Float = 4e-3) -> Double {
+        var x = student
+        let v = x.data[i]
+        x.data[i] = v + eps
+        let lp = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: seed, plan: plan).loss.value
+        x.data[i] = v - eps
+        let lm = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: seed, plan: plan).loss.value
+        return (lp - lm) / (Double(v + eps) - Double(v - eps))
+    }
+
     /// With the plan held fixed (the prompts a first call sampled and the student's mask inputs
     /// of its correction round, which are not differentiated), the loss is a smooth function of
     /// the student embedding: its gradient (both rounds, the embedding MSE term) against central
@@ -46,19 +58,13 @@ final class PromptInTheLoopTests: XCTestCase {
         XCTAssertTrue(r.loss.value.isFinite && r.loss.value > 0)
         let kinds = r.plan.prompts.flatMap { $0[0] }.map { $0.box == nil }
         XCTAssertTrue(kinds.contains(true) && kinds.contains(false), "both point and box prompts: \(r.plan.prompts)")
-        var x = student
         var rng = SeededRandom(seed: 4)
         var worst = 0.0
-        let eps: Float = 4e-3
         for _ in 0..<32 {
-            let i = Int(rng.next() % UInt64(x.count))
-            let v = x.data[i]
-            x.data[i] = v + eps
-            let lp = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 9, plan: r.plan).loss.value
-            x.data[i] = v - eps
-            let lm = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 9, plan: r.plan).loss.value
-            x.data[i] = v
-            let numeric = (lp - lm) / (Double(v + eps) - Double(v - eps)), analytic = Double(r.loss.gradient.data[i])
+            let i = Int(rng.next() % UInt64(student.count))
+            let numeric = Self.numericDerivative(loop, student: student, teacher: teacher, regions: regions, seed: 9,
+                                                 plan: r.plan, index: i)
+            let analytic = Double(r.loss.gradient.data[i])
             let ratio = abs(analytic - numeric) / (1e-4 + 2e-2 * max(abs(analytic), abs(numeric)))
             worst = max(worst, ratio)
             XCTAssertLessThanOrEqual(ratio, 1, "coordinate \(i): analytic \(analytic), numeric \(numeric)")
@@ -129,19 +135,13 @@ final class PromptInTheLoopTests: XCTestCase {
             XCTAssertTrue(b[0].contains { $0.box == nil && $0.output > 0 }, "the default trains a multimask output")
         }
         XCTAssertNotEqual(r.roundLosses[1], base.roundLosses[1])
-        var x = student
         // The 12 largest gradient entries: far above the Float32 decoder's noise floor (~1e-4 at
         // this step, where ReLU kinks also sit).
         let largest = r.loss.gradient.data.indices.sorted { abs(r.loss.gradient.data[$0]) > abs(r.loss.gradient.data[$1]) }
-        let eps: Float = 4e-3
         for i in largest.prefix(12) {
-            let v = x.data[i]
-            x.data[i] = v + eps
-            let lp = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 21, plan: r.plan).loss.value
-            x.data[i] = v - eps
-            let lm = loop.evaluate(student: x, teacher: teacher, regions: regions, seed: 21, plan: r.plan).loss.value
-            x.data[i] = v
-            let numeric = (lp - lm) / (Double(v + eps) - Double(v - eps)), analytic = Double(r.loss.gradient.data[i])
+            let numeric = Self.numericDerivative(loop, student: student, teacher: teacher, regions: regions, seed: 21,
+                                                 plan: r.plan, index: i)
+            let analytic = Double(r.loss.gradient.data[i])
             XCTAssertLessThanOrEqual(abs(analytic - numeric), 1e-4 + 2e-2 * max(abs(analytic), abs(numeric)),
                                      "coordinate \(i): analytic \(analytic), numeric \(numeric)")
         }
