@@ -699,6 +699,8 @@ extension PromptInTheLoopConfig {
         .value("embedding_weight", \.embeddingWeight, check: nonNegative),
         .value("point_output", \.pointOutput),
         .value("correction_mask_input", \.correctionMaskInput),
+        .value("two_point_fraction", \.twoPointFraction, check: { (0...1).contains($0) ? nil : "must be in [0, 1], got \($0)" }),
+        .value("two_point_distance", \.twoPointDistance, check: { $0 > 0 ? nil : "must be positive, got \($0)" }),
     ]
 }
 

@@ -25,6 +25,13 @@ public struct PromptInTheLoopConfig: Equatable, Sendable {
     /// The correction round decodes with the previous round's logits as mask input (EdgeSAM); off:
     /// the prompt's points alone, as a user's second click without a mask.
     public var correctionMaskInput = true
+    /// Probability that an image's first round is two-point prompts (MobileSAM's protocol, as
+    /// `samdistill eval` scores it): all K prompts of that image are then a random foreground point
+    /// of a teacher mask plus a second one of the same mask `twoPointDistance` input-frame pixels
+    /// away, single output. 0: never (points and boxes only; no random draw is spent on it).
+    public var twoPointFraction = 0.0
+    /// Distance in input-frame pixels between the two points (`samdistill eval`'s default).
+    public var twoPointDistance = 200.0
     public init() {}
 
     public enum PointOutput: String, CaseIterable, Sendable { case best, single }
@@ -269,6 +276,9 @@ public final class PromptInTheLoop {
                           rng: inout SeededRandom) -> ([LoopPrompt], Tensor) {
         let K = config.promptsPerImage, (lh, lw) = lowResSize, P = lh * lw
         let usable = masks.filter { $0.area > 0 }
+        if config.twoPointFraction > 0, Double(rng.uniform()) < config.twoPointFraction {
+            return sampleTwoPoints(t, frameH: frameH, frameW: frameW, validH: validH, validW: validW, masks: usable, rng: &rng)
+        }
         var prompts: [LoopPrompt] = []
         // Random-point seeds that become the box of their point's teacher mask.
         var wantsBox = [Bool](repeating: false, count: K)
@@ -319,6 +329,45 @@ public final class PromptInTheLoop {
             }
         }
         return (prompts, logits)
+    }
+
+    /// K two-point prompts, as `samdistill eval`'s two-point protocol draws them (`Evaluator`), on
+    /// the low-res grid: a seed mask (one of the image's everything-masks; without them, the
+    /// teacher's best multimask output for a random point, the unpadded region when that is
+    /// empty), a pixel of it uniformly, a second pixel of it `twoPointDistance` away (frame
+    /// pixels; the closest distance the mask offers). Both positive, single output; targets: the
+    /// teacher's logits for the pair (K, 1, lh, lw).
+    func sampleTwoPoints(_ t: Tensor, frameH: Int, frameW: Int, validH: Int, validW: Int, masks: [MaskRLE],
+                         rng: inout SeededRandom) -> ([LoopPrompt], Tensor) {
+        let K = config.promptsPerImage, (lh, lw) = lowResSize, P = lh * lw
+        // seeds: K low-res masks (lh, lw), restricted to the unpadded region.
+        var seeds: [BinaryMask]
+        if !masks.isEmpty {
+            seeds = (0..<K).map { _ in masks[Int(rng.next() % UInt64(masks.count))].decode() }
+        } else {
+            let points = (0..<K).map { _ in
+                LoopPrompt(points: [Float(rng.next() % UInt64(frameW)), Float(rng.next() % UInt64(frameH))],
+                           labels: [1], box: nil, output: 1)
+            }
+            let M = teacherDecoder.numMaskTokens, R = M - 1
+            let d = decode(teacherDecoder, t, points, masks: nil, mode: .inference, outputs: 1..<M)
+            seeds = (0..<K).map { k in
+                var best = 1
+                for i in 1..<M where d.iou.data[k * M + i] > d.iou.data[k * M + best] { best = i }
+                let o = (k * R + best - 1) * P
+                return BinaryMask(width: lw, height: lh, pixels: (0..<P).map { d.masks.data[o + $0] > 0 })
+            }
+        }
+        let prompts = seeds.map { seed -> LoopPrompt in
+            var m = seed
+            for i in 0..<P where i / lw >= validH || i % lw >= validW { m.pixels[i] = false }
+            if m.area == 0 { for i in 0..<P { m.pixels[i] = i / lw < validH && i % lw < validW } }
+            let a = Evaluator.randomPixel(in: m, rng: &rng)
+            let b = Evaluator.pointAtDistance(config.twoPointDistance / Double(lowResScale), from: a, in: m, rng: &rng)
+            return LoopPrompt(points: [a, b].flatMap { [frameCentre(Int($0.x)), frameCentre(Int($0.y))] },
+                              labels: [1, 1], box: nil, output: 0)
+        }
+        return (prompts, select(decode(teacherDecoder, t, prompts, masks: nil, mode: .inference), prompts))
     }
 
     /// Input-frame pixels per low-res pixel (4 for SAM).

@@ -251,11 +251,67 @@ final class PromptInTheLoopTests: XCTestCase {
         XCTAssertNotEqual(plain.plan.prompts[0], a.plan.prompts[0])
     }
 
+    /// `two_point_fraction`: an image's first round is all two-point prompts (both positive,
+    /// single output, low-res pixel centres) or none; with everything-masks, both points lie in
+    /// one of them, `two_point_distance` apart (20 frame px = 5 low-res px, ±1); the correction
+    /// round adds a third point; the loss stays smooth in the embedding (its 8 largest gradient
+    /// entries against central differences, the tolerance of the tests above).
+    func testTwoPointFirstRounds() throws {
+        var c = Self.loopConfig(prompts: 6)
+        c.pointOutput = .single
+        c.twoPointFraction = 1
+        c.twoPointDistance = 20
+        let loop = try Self.loop(c)
+        let (student, teacher, regions) = Self.embeddings()
+        // Image 0: one 12×12 everything-mask; image 1: none (random points, as without masks).
+        let rect = BinaryMask(width: 16, height: 16, pixels: (0..<256).map { (2..<14).contains($0 / 16) && (3..<15).contains($0 % 16) })
+        let r = loop.evaluate(student: student, teacher: teacher, regions: regions, seed: 21, everythingMasks: [[MaskRLE(rect)], []])
+        for (image, rounds) in r.plan.prompts.enumerated() {
+            let (vh, vw) = (regions[image].height * 4, regions[image].width * 4)
+            for (p, q) in zip(rounds[0], rounds[1]) {
+                XCTAssertNil(p.box)
+                XCTAssertEqual(p.labels, [1, 1])
+                XCTAssertEqual(p.output, 0)
+                let cells = stride(from: 0, to: 4, by: 2).map { (x: Int((p.points[$0] - 1.5) / 4), y: Int((p.points[$0 + 1] - 1.5) / 4)) }
+                XCTAssertEqual(p.points, cells.flatMap { [Float(4 * $0.x) + 1.5, Float(4 * $0.y) + 1.5] })
+                XCTAssertTrue(cells.allSatisfy { $0.x < vw && $0.y < vh }, "image \(image): \(p.points)")
+                if image == 0 {
+                    XCTAssertTrue(cells.allSatisfy { rect.pixels[$0.y * 16 + $0.x] }, "\(p.points) outside the mask")
+                    let d = Double((cells[0].x - cells[1].x) * (cells[0].x - cells[1].x) + (cells[0].y - cells[1].y) * (cells[0].y - cells[1].y)).squareRoot()
+                    XCTAssertEqual(d, 5, accuracy: 1, "\(p.points)")
+                }
+                XCTAssertEqual(Array(q.points.prefix(4)), p.points)
+                XCTAssertEqual(q.labels.count, 3)
+            }
+        }
+        let largest = r.loss.gradient.data.indices.sorted { abs(r.loss.gradient.data[$0]) > abs(r.loss.gradient.data[$1]) }
+        for i in largest.prefix(8) {
+            let numeric = Self.numericDerivative(loop, student: student, teacher: teacher, regions: regions, seed: 21,
+                                                 plan: r.plan, index: i)
+            let analytic = Double(r.loss.gradient.data[i])
+            XCTAssertLessThanOrEqual(abs(analytic - numeric), 1e-4 + 2e-2 * max(abs(analytic), abs(numeric)),
+                                     "coordinate \(i): analytic \(analytic), numeric \(numeric)")
+        }
+        // Fraction 0.5: per image all two-point or none; both kinds occur over a few seeds.
+        c.twoPointFraction = 0.5
+        let half = try Self.loop(c)
+        var kinds = Set<Bool>()
+        for seed in UInt64(30)..<UInt64(38) {
+            for rounds in half.evaluate(student: student, teacher: teacher, regions: regions, seed: seed).plan.prompts {
+                let two = rounds[0].map { $0.labels.count == 2 }
+                XCTAssertTrue(two.allSatisfy { $0 == two[0] }, "one image mixes prompt kinds: \(rounds[0])")
+                kinds.insert(two[0])
+            }
+        }
+        XCTAssertEqual(kinds, [true, false])
+    }
+
     func testConfig() throws {
         let yaml = """
         teacher: {checkpoint: weights/mobile_sam.pt}
         loss: {type: prompt_in_the_loop, prompts_per_image: 8, box_fraction: 0.25, correction_rounds: 0,
-               bce_weight: 5, dice_weight: 1, embedding_weight: 0.1, point_output: single, correction_mask_input: false}
+               bce_weight: 5, dice_weight: 1, embedding_weight: 0.1, point_output: single, correction_mask_input: false,
+               two_point_fraction: 0.25, two_point_distance: 150}
         """
         let c = try RunConfig.parse(yaml)
         var expected = PromptInTheLoopConfig()
@@ -266,6 +322,8 @@ final class PromptInTheLoopTests: XCTestCase {
         expected.correctionRounds = 0
         expected.bceWeight = 5
         expected.embeddingWeight = 0.1
+        expected.twoPointFraction = 0.25
+        expected.twoPointDistance = 150
         XCTAssertEqual(c.loss, .promptInTheLoop(expected))
         XCTAssertEqual(try RunConfig.parse(try c.yaml()).loss, c.loss, "the resolved config round-trips")
         XCTAssertEqual(try RunConfig.parse("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop}").loss,
@@ -279,6 +337,8 @@ final class PromptInTheLoopTests: XCTestCase {
         XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, box_fraction: 1.5}").count, 1)
         XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, point_output: top}"),
                        ["loss.point_output: must be 'best' or 'single', got 'top'"])
+        XCTAssertEqual(problems("teacher: {checkpoint: x.pt}\nloss: {type: prompt_in_the_loop, two_point_fraction: 2}"),
+                       ["loss.two_point_fraction: must be in [0, 1], got 2.0"])
         XCTAssertEqual(problems("loss: {type: prompt_in_the_loop}"),
                        ["teacher: checkpoint is required by loss type prompt_in_the_loop (its prompt encoder and mask decoder)"])
     }
