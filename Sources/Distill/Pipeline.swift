@@ -222,18 +222,7 @@ public final class RunPipeline {
 
         // The held-out mIoU curve: the evaluator on the student being trained, at each eval_every step.
         if config.eval.duringTraining {
-            let settings = config.eval
-            // Collective (the trainer calls it on every rank): each rank its share of the images.
-            trainer.evaluationHook = { student, _ in
-                let r = try makeEvaluator().evaluateCache(reader, split: split, maxImages: settings.maxImages,
-                                                          student: { student.forward($0, mode: .inference) }, studentImageSize: student.imageSize,
-                                                          rowFilter: parallel.shard)
-                let report = EvaluationReport(student: "", teacher: "", data: "", options: settings.evaluationOptions,
-                                              images: try parallel.gatherInterleaved(r.images), studentSeconds: r.studentSeconds)
-                var m: [String: Double] = [:]
-                for s in report.summary { m["miou_\(s.prompt)" + (s.metric == "single" ? "" : "_\(s.metric)")] = s.miou }
-                return m
-            }
+            trainer.evaluatesHeldOutMasks(config.eval, cache: reader, evaluator: makeEvaluator)
         }
 
         // 3. train (after the baseline evaluation)

@@ -523,3 +523,22 @@ public final class Trainer {
         return "\(t)s"
     }
 }
+
+extension Trainer {
+    /// `eval.during_training`: at each `eval_every` step, the mask mIoU of the student being trained
+    /// on the cache's `eval.split` rows (`miou_point`, `miou_two-point`, … in metrics.jsonl: the
+    /// held-out curve). Collective: each rank evaluates its share of the images, gathered in order.
+    public func evaluatesHeldOutMasks(_ settings: EvalConfig, cache reader: CacheReader, evaluator: @escaping () throws -> Evaluator) {
+        let parallel = self.parallel, split = settings.split.split
+        evaluationHook = { student, _ in
+            let r = try evaluator().evaluateCache(reader, split: split, maxImages: settings.maxImages,
+                                                  student: { student.forward($0, mode: .inference) }, studentImageSize: student.imageSize,
+                                                  rowFilter: parallel.shard)
+            let report = EvaluationReport(student: "", teacher: "", data: "", options: settings.evaluationOptions,
+                                          images: try parallel.gatherInterleaved(r.images), studentSeconds: r.studentSeconds)
+            var m: [String: Double] = [:]
+            for s in report.summary { m["miou_\(s.prompt)" + (s.metric == "single" ? "" : "_\(s.metric)")] = s.miou }
+            return m
+        }
+    }
+}

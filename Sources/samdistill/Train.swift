@@ -1,6 +1,7 @@
 import ArgumentParser
 import Distill
 import Foundation
+import SegmentAnything
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -10,7 +11,8 @@ struct Train: ParsableCommand {
             loss, AdamW and its schedule, batch size, steps or epochs, checkpoint and evaluation \
             cadence and the output directory (see Sources/Distill/Config.swift and Configs/). \
             --set key.path=value overrides one key (value read as YAML). The run directory gets \
-            config.yaml (resolved), metrics.jsonl, loss.svg and checkpoints/.
+            config.yaml (resolved), metrics.jsonl, loss.svg and checkpoints/. With \
+            eval.during_training, each eval_every step also logs the held-out mask mIoU (as `run`).
             """)
 
     @OptionGroup var runtime: RuntimeOptions
@@ -41,6 +43,21 @@ struct Train: ParsableCommand {
         let student = try Student.make(cfg)
         let trainer = try Trainer(config: cfg, student: student, train: train, validation: validation)
         trainer.showsProgress = !quiet
+        if cfg.eval.duringTraining {
+            // The held-out mIoU curve, as `samdistill run` logs it (teacher decoder, first cache).
+            guard let teacher = cfg.teacher.checkpoint else {
+                throw ConfigError(["teacher.checkpoint: required by eval.during_training (its prompt encoder and mask decoder)"])
+            }
+            let reader = try CacheReader(URL(fileURLWithPath: cfg.data.train[0]))
+            var evaluator: Evaluator?
+            trainer.evaluatesHeldOutMasks(cfg.eval, cache: reader) {
+                if let evaluator { return evaluator }
+                let e = Evaluator(model: try SAMModel.load(contentsOf: URL(fileURLWithPath: teacher)), options: cfg.eval.evaluationOptions)
+                e.remembersTeacherMasks = true  // the teacher's masks are the same at every evaluation
+                evaluator = e
+                return e
+            }
+        }
         try trainer.run(resume: resume)
         if trainer.parallel.communicator.isRoot {
             let ranks = trainer.parallel.size > 1 ? " on \(trainer.parallel.size) ranks" : ""

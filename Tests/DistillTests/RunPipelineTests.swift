@@ -161,6 +161,26 @@ final class RunPipelineTests: XCTestCase {
         for s in after.summary {
             XCTAssertEqual(try XCTUnwrap(curve[4]?["miou_\(s.prompt)"]), s.miou, accuracy: 1e-12, s.prompt)
         }
+        // `samdistill train` on the same config logs the same curve (same weights, prompts and
+        // teacher masks at each step; another process, so to 1e-4, not to the bit).
+        var trained = config
+        trained.outputDir = dir.appendingPathComponent("train-cli").path
+        let cfg = dir.appendingPathComponent("train.yaml")
+        try trained.yaml().write(to: cfg, atomically: true, encoding: .utf8)
+        let r = try CacheTestSupport.run(try CacheTestSupport.executable(), ["train", cfg.path, "--quiet"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let cli = try String(contentsOf: URL(fileURLWithPath: trained.outputDir).appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        var cliCurve: [Int: [String: Double]] = [:]
+        for line in cli.split(separator: "\n") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            if let e = o["eval"] as? [String: Double] { cliCurve[o["step"] as! Int] = e }
+        }
+        XCTAssertEqual(Set(cliCurve.keys), [2, 4])
+        for (step, e) in curve {
+            for key in ["miou_point", "miou_box"] {
+                XCTAssertEqual(try XCTUnwrap(cliCurve[step]?[key], "step \(step) \(key)"), e[key]!, accuracy: 1e-4, "step \(step) \(key)")
+            }
+        }
     }
 
     func testRunCommand() throws {
