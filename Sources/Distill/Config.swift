@@ -127,6 +127,9 @@ public enum InitConfig: Equatable, Sendable {
 /// `loss`: what the student's embedding is compared with the teacher's by.
 public enum LossConfig: Equatable, Sendable {
     case mse
+    /// MSE with each channel weighed by the inverse of the teacher's variance in it over the batch
+    /// (`channelNormalizedMSELoss`).
+    case normalizedMSE
     case maskedMSE(MaskedMSENormalization)
     case huber(delta: Double)
     case l1
@@ -135,7 +138,7 @@ public enum LossConfig: Equatable, Sendable {
 
     public var typeName: String {
         switch self {
-        case .mse: "mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1"
+        case .mse: "mse"; case .normalizedMSE: "normalized_mse"; case .maskedMSE: "masked_mse"; case .huber: "huber"; case .l1: "l1"
         case .promptInTheLoop: "prompt_in_the_loop"
         }
     }
@@ -146,6 +149,7 @@ public enum LossConfig: Equatable, Sendable {
     public func evaluate(_ prediction: Tensor, _ target: Tensor, regions: [ValidRegion]) -> LossResult {
         switch self {
         case .mse: mseLoss(prediction, target)
+        case .normalizedMSE: channelNormalizedMSELoss(prediction, target)
         case .l1: l1Loss(prediction, target)
         case .huber(let delta): huberLoss(prediction, target, delta: delta)
         case .maskedMSE(let n): maskedMSELoss(prediction, target, regions: regions, normalization: n)
@@ -659,6 +663,7 @@ extension LossConfig {
         let type = r.string("type") ?? "mse"
         switch type {
         case "mse": return .mse
+        case "normalized_mse": return .normalizedMSE
         case "l1": return .l1
         case "huber":
             let delta = r.double("delta") ?? 1
@@ -678,7 +683,7 @@ extension LossConfig {
             r.read(PromptInTheLoopConfig.fields, into: &c)
             return .promptInTheLoop(c)
         default:
-            r.problem("type", "unknown loss '\(type)' (expected mse, masked_mse, huber, l1 or prompt_in_the_loop)")
+            r.problem("type", "unknown loss '\(type)' (expected mse, normalized_mse, masked_mse, huber, l1 or prompt_in_the_loop)")
             r.ignoreRest()
             return .mse
         }
@@ -778,7 +783,7 @@ extension LossConfig {
     var configNode: Node {
         let type = ("type", Node(typeName) as Node?)
         return switch self {
-        case .mse, .l1: configMapping((), [], leading: [type])
+        case .mse, .normalizedMSE, .l1: configMapping((), [], leading: [type])
         case .huber(let d): configMapping((), [], leading: [type, ("delta", d.configNode)])
         case .maskedMSE(let norm):
             configMapping((), [], leading: [type, ("normalization", Node(norm == .perSample ? "per_sample" : "valid_elements"))])

@@ -59,6 +59,50 @@ public func mseLoss(_ prediction: Tensor, _ target: Tensor) -> LossResult {
     }
 }
 
+/// MSE with every channel weighed by the inverse of the target's variance in that channel over
+/// the batch: (B, C, H, W), v_c = Var_{b,h,w}(t[:, c]), w_c = 1 / (v_c + ε) scaled so that
+/// mean_c w_c = 1 (the loss is then on MSE's scale), ε = 1e-3 · mean_c v_c (no channel weighs more
+/// than 1000× the mean). L = Σ w_c (p − t)² / N; gradient 2 w_c (p − t) / N. The weights are
+/// constants of the target (not differentiated). A channel of large variance no longer dominates
+/// the loss: the decoder reads every channel.
+public func channelNormalizedMSELoss(_ prediction: Tensor, _ target: Tensor) -> LossResult {
+    precondition(prediction.shape == target.shape,
+                 "channelNormalizedMSELoss: prediction shape \(prediction.shape) does not match target shape \(target.shape)")
+    precondition(prediction.rank == 4 && prediction.count > 0, "channelNormalizedMSELoss: expected (B, C, H, W), got \(prediction.shape)")
+    let B = target.shape[0], C = target.shape[1], HW = target.shape[2] * target.shape[3], M = B * HW
+    // v: (C) the target's per-channel variance over (B, H, W), in Double
+    var v = [Double](repeating: 0, count: C)
+    for c in 0..<C {
+        var sum = 0.0, sq = 0.0
+        for b in 0..<B {
+            let o = (b * C + c) * HW
+            for i in 0..<HW { let x = Double(target.data[o + i]); sum += x; sq += x * x }
+        }
+        let mean = sum / Double(M)
+        v[c] = max(0, sq / Double(M) - mean * mean)
+    }
+    let eps = 1e-3 * v.reduce(0, +) / Double(C)
+    var w = v.map { 1 / ($0 + eps) }
+    let meanW = w.reduce(0, +) / Double(C)
+    w = w.map { $0 / meanW }
+    let invN = 1 / Double(prediction.count)
+    var grad = Tensor.empty(prediction.shape)
+    var total = 0.0
+    for b in 0..<B {
+        for c in 0..<C {
+            let o = (b * C + c) * HW, wc = w[c]
+            var s = 0.0
+            for i in 0..<HW {
+                let d = Double(prediction.data[o + i]) - Double(target.data[o + i])
+                s += d * d
+                grad.data[o + i] = Float(2 * wc * d * invN)
+            }
+            total += wc * s
+        }
+    }
+    return LossResult(value: total * invN, gradient: grad)
+}
+
 /// `F.l1_loss(prediction, target)`: mean of |p − t|; gradient sign(p − t)/N (0 where p = t,
 /// as PyTorch's `sgn`).
 public func l1Loss(_ prediction: Tensor, _ target: Tensor) -> LossResult {

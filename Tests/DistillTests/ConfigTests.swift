@@ -65,6 +65,9 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(again, c)
         let conv = try RunConfig.parse("student: {type: conv, channels: [16, 32], blocks: [1, 1], strides: [2, 2], stem_stride: 4}\nloss: {type: huber, delta: 0.5}")
         XCTAssertEqual(try RunConfig.parse(conv.yaml()), conv)
+        let normalized = try RunConfig.parse("loss: {type: normalized_mse}")
+        XCTAssertEqual(normalized.loss, .normalizedMSE)
+        XCTAssertEqual(try RunConfig.parse(normalized.yaml()).loss, .normalizedMSE)
     }
 
     /// data.everything_masks: absent → none, {} → the defaults, keys read, bad values and

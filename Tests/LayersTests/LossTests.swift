@@ -61,6 +61,33 @@ final class LossTests: XCTestCase {
         assertFiniteDifferences(p.map { $0 * 3 }, "bce") { bceWithLogitsLoss($0, soft) }
     }
 
+    /// channelNormalizedMSELoss: the value against a direct Double computation of its definition
+    /// (weights 1/(v_c + ε) normalised to mean 1, ε = 1e-3 · mean v) to 1e-12 relative; the
+    /// gradient against central differences (the weights do not depend on the prediction).
+    func testChannelNormalizedMSE() {
+        var rng = SeededRandom(seed: 33)
+        var t = Tensor.randomNormal([2, 4, 3, 5], rng: &rng)
+        for i in 0..<15 { t.data[i] *= 6; t.data[60 + i] *= 6 }  // channel 0: 36× the variance
+        let p = t + Tensor.randomNormal([2, 4, 3, 5], std: 0.5, rng: &rng)
+        var v = [Double](repeating: 0, count: 4)
+        for c in 0..<4 {
+            let xs = (0..<2).flatMap { b in (0..<15).map { Double(t.data[(b * 4 + c) * 15 + $0]) } }
+            let m = xs.reduce(0, +) / 30
+            v[c] = xs.map { ($0 - m) * ($0 - m) }.reduce(0, +) / 30
+        }
+        let eps = 1e-3 * v.reduce(0, +) / 4
+        let raw = v.map { 1 / ($0 + eps) }, w = raw.map { $0 / (raw.reduce(0, +) / 4) }
+        var expected = 0.0
+        for i in 0..<p.count {
+            let d = Double(p.data[i]) - Double(t.data[i])
+            expected += w[(i / 15) % 4] * d * d / Double(p.count)
+        }
+        let r = channelNormalizedMSELoss(p, t)
+        XCTAssertEqual(r.value, expected, accuracy: 1e-12 * expected)
+        XCTAssertLessThan(w[0], 0.2, "the high-variance channel weighs less: \(w)")
+        assertFiniteDifferences(p, "channel_normalized_mse") { channelNormalizedMSELoss($0, t) }
+    }
+
     func testDiceAndMaskedMSEFiniteDifferences() {
         var rng = SeededRandom(seed: 32)
         let logits = Tensor.randomNormal([2, 2, 4, 5], std: 2, rng: &rng)
