@@ -316,7 +316,7 @@ extension RunConfig {
     }
 
     /// The keys a stage may set (replacing the top-level ones), besides its `name`.
-    static let stageKeys: Set<String> = ["steps", "loss", "optimizer", "schedule", "batch_size", "grad_accumulation"]
+    static let stageKeys: Set<String> = ["steps", "loss", "optimizer", "schedule", "batch_size", "grad_accumulation", "seed"]
 
     static func readStages(_ node: Node, base: Node.Mapping, config: RunConfig, sink: ProblemSink) -> [RunStage] {
         guard let list = node.sequence, !list.isEmpty else {

@@ -83,13 +83,16 @@ final class StagedRunTests: XCTestCase {
             do { _ = try RunConfig.parse("teacher: {checkpoint: t.pt}\noutput_dir: runs/x\nstages: \(stages)"); return [] }
             catch let e as ConfigError { return e.problems } catch { return ["\(error)"] }
         }
-        XCTAssertEqual(problems("[{name: a, steps: 2, seed: 3}]"),
-                       ["stages[0].seed: unknown key (a stage sets name, batch_size, grad_accumulation, loss, optimizer, schedule, steps)"])
+        XCTAssertEqual(problems("[{name: a, steps: 2, freeze: [patch_embed]}]"),
+                       ["stages[0].freeze: unknown key (a stage sets name, batch_size, grad_accumulation, loss, optimizer, schedule, seed, steps)"])
         XCTAssertEqual(problems("[{steps: 2}]"), ["stages[0].name: required: a directory name of letters, digits, _ and -"])
         XCTAssertEqual(problems("[{name: a, steps: 2}, {name: a, steps: 1}]"), ["stages[1].name: 'a' names two stages"])
         XCTAssertEqual(problems("[{name: a, loss: {type: hinge}}]"),
-                       ["stages[0].loss.type: unknown loss 'hinge' (expected mse, masked_mse, huber, l1 or prompt_in_the_loop)"])
+                       ["stages[0].loss.type: unknown loss 'hinge' (expected mse, normalized_mse, masked_mse, huber, l1 or prompt_in_the_loop)"])
         XCTAssertEqual(problems("[]").count, 1)
         XCTAssertEqual(try RunConfig.parse("output_dir: runs/x\nstages: [{name: a, steps: 3}]").stages.first?.config.steps, 3)
+        // A stage's own seed (its sample order and prompts); the others keep the base's.
+        let seeded = try RunConfig.parse("seed: 5\noutput_dir: runs/x\nstages: [{name: a, steps: 3}, {name: b, steps: 2, seed: 7}]").stages
+        XCTAssertEqual(seeded.map(\.config.seed), [5, 7])
     }
 }
