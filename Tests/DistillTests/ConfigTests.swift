@@ -235,10 +235,16 @@ final class ConfigTests: XCTestCase {
         XCTAssertLessThan(pruned.parameterCount, full.parameterCount)
         let longConfig = try RunConfig.load(dir.appendingPathComponent("long_width_pruned.yaml"))
         let long = Student(longConfig.student)
-        // MSE, then prompt-in-the-loop from the MSE stage's last checkpoint
-        XCTAssertEqual(longConfig.stages.map(\.name), ["mse", "pitl"])
-        XCTAssertEqual(longConfig.stages[1].config.initialisation, .checkpoint(path: longConfig.stages[0].finalCheckpoint))
-        guard case .promptInTheLoop(let loop) = longConfig.stages[1].config.loss else { return XCTFail("stage 2's loss") }
+        // MSE, a second MSE cycle (its own sample order), then prompt-in-the-loop, each stage from
+        // the previous one's last checkpoint
+        XCTAssertEqual(longConfig.stages.map(\.name), ["mse", "mse_restart", "pitl"])
+        XCTAssertEqual(longConfig.stages.map(\.config.steps), [1200, 600, 400])
+        XCTAssertEqual(longConfig.stages.map(\.config.seed), [0, 1, 0])
+        for i in 1..<3 {
+            XCTAssertEqual(longConfig.stages[i].config.initialisation, .checkpoint(path: longConfig.stages[i - 1].finalCheckpoint))
+        }
+        XCTAssertEqual(longConfig.stages[1].config.loss, .mse)
+        guard case .promptInTheLoop(let loop) = longConfig.stages[2].config.loss else { return XCTFail("stage 3's loss") }
         XCTAssertEqual(loop.pointOutput, .single)
         XCTAssertFalse(loop.correctionMaskInput)
         print("long recipe student: \(long.forwardFLOPs) FLOPs (\(Double(long.forwardFLOPs) / Double(full.forwardFLOPs)) of the teacher's)")
