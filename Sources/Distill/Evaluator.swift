@@ -98,6 +98,9 @@ public struct EvaluationReport: Codable, Sendable {
         public var metric: String
         public var prompts: Int
         public var miou: Double
+        /// Each prompt's IoU, in prompt order (absent in reports written before it existed): what
+        /// the mean hides, e.g. whether errors are near-misses or a different part chosen.
+        public var ious: [Double]? = nil
     }
 
     /// One protocol × metric over every image.
@@ -139,7 +142,8 @@ public struct EvaluationReport: Codable, Sendable {
                     let v = img.ious[p.rawValue]?[m] ?? []
                     perImage.append((v.reduce(0, +), v.count))
                     if !v.isEmpty {
-                        rows.append(Row(image: img.name, prompt: p.rawValue, metric: m, prompts: v.count, miou: v.reduce(0, +) / Double(v.count)))
+                        rows.append(Row(image: img.name, prompt: p.rawValue, metric: m, prompts: v.count, miou: v.reduce(0, +) / Double(v.count),
+                                        ious: v))
                     }
                 }
                 let used = perImage.filter { $0.count > 0 }

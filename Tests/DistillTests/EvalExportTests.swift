@@ -69,6 +69,11 @@ final class EvalExportTests: XCTestCase {
 
             let perturbed = try Self.report(model, o, Self.images(count: 4, noise: 1.0))
             let overall = perturbed.summary.map(\.miou)
+            // Each row keeps its prompts' IoUs (JSON `ious`), whose mean is the row's mIoU.
+            for r in try EvaluationReport.read(json: try perturbed.json()).rows {
+                XCTAssertEqual(r.ious?.count, r.prompts, "\(r)")
+                XCTAssertEqual(r.ious.map { $0.reduce(0, +) / Double($0.count) } ?? -1, r.miou, accuracy: 1e-12)
+            }
             XCTAssertTrue(overall.allSatisfy { $0 >= 0 && $0 <= 1 })
             XCTAssertLessThan(overall.reduce(0, +) / Double(overall.count), 0.99, "a perturbed embedding changes masks: \(perturbed.summary)")
             for s in perturbed.summary {
