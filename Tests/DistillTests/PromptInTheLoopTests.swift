@@ -45,6 +45,20 @@ final class PromptInTheLoopTests: XCTestCase {
         return (lp - lm) / (Double(v + eps) - Double(v - eps))
     }
 
+    /// The `count` largest entries of `r`'s gradient against central differences (its plan held
+    /// fixed): |a − n| ≤ 1e-4 + 2e-2·max(|a|, |n|), the tolerance of the test below.
+    static func assertLargestGradientEntries(_ count: Int, _ loop: PromptInTheLoop, _ r: PromptInTheLoop.Result, student: Tensor,
+                                             teacher: Tensor, regions: [ValidRegion], seed: UInt64,
+                                             file: StaticString = #filePath, line: UInt = #line) {
+        let g = r.loss.gradient.data
+        for i in g.indices.sorted(by: { abs(g[$0]) > abs(g[$1]) }).prefix(count) {
+            let numeric = numericDerivative(loop, student: student, teacher: teacher, regions: regions, seed: seed, plan: r.plan, index: i)
+            let analytic = Double(g[i])
+            XCTAssertLessThanOrEqual(abs(analytic - numeric), 1e-4 + 2e-2 * max(abs(analytic), abs(numeric)),
+                                     "coordinate \(i): analytic \(analytic), numeric \(numeric)", file: file, line: line)
+        }
+    }
+
     /// With the plan held fixed (the prompts a first call sampled and the student's mask inputs
     /// of its correction round, which are not differentiated), the loss is a smooth function of
     /// the student embedding: its gradient (both rounds, the embedding MSE term) against central
@@ -137,14 +151,7 @@ final class PromptInTheLoopTests: XCTestCase {
         XCTAssertNotEqual(r.roundLosses[1], base.roundLosses[1])
         // The 12 largest gradient entries: far above the Float32 decoder's noise floor (~1e-4 at
         // this step, where ReLU kinks also sit).
-        let largest = r.loss.gradient.data.indices.sorted { abs(r.loss.gradient.data[$0]) > abs(r.loss.gradient.data[$1]) }
-        for i in largest.prefix(12) {
-            let numeric = Self.numericDerivative(loop, student: student, teacher: teacher, regions: regions, seed: 21,
-                                                 plan: r.plan, index: i)
-            let analytic = Double(r.loss.gradient.data[i])
-            XCTAssertLessThanOrEqual(abs(analytic - numeric), 1e-4 + 2e-2 * max(abs(analytic), abs(numeric)),
-                                     "coordinate \(i): analytic \(analytic), numeric \(numeric)")
-        }
+        Self.assertLargestGradientEntries(12, loop, r, student: student, teacher: teacher, regions: regions, seed: 21)
     }
 
     /// The trainer with `loss: prompt_in_the_loop` (teacher decoder loaded from teacher.checkpoint):
@@ -284,14 +291,7 @@ final class PromptInTheLoopTests: XCTestCase {
                 XCTAssertEqual(q.labels.count, 3)
             }
         }
-        let largest = r.loss.gradient.data.indices.sorted { abs(r.loss.gradient.data[$0]) > abs(r.loss.gradient.data[$1]) }
-        for i in largest.prefix(8) {
-            let numeric = Self.numericDerivative(loop, student: student, teacher: teacher, regions: regions, seed: 21,
-                                                 plan: r.plan, index: i)
-            let analytic = Double(r.loss.gradient.data[i])
-            XCTAssertLessThanOrEqual(abs(analytic - numeric), 1e-4 + 2e-2 * max(abs(analytic), abs(numeric)),
-                                     "coordinate \(i): analytic \(analytic), numeric \(numeric)")
-        }
+        Self.assertLargestGradientEntries(8, loop, r, student: student, teacher: teacher, regions: regions, seed: 21)
         // Fraction 0.5: per image all two-point or none; both kinds occur over a few seeds.
         c.twoPointFraction = 0.5
         let half = try Self.loop(c)

@@ -131,8 +131,17 @@ final class RunPipelineTests: XCTestCase {
         }
     }
 
-    /// The command line: `samdistill run` on the same tiny setup prints the before/after table and
-    /// the exported path; a second call says every step is up to date.
+    /// The `eval` entries of a run directory's metrics.jsonl, by step.
+    static func evaluations(in runDirectory: String) throws -> [Int: [String: Double]] {
+        let metrics = try String(contentsOf: URL(fileURLWithPath: runDirectory).appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        var curve: [Int: [String: Double]] = [:]
+        for line in metrics.split(separator: "\n") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            if let e = o["eval"] as? [String: Double] { curve[o["step"] as! Int] = e }
+        }
+        return curve
+    }
+
     /// `eval.during_training`: the held-out mIoU at every eval_every step lands in metrics.jsonl
     /// (`miou_point`, `miou_box`), and the last one equals the final evaluation of the same weights
     /// (same prompts, same teacher masks; the checkpoint is float32: to 1e-12).
@@ -149,12 +158,7 @@ final class RunPipelineTests: XCTestCase {
         p.showsProgress = false
         p.log = { _ in }
         let outcome = try p.run()
-        let metrics = try String(contentsOf: URL(fileURLWithPath: config.outputDir).appendingPathComponent("metrics.jsonl"), encoding: .utf8)
-        var curve: [Int: [String: Double]] = [:]
-        for line in metrics.split(separator: "\n") {
-            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
-            if let e = o["eval"] as? [String: Double] { curve[o["step"] as! Int] = e }
-        }
+        let curve = try Self.evaluations(in: config.outputDir)
         XCTAssertEqual(Set(curve.keys), [2, 4])
         for (_, e) in curve { XCTAssertNotNil(e["miou_point"]); XCTAssertNotNil(e["miou_box"]); XCTAssertNotNil(e["val_mse"]) }
         let after = try XCTUnwrap(outcome.after)
@@ -169,12 +173,7 @@ final class RunPipelineTests: XCTestCase {
         try trained.yaml().write(to: cfg, atomically: true, encoding: .utf8)
         let r = try CacheTestSupport.run(try CacheTestSupport.executable(), ["train", cfg.path, "--quiet"])
         XCTAssertEqual(r.status, 0, r.err)
-        let cli = try String(contentsOf: URL(fileURLWithPath: trained.outputDir).appendingPathComponent("metrics.jsonl"), encoding: .utf8)
-        var cliCurve: [Int: [String: Double]] = [:]
-        for line in cli.split(separator: "\n") {
-            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
-            if let e = o["eval"] as? [String: Double] { cliCurve[o["step"] as! Int] = e }
-        }
+        let cliCurve = try Self.evaluations(in: trained.outputDir)
         XCTAssertEqual(Set(cliCurve.keys), [2, 4])
         for (step, e) in curve {
             for key in ["miou_point", "miou_box"] {
@@ -183,6 +182,8 @@ final class RunPipelineTests: XCTestCase {
         }
     }
 
+    /// The command line: `samdistill run` on the same tiny setup prints the before/after table and
+    /// the exported path; a second call says every step is up to date.
     func testRunCommand() throws {
         let dir = try CacheTestSupport.temporaryDirectory("runcli")
         defer { try? FileManager.default.removeItem(at: dir) }
