@@ -47,6 +47,13 @@ struct SAMDistill: ParsableCommand {
                 else { message = SAMDistill.fullMessage(for: error) }
                 world.abort(message, code: 1)
             }
+            if SAMDistill.exitCode(for: error) == .validationFailure {
+                // Bad input found while parsing or by a command's validate() (a config key, a file,
+                // a value): its message and usage, and status 1 like every other bad-input error
+                // (not ArgumentParser's EX_USAGE, 64).
+                FileHandle.standardError.write(Data((SAMDistill.fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(1)
+            }
             exit(withError: error)
         }
     }

@@ -78,6 +78,47 @@ final class StagedRunTests: XCTestCase {
         }
     }
 
+    /// `samdistill train --stage NAME` trains one stage of a staged config, as `run` would: its
+    /// directory, and the previous stage's final weights; without --stage, or before the previous
+    /// stage exists, one clear refusal.
+    func testTrainCommandTrainsOneStage() throws {
+        let dir = try CacheTestSupport.temporaryDirectory("stages-train")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let teacher = try RunPipelineTests.writeTinySAM(in: dir)
+        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
+        try (names.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
+        try "\(names[0])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let file = dir.appendingPathComponent("staged.yaml")
+        try (RunPipelineTests.yaml(dir: dir, teacher: teacher) + Self.stages).write(to: file, atomically: true, encoding: .utf8)
+        let config = try RunConfig.parse(RunPipelineTests.yaml(dir: dir, teacher: teacher) + Self.stages)
+        let (mse, pitl) = (config.stages[0], config.stages[1])
+        let exe = try CacheTestSupport.executable()
+        XCTAssertEqual(try CacheTestSupport.run(exe, ["cache", "--config", file.path, "--quiet"]).status, 0)
+
+        let whole = try CacheTestSupport.run(exe, ["train", file.path, "--quiet"])
+        XCTAssertEqual(whole.status, 1)
+        XCTAssertTrue(whole.err.contains("stages mse, pitl: train one with --stage NAME"), whole.err)
+        let unknown = try CacheTestSupport.run(exe, ["train", file.path, "--stage", "kd"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.err.contains("--stage kd: not a stage of \(file.path) (mse, pitl)"), unknown.err)
+        let early = try CacheTestSupport.run(exe, ["train", file.path, "--stage", "pitl"])
+        XCTAssertEqual(early.status, 1)
+        XCTAssertTrue(early.err.contains("stage 'mse''s final checkpoint \(mse.finalCheckpoint), which does not exist"), early.err)
+
+        for stage in ["mse", "pitl"] {
+            let r = try CacheTestSupport.run(exe, ["train", file.path, "--stage", stage, "--quiet"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: pitl.finalCheckpoint))
+        let pitlMetrics = try String(contentsOf: dir.appendingPathComponent("run/pitl/metrics.jsonl"), encoding: .utf8)
+        XCTAssertTrue(pitlMetrics.contains("teacher_decode"), "the pitl stage trained with its own loss")
+        // The pitl stage started from the mse stage's final weights and moved them.
+        let mseFinal = try SAMWeights.read(URL(fileURLWithPath: mse.finalCheckpoint)).encoder.stateDict()
+        for (k, v) in try Student.make(pitl.config).stateDict() { XCTAssertEqual(mseFinal[k]?.data, v.data, k) }
+        XCTAssertNotEqual(try SAMWeights.read(URL(fileURLWithPath: pitl.finalCheckpoint)).encoder.stateDict()["layers.3.blocks.0.mlp.fc2.weight"]?.data,
+                          mseFinal["layers.3.blocks.0.mlp.fc2.weight"]?.data, "the pitl stage trained")
+    }
+
     func testStageConfigErrors() throws {
         func problems(_ stages: String) -> [String] {
             do { _ = try RunConfig.parse("teacher: {checkpoint: t.pt}\noutput_dir: runs/x\nstages: \(stages)"); return [] }
