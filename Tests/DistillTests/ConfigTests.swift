@@ -247,6 +247,7 @@ final class ConfigTests: XCTestCase {
         guard case .promptInTheLoop(let loop) = longConfig.stages[2].config.loss else { return XCTFail("stage 3's loss") }
         XCTAssertEqual(loop.pointOutput, .single)
         XCTAssertFalse(loop.correctionMaskInput)
+        XCTAssertEqual(loop.boxFraction, 0.2, "the loop's prompts are mostly points (session 12)")
         print("long recipe student: \(long.forwardFLOPs) FLOPs (\(Double(long.forwardFLOPs) / Double(full.forwardFLOPs)) of the teacher's)")
         XCTAssertLessThanOrEqual(Double(long.forwardFLOPs), 0.5 * Double(full.forwardFLOPs))
     }
