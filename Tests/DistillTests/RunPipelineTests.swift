@@ -43,6 +43,16 @@ final class RunPipelineTests: XCTestCase {
         """
     }
 
+    /// The tiny setup in `dir`: the 64-pixel teacher, 5 synthetic photos, list.txt naming them
+    /// all and val.txt naming those at `heldOut`. Returns the teacher's path.
+    static func writeTinySetup(in dir: URL, heldOut: [Int]) throws -> URL {
+        let teacher = try writeTinySAM(in: dir)
+        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
+        try (names.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
+        try heldOut.map { names[$0] + "\n" }.joined().write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        return teacher
+    }
+
     func testRunEndToEndThenSkipThenResume() throws {
         let dir = try CacheTestSupport.temporaryDirectory("runpipeline")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -148,10 +158,7 @@ final class RunPipelineTests: XCTestCase {
     func testHeldOutMIoUDuringTraining() throws {
         let dir = try CacheTestSupport.temporaryDirectory("runpipeline-curve")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let teacher = try Self.writeTinySAM(in: dir)
-        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
-        try (names.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
-        try "\(names[0])\n\(names[3])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let teacher = try Self.writeTinySetup(in: dir, heldOut: [0, 3])
         let config = try RunConfig.parse(Self.yaml(dir: dir, teacher: teacher),
                                          overrides: ["eval.during_training=true", "eval_every=2", "eval.before=false"])
         let p = RunPipeline(config: config, configName: "test.yaml")

@@ -20,10 +20,7 @@ final class StagedRunTests: XCTestCase {
     func testStagesChainSkipResumeAndRefuseStale() throws {
         let dir = try CacheTestSupport.temporaryDirectory("stages")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let teacher = try RunPipelineTests.writeTinySAM(in: dir)
-        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
-        try (names.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
-        try "\(names[0])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let teacher = try RunPipelineTests.writeTinySetup(in: dir, heldOut: [0])
         let config = try RunConfig.parse(RunPipelineTests.yaml(dir: dir, teacher: teacher) + Self.stages)
         XCTAssertEqual(config.stages.map(\.name), ["mse", "pitl"])
         let (mse, pitl) = (config.stages[0], config.stages[1])
@@ -84,10 +81,7 @@ final class StagedRunTests: XCTestCase {
     func testTrainCommandTrainsOneStage() throws {
         let dir = try CacheTestSupport.temporaryDirectory("stages-train")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let teacher = try RunPipelineTests.writeTinySAM(in: dir)
-        let names = try CacheTestSupport.writeSyntheticImages(in: dir.appendingPathComponent("images"), count: 5)
-        try (names.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("list.txt"), atomically: true, encoding: .utf8)
-        try "\(names[0])\n".write(to: dir.appendingPathComponent("val.txt"), atomically: true, encoding: .utf8)
+        let teacher = try RunPipelineTests.writeTinySetup(in: dir, heldOut: [0])
         let file = dir.appendingPathComponent("staged.yaml")
         try (RunPipelineTests.yaml(dir: dir, teacher: teacher) + Self.stages).write(to: file, atomically: true, encoding: .utf8)
         let config = try RunConfig.parse(RunPipelineTests.yaml(dir: dir, teacher: teacher) + Self.stages)
