@@ -706,6 +706,8 @@ extension PromptInTheLoopConfig {
         .value("correction_mask_input", \.correctionMaskInput),
         .value("two_point_fraction", \.twoPointFraction, check: { (0...1).contains($0) ? nil : "must be in [0, 1], got \($0)" }),
         .value("two_point_distance", \.twoPointDistance, check: { $0 > 0 ? nil : "must be positive, got \($0)" }),
+        .value("all_outputs_weight", \.allOutputsWeight, check: nonNegative),
+        .value("soft_targets", \.softTargets),
     ]
 }
 

@@ -32,6 +32,13 @@ public struct PromptInTheLoopConfig: Equatable, Sendable {
     public var twoPointFraction = 0.0
     /// Distance in input-frame pixels between the two points (`samdistill eval`'s default).
     public var twoPointDistance = 200.0
+    /// Weight of a second BCE + Dice term over all of the decoder's mask outputs (the single mask
+    /// and the three multimask ones) of every prompt, each against the teacher's same output; 0:
+    /// only the chosen output learns. The outputs a prompt does not use still carry the part /
+    /// object granularity the teacher would pick from.
+    public var allOutputsWeight = 0.0
+    /// Targets σ(teacher logits) (the teacher's confidence) instead of teacher logits > 0.
+    public var softTargets = false
     public init() {}
 
     public enum PointOutput: String, CaseIterable, Sendable { case best, single }
@@ -62,9 +69,11 @@ public struct LoopPrompt: Equatable, Sendable {
 ///    point (that point, that output) or, with probability `boxFraction`, a box: the bounding box
 ///    of that point's teacher mask (a point prompt when the mask is empty), single output.
 ///    With `pointOutput: single`, point prompts learn the single-mask output instead.
-///    Targets: the teacher's low-res mask for the same prompt, logits > 0.
+///    Targets: the teacher's low-res mask for the same prompt, logits > 0 (σ(logits) with
+///    `softTargets`).
 /// 2. The student's embedding is decoded with the same prompts (one batch); loss
-///    bce_weight · BCE + dice_weight · Dice of the chosen outputs against the targets; its
+///    bce_weight · BCE + dice_weight · Dice of the chosen outputs against the targets (plus
+///    `allOutputsWeight` × the same over all four outputs against the teacher's four); its
 ///    gradient goes back through the frozen decoder to the embedding (summed over the prompts).
 /// 3. Correction round: per prompt a new point where student and teacher masks disagree
 ///    (positive in a false negative, negative in a false positive; a pixel drawn uniformly from
@@ -235,6 +244,10 @@ public final class PromptInTheLoop {
                                                         masks: masks, rng: &rng)
         }
         lap(\.teacherDecode)
+        // All of the teacher's outputs (K, M, lh, lw) when they learn too: one more decode here.
+        let allOutputs = config.allOutputsWeight > 0 ? 0..<teacherDecoder.numMaskTokens : nil
+        var teacherAll = allOutputs.map { decode(teacherDecoder, t, prompts, masks: nil, mode: .inference, outputs: $0).masks }
+        lap(\.teacherDecode)
         var rounds: [Double] = []
         var gradient = Tensor(zeros: s.shape)
         var used = [prompts]
@@ -250,23 +263,38 @@ public final class PromptInTheLoop {
                 if let given { studentLogits = given.maskInputs[round - 1] }
                 maskInputs.append(studentLogits)
                 let teacherMask = config.correctionMaskInput ? teacherLogits : nil
-                teacherLogits = select(decode(teacherDecoder, t, prompts, masks: teacherMask, mode: .inference), prompts)
+                let d = decode(teacherDecoder, t, prompts, masks: teacherMask, mode: .inference, outputs: allOutputs)
+                teacherLogits = select(d, prompts)
+                if allOutputs != nil { teacherAll = d.masks }
                 lap(\.teacherDecode)
             }
             let studentMask = round > 0 && config.correctionMaskInput ? studentLogits : nil
-            let decoded = decode(studentDecoder, s, prompts, masks: studentMask, mode: .training)
+            let decoded = decode(studentDecoder, s, prompts, masks: studentMask, mode: .training, outputs: allOutputs)
             studentLogits = select(decoded, prompts)
-            let target = teacherLogits.map { $0 > 0 ? 1 : 0 }
-            let bce = bceWithLogitsLoss(studentLogits, target), dice = diceLoss(studentLogits, target)
-            rounds.append(config.bceWeight * bce.value + config.diceWeight * dice.value)
-            var g = bce.gradient
-            g.scale(by: Float(config.bceWeight))
-            g.add(dice.gradient, scaledBy: Float(config.diceWeight))
+            var (value, g) = maskLoss(studentLogits, teacherLogits)
+            g = scatter(g, into: decoded, prompts)
+            if let teacherAll {
+                let all = maskLoss(decoded.masks, teacherAll)
+                value += config.allOutputsWeight * all.value
+                g.add(all.gradient, scaledBy: Float(config.allOutputsWeight))
+            }
+            rounds.append(value)
             lap(\.studentDecodeForward)
-            gradient.add(studentDecoder.backward(masks: scatter(g, into: decoded, prompts)))
+            gradient.add(studentDecoder.backward(masks: g))
             lap(\.decoderBackward)
         }
         return (rounds, gradient, used, maskInputs)
+    }
+
+    /// bce_weight · BCE + dice_weight · Dice of student logits against the teacher's (same shape,
+    /// each slice over the last two dimensions one mask): value and gradient.
+    func maskLoss(_ student: Tensor, _ teacher: Tensor) -> (value: Double, gradient: Tensor) {
+        let target = config.softTargets ? teacher.map { 1 / (1 + exp(-$0)) } : teacher.map { $0 > 0 ? 1 : 0 }
+        let bce = bceWithLogitsLoss(student, target), dice = diceLoss(student, target)
+        var g = bce.gradient
+        g.scale(by: Float(config.bceWeight))
+        g.add(dice.gradient, scaledBy: Float(config.diceWeight))
+        return (config.bceWeight * bce.value + config.diceWeight * dice.value, g)
     }
 
     /// The first round's prompts (from `masks`, the image's everything-masks, when it has any
