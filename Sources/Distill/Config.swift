@@ -86,7 +86,7 @@ public enum StudentConfig: Equatable, Sendable {
     /// (channels, grid side) of the student's output embedding.
     public var outputShape: (channels: Int, side: Int) {
         switch self {
-        case .tinyViT(let c, _): (c.neckChannels, c.stageResolutions.last!)
+        case .tinyViT(let c, _): (c.neckChannels, c.outputResolution)
         case .conv(let c): (c.outChannels, c.outputResolution)
         case .repViT(let c, _): (c.neckChannels, c.outputResolution)
         }
@@ -524,6 +524,7 @@ extension TinyViTConfig {
         .value("mlp_ratio", \.mlpRatio), .optional("mlp_ratios", \.mlpRatios),
         .value("mbconv_expand_ratio", \.mbconvExpandRatio),
         .int("local_conv_size", \.localConvSize, min: 1), .int("neck_channels", \.neckChannels, min: 1),
+        .optional("input_resize", \.inputResize),
     ]
 }
 
@@ -557,7 +558,7 @@ extension StudentConfig {
             let problems = c.problems()
             for p in problems { r.problemText(p) }
             if problems.isEmpty { c.mergeStrides = c.resolvedMergeStrides }  // explicit in the resolved config
-            if problems.isEmpty { checkOutput(channels: c.neckChannels, side: c.stageResolutions.last!, imageSize: c.imageSize,
+            if problems.isEmpty { checkOutput(channels: c.neckChannels, side: c.outputResolution, imageSize: c.imageSize,
                                                     channelKey: "neck_channels", gridKey: "merge_strides", r) }
             return .tinyViT(c, preset: preset)
         case "conv":

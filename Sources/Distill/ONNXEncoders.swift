@@ -97,8 +97,9 @@ enum ONNXEncoders {
     // MARK: TinyViT (MobileSAM)
 
     static func tinyViT(_ m: TinyViT, _ g: GraphBuilder, _ image: String) -> String {
-        let p = "image_encoder."
-        var x = convBN(g, image, m.patchEmbed.conv1, p + "patch_embed.seq.0")
+        let p = "image_encoder.", S = m.config.imageSize, N = m.config.networkSize
+        let input = N == S ? image : resample(g, image, from: S, to: N, name: p + "input_resize")  // (1, 3, N, N)
+        var x = convBN(g, input, m.patchEmbed.conv1, p + "patch_embed.seq.0")
         x = g.gelu(x, name: p + "patch_embed.seq.1")
         x = convBN(g, x, m.patchEmbed.conv2, p + "patch_embed.seq.2")          // (1, C0, S/4, S/4)
         for (i, b) in m.convStage.blocks.enumerated() { x = mbConv(g, x, b, p + "layers.0.blocks.\(i).") }
@@ -111,7 +112,20 @@ enum ONNXEncoders {
                 x = nhwc(g, patchMerging(g, nchw(g, x, sp + "downsample.map"), d, sp + "downsample."), sp + "downsample.grid")
             }
         }
-        return neck(g, nchw(g, x, p + "neck.map"), m.neck, p + "neck.")        // (1, 256, S/16, S/16)
+        let y = neck(g, nchw(g, x, p + "neck.map"), m.neck, p + "neck.")       // (1, 256, N/16, N/16)
+        let R = m.config.stageResolutions.last!, O = m.outputResolution
+        return R == O ? y : resample(g, y, from: R, to: O, name: p + "output_resize")  // (1, 256, S/16, S/16)
+    }
+
+    /// `BilinearResample` of a square (1, C, n, n) map to (1, C, m, m) as two MatMuls with its
+    /// interpolation matrix A (m, n): x·Aᵀ across, then A·(x·Aᵀ) down (opset 17's Resize has no
+    /// antialiasing).
+    static func resample(_ g: GraphBuilder, _ x: String, from n: Int, to m: Int, name: String) -> String {
+        let a = BilinearResample.matrix(input: n, output: m)  // (m, n)
+        var at = [Float](repeating: 0, count: n * m)
+        for i in 0..<m { for j in 0..<n { at[j * m + i] = a[i * n + j] } }
+        let across = g.op("MatMul", [x, g.constant(at, shape: [n, m], name: name + ".across_matrix")], name: name + ".across")
+        return g.op("MatMul", [g.constant(a, shape: [m, n], name: name + ".down_matrix"), across], name: name)
     }
 
     /// MBConv: 1×1 expand, GELU, 3×3 depthwise, GELU, 1×1 project, + x, GELU (NCHW).

@@ -32,7 +32,8 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .tinyViT(let c):
             let name = c == .mobileSAM ? "MobileSAM " : ""
-            return "\(name)TinyViT (dims \(c.embedDims), depths \(c.depths), heads \(c.numHeads), windows \(c.windowSizes))"
+            let input = c.inputResize.map { ", input resized to \($0)" } ?? ""
+            return "\(name)TinyViT (dims \(c.embedDims), depths \(c.depths), heads \(c.numHeads), windows \(c.windowSizes)\(input))"
         case .vit(let c):
             let name = c == .vitB ? "SAM ViT-B " : c == .vitL ? "SAM ViT-L " : c == .vitH ? "SAM ViT-H " : ""
             return "\(name)ViT (width \(c.embedDim), depth \(c.depth), heads \(c.numHeads), global \(c.globalAttentionIndexes))"
@@ -68,7 +69,7 @@ public enum SAMEncoderConfig: Equatable, Sendable, CustomStringConvertible {
     /// Side of the embedding grid (S/16 for SAM's encoders).
     public var outputResolution: Int {
         switch self {
-        case .tinyViT(let c): c.stageResolutions.last!
+        case .tinyViT(let c): c.outputResolution
         case .vit(let c): c.gridSize
         case .conv(let c): c.outputResolution
         case .repViT(let c): c.outputResolution

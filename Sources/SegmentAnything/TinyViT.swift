@@ -22,12 +22,17 @@ public struct TinyViTConfig: Codable, Equatable, Sendable {
     public var mbconvExpandRatio: Float = 4
     public var localConvSize: Int = 3
     public var neckChannels: Int = 256
+    /// A reduced-resolution encoder: the (imageSize)² input is resized (antialiased bilinear) to
+    /// this side, the network runs there, and its embedding grid is resized back up to the one a
+    /// full-size input gives (64 for 1024). nil: the network runs at `imageSize`. The cost falls
+    /// with the square of the side (672: 43%) and every weight of a full-size encoder still fits.
+    public var inputResize: Int? = nil
 
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", inputChannels = "input_channels", embedDims = "embed_dims", depths
         case numHeads = "num_heads", windowSizes = "window_sizes", mergeStrides = "merge_strides"
         case mlpRatio = "mlp_ratio", mlpRatios = "mlp_ratios", mbconvExpandRatio = "mbconv_expand_ratio"
-        case localConvSize = "local_conv_size", neckChannels = "neck_channels"
+        case localConvSize = "local_conv_size", neckChannels = "neck_channels", inputResize = "input_resize"
     }
 
     public init() {}
@@ -45,12 +50,20 @@ public struct TinyViTConfig: Codable, Equatable, Sendable {
         Int(Float(embedDims[stage]) * (mlpRatios?[stage] ?? mlpRatio))
     }
 
-    /// Token grid of each stage: the patch embedding divides by 4, each merge by its stride.
-    public var stageResolutions: [Int] {
-        var r = [imageSize / 4]
+    /// The side the network runs at: `inputResize`, or `imageSize`.
+    public var networkSize: Int { inputResize ?? imageSize }
+
+    /// Token grid of each stage at `networkSize`: the patch embedding divides by 4, each merge by its stride.
+    public var stageResolutions: [Int] { stageResolutions(networkSize) }
+
+    func stageResolutions(_ side: Int) -> [Int] {
+        var r = [side / 4]
         for s in resolvedMergeStrides { r.append((r.last! + s - 1) / s) }
         return r
     }
+
+    /// The embedding grid's side: the last stage's at `imageSize` (64 for 1024), whatever `inputResize`.
+    public var outputResolution: Int { stageResolutions(imageSize).last! }
 
     /// Problems with this configuration, each naming its key (empty when valid).
     public func problems() -> [String] {
@@ -63,6 +76,9 @@ public struct TinyViTConfig: Codable, Equatable, Sendable {
         if let m = mergeStrides, m.count != n - 1 { p.append("merge_strides: \(m.count) entries for \(n - 1) merges") }
         if let m = mergeStrides, m.contains(where: { $0 != 1 && $0 != 2 }) { p.append("merge_strides: each must be 1 or 2") }
         if imageSize % 4 != 0 { p.append("image_size: \(imageSize) is not a multiple of 4") }
+        if let r = inputResize, r % 4 != 0 || r < 32 || r > imageSize {
+            p.append("input_resize: \(r) must be a multiple of 4 in 32...image_size (\(imageSize))")
+        }
         for i in 1..<max(n, 2) where i < numHeads.count && i < embedDims.count {
             if numHeads[i] < 1 || embedDims[i] % numHeads[i] != 0 {
                 p.append("num_heads[\(i)]: embed_dims[\(i)] = \(embedDims[i]) is not divisible by \(numHeads[i]) heads")
@@ -176,8 +192,8 @@ public final class TinyViT: Module {
         return p + prefixed("neck.", neck)
     }
 
-    /// Output grid side (64 for 1024×1024 inputs).
-    public var outputResolution: Int { config.stageResolutions.last! }
+    /// Output grid side (64 for 1024×1024 inputs, with or without `inputResize`).
+    public var outputResolution: Int { config.outputResolution }
 
     /// Stage taps for intermediate-feature distillation: with `recordsStageOutputs`, `forward`
     /// keeps the output of every stage unit (layers.0 … layers.N, downsample included, as tokens
@@ -190,13 +206,15 @@ public final class TinyViT: Module {
 
     /// image: (B, 3, S, S) normalised and padded -> embedding (B, neck, S/16, S/16)
     public func forward(_ image: Tensor, mode: ForwardMode) -> Tensor {
-        let S = config.imageSize
+        let S = config.imageSize, N = config.networkSize
         precondition(image.rank == 4 && image.shape[1] == config.inputChannels && image.shape[2] == S && image.shape[3] == S,
                      "TinyViT: expected (B, \(config.inputChannels), \(S), \(S)), got \(image.shape)")
         let B = image.shape[0]
         func unitMode(_ u: Int) -> ForwardMode { u < frozenUnits ? .inference : mode }
         stageOutputs = []
-        var x = patchEmbed.forward(image, mode: unitMode(0))            // (B, C0, S/4, S/4)
+        // input: (B, 3, N, N), the image at the network's side
+        let input = N == S ? image : BilinearResample.forward(image, height: N, width: N)
+        var x = patchEmbed.forward(input, mode: unitMode(0))            // (B, C0, N/4, N/4)
         for b in convStage.blocks { x = b.forward(x, mode: unitMode(1)) }
         if let d = convStage.downsample { x = d.forward(x, mode: unitMode(1)) }  // (B, L1, C1)
         if recordsStageOutputs { stageOutputs.append(x) }
@@ -205,10 +223,11 @@ public final class TinyViT: Module {
             if let d = s.downsample { x = d.forward(x, mode: unitMode(i + 2)) }
             if recordsStageOutputs { stageOutputs.append(x) }
         }
-        let R = outputResolution, C = config.embedDims.last!
+        let R = config.stageResolutions.last!, C = config.embedDims.last!, O = outputResolution
         // tokens (B, R·R, C) -> (B, C, R, R)
         precondition(x.shape == [B, R * R, C], "TinyViT: last stage gives \(x.shape), expected \([B, R * R, C])")
-        return neck.forward(ConvLayout.tokensToMap(x, height: R, width: R), mode: mode)
+        let y = neck.forward(ConvLayout.tokensToMap(x, height: R, width: R), mode: mode)  // (B, neck, R, R)
+        return R == O ? y : BilinearResample.forward(y, height: O, width: O)               // (B, neck, O, O)
     }
 
     /// dEmbedding: (B, neck, R, R) -> dImage: (B, 3, S, S); accumulates every parameter gradient.
@@ -221,7 +240,9 @@ public final class TinyViT: Module {
         func addStageGradient(_ k: Int, _ g: inout Tensor) {
             if k < extra.count, let e = extra[k] { g.add(e) }
         }
-        var g = ConvLayout.mapToTokens(neck.backward(dy))  // (B, L, C)
+        let R = config.stageResolutions.last!, S = config.imageSize
+        let dNeck = R == outputResolution ? dy : BilinearResample.backward(dy, height: R, width: R)  // (B, neck, R, R)
+        var g = ConvLayout.mapToTokens(neck.backward(dNeck))  // (B, L, C)
         for (i, s) in stages.enumerated().reversed() {
             if i + 2 < frozenUnits { return Tensor(zeros: [0]) }
             addStageGradient(i + 1, &g)
@@ -233,7 +254,8 @@ public final class TinyViT: Module {
         if let d = convStage.downsample { g = d.backward(g) }
         for b in convStage.blocks.reversed() { g = b.backward(g) }
         if frozenUnits > 0 { return Tensor(zeros: [0]) }
-        return patchEmbed.backward(g, inputGradient: imageGradient)
+        let dInput = patchEmbed.backward(g, inputGradient: imageGradient)  // (B, 3, N, N) or empty
+        return config.networkSize == S || !imageGradient ? dInput : BilinearResample.backward(dInput, height: S, width: S)
     }
 }
 
@@ -246,7 +268,7 @@ extension TinyViT {
         func conv(_ layer: Conv2d, outputSide: Int) {
             macs += outputSide * outputSide * layer.outputChannels * (layer.inputChannels / layer.groups) * layer.kernelSize * layer.kernelSize
         }
-        var side = c.imageSize
+        var side = c.networkSize
         side = m.patchEmbed.conv1.conv.outputSize(height: side, width: side).height
         conv(m.patchEmbed.conv1.conv, outputSide: side)
         side = m.patchEmbed.conv2.conv.outputSize(height: side, width: side).height

@@ -95,7 +95,7 @@ final class ConfigTests: XCTestCase {
                    image_list: il.txt, views: 3, cache_dtype: f32, everything_masks: {points_per_side: 8, max_counts: 100}}
             teacher: {checkpoint: t.pt}
             student: {type: tinyvit, preset: tinyvit_5m, depths: [1, 1, 2, 1], mlp_ratio: 3.0, mlp_ratios: [4, 1.5, 1, 0.5],
-                      local_conv_size: 5}
+                      local_conv_size: 5, input_resize: 672}
             init: {type: checkpoint, path: c.safetensors}
             loss: {type: prompt_in_the_loop, prompts_per_image: 4, box_fraction: 0.25, correction_rounds: 0,
                    bce_weight: 2.0, dice_weight: 0.5, embedding_weight: 0.1}
@@ -122,6 +122,7 @@ final class ConfigTests: XCTestCase {
         guard case .tinyViT(let s, _) = c.student, case .promptInTheLoop(let p) = c.loss else { return XCTFail("student / loss") }
         XCTAssertEqual(s.mlpRatio, 3); XCTAssertEqual(s.localConvSize, 5); XCTAssertEqual(s.mlpRatios, [4, 1.5, 1, 0.5])
         XCTAssertEqual(s.mlpHidden(stage: 1), 192); XCTAssertEqual(s.mlpHidden(stage: 3), 160)
+        XCTAssertEqual(s.inputResize, 672); XCTAssertEqual(s.stageResolutions, [168, 84, 42, 42]); XCTAssertEqual(s.outputResolution, 64)
         XCTAssertEqual(p.boxFraction, 0.25); XCTAssertEqual(p.embeddingWeight, 0.1); XCTAssertEqual(p.correctionRounds, 0)
         XCTAssertEqual(c.optimizer.adamW.beta2, 0.95); XCTAssertEqual(c.optimizer.maxGradNorm, 2)
         XCTAssertNil(c.steps); XCTAssertEqual(c.epochs, 2.5); XCTAssertEqual(c.seed, 7); XCTAssertEqual(c.logEvery, 2)
@@ -176,6 +177,8 @@ final class ConfigTests: XCTestCase {
         let conv = problems("student: {type: conv, channels: [8, 16], blocks: [1, 1], strides: [2, 2]}")
         XCTAssertEqual(conv.count, 1)
         XCTAssertTrue(conv[0].hasPrefix("student.strides: total stride"), conv[0])
+        XCTAssertEqual(problems(base.replacingOccurrences(of: "depths: [1, 1, 2, 1]", with: "input_resize: 30")),
+                       ["student.input_resize: 30 must be a multiple of 4 in 32...image_size (1024)"])
         let lists = problems(base.replacingOccurrences(of: "depths: [1, 1, 2, 1]", with: "depths: [1, 1, 2]"))
         XCTAssertEqual(lists, ["student.depths: 3 entries for 4 stages"])
         XCTAssertEqual(problems(base.replacingOccurrences(of: "init: {type: teacher_blocks}",

@@ -8,8 +8,8 @@ import Tensor
 import TestSupport
 import XCTest
 
-/// `export --format onnx` for every encoder family (TinyViT: MobileSAM's real weights and a small
-/// random student; SAM's ViT: a small random one with windowed and global attention; the conv
+/// `export --format onnx` for every encoder family (TinyViT: MobileSAM's real weights, a small
+/// random student and the same at a reduced input resolution; SAM's ViT: a small random one with windowed and global attention; the conv
 /// student and a RepViT, random) and for SAM's decoder: the graph's structure in Swift, then ONNX Runtime
 /// against samdistill on real photos through Scripts/check-onnx (onnx + onnxruntime in .venv,
 /// which Scripts/test installs), then bad input.
@@ -52,8 +52,11 @@ final class ONNXExportTests: XCTestCase {
         vit.embedDim = 96; vit.depth = 4; vit.numHeads = 3; vit.globalAttentionIndexes = [1, 3]
         var rep = RepViTConfig()
         rep.embedDims = [16, 16, 32, 32]; rep.depths = [1, 2, 1, 1]; rep.seBlocks = [1, 3]
+        var resized = tiny
+        resized.inputResize = 672
         let encoders: [(String, any SAMImageEncoder)] = [("tinyvit", TinyViT(tiny)), ("vit", ImageEncoderViT(vit)),
-                                                         ("conv", ConvStudent(ConvStudentConfig())), ("repvit", RepViT(rep))]
+                                                         ("conv", ConvStudent(ConvStudentConfig())), ("repvit", RepViT(rep)),
+                                                         ("tinyvit672", TinyViT(resized))]
         return try encoders.enumerated().map { i, e in
             randomise(e.1, seed: 20 + UInt64(i), normWeight: e.0 == "repvit" ? 0.5 : 1)
             var tensors: [String: Tensor] = [:]
@@ -143,21 +146,29 @@ final class ONNXExportTests: XCTestCase {
             XCTAssertEqual(Self.count(m, "LayerNormalization"), e.layerNorm, "\(name): LayerNormalization nodes")
             // Every learned value is in the graph once: the float initializers hold as many values
             // as the encoder has parameters, less each folded BatchNorm's 4 vectors plus its new bias;
-            // a RepVGGDW's 1×1 branch (its weight and folded bias) merges into the 3×3 conv, and
-            // RepViT's Resize adds its 4 scales.
+            // a RepVGGDW's 1×1 branch (its weight and folded bias) merges into the 3×3 conv,
+            // RepViT's Resize adds its 4 scales, and a reduced-resolution TinyViT's two resamplings
+            // their interpolation matrices (each twice: across and down).
+            var matrices = 0
+            if let t = encoder as? TinyViT, let n = t.config.inputResize {
+                let r = t.config.stageResolutions.last!, o = t.outputResolution
+                matrices = 2 * n * t.config.imageSize + 2 * r * o
+                XCTAssertEqual(m.graph.node.filter { $0.opType == "MatMul" && $0.name.contains("_resize") }.count, 4,
+                               "\(name): the resamplings")
+            }
             let bnChannels = encoder.namedParameters().filter { $0.0.hasSuffix("running_var") }.reduce(0) { $0 + $1.1.value.count }
             let branch = encoder.namedParameters().filter { $0.0.hasSuffix("token_mixer.0.conv1.c.weight") }.reduce(0) { $0 + $1.1.value.count }
             let parameterValues = encoder.namedParameters().reduce(0) { $0 + $1.1.value.count }
             let sums = m.graph.initializer.filter { $0.dataType == Int32(Onnx_TensorProto.DataType.float.rawValue) && $0.dims.count > 0 }
                 .reduce(0) { $0 + Int($1.dims.reduce(1, *)) }
-            XCTAssertEqual(sums, parameterValues - 3 * bnChannels - 2 * branch + (encoder is RepViT ? 4 : 0),
+            XCTAssertEqual(sums, parameterValues - 3 * bnChannels - 2 * branch + (encoder is RepViT ? 4 : 0) + matrices,
                            "\(name): float32 values in the initializers")
             XCTAssertEqual(s.nodes, m.graph.node.count)
             // --half: the same graph with every weight float16 behind a Cast to float32.
             let f16 = h.graph.initializer.filter { $0.dataType == Int32(Onnx_TensorProto.DataType.float16.rawValue) }
-            // (RepViT's Resize scales stay a float32 constant)
+            // (RepViT's Resize scales and the resampling matrices stay float32 constants)
             XCTAssertEqual(f16.count, m.graph.initializer.filter { $0.dataType == Int32(Onnx_TensorProto.DataType.float.rawValue) && $0.dims.count > 0 }.count
-                           - (encoder is RepViT ? 1 : 0), name)
+                           - (encoder is RepViT ? 1 : 0) - (matrices > 0 ? 4 : 0), name)
             XCTAssertEqual(Self.count(h, "Cast"), f16.count, name)
             XCTAssertEqual(h.graph.node.count, m.graph.node.count + f16.count, name)
         }
@@ -239,9 +250,9 @@ final class ONNXExportTests: XCTestCase {
         XCTAssertEqual(r.status, 0, "Scripts/check_onnx.py:\n\(r.out)\n\(r.err)\n\(Self.photosNote)")
         let j = try JSONSerialization.jsonObject(with: try Data(contentsOf: json)) as! [String: Any]
         let rows = j["rows"] as! [[String: Any]]
-        // 5 encoders × 2 photos × (float32, float16, float32 with external data);
+        // 6 encoders × 2 photos × (float32, float16, float32 with external data);
         // 2 photos × 6 prompts × (mask IoU, IoU prediction)
-        XCTAssertEqual(rows.filter { ($0["check"] as! String).hasPrefix("encoder") }.count, 30)
+        XCTAssertEqual(rows.filter { ($0["check"] as! String).hasPrefix("encoder") }.count, 36)
         XCTAssertEqual(rows.filter { ($0["check"] as! String).hasPrefix("decoder") }.count, 24)
         for row in rows { XCTAssertEqual(row["ok"] as? Bool, true, "\(row)") }
         for row in rows where ["encoder float32", "encoder float32-external"].contains(row["check"] as? String) {

@@ -74,6 +74,40 @@ final class EncoderTests: XCTestCase {
         }
     }
 
+    /// A reduced-resolution TinyViT (`inputResize`) is `BilinearResample` → the same network at the
+    /// smaller side → `BilinearResample` back up to the full-size grid (both PyTorch-checked on
+    /// their own): training-mode forward, input and parameter gradients equal to relative 1e-6,
+    /// and the multiply-accumulates are the smaller network's.
+    func testInputResizeComposes() throws {
+        var config = TinyViTConfig()
+        config.imageSize = 128; config.embedDims = [16, 32, 48, 64]; config.depths = [1, 2, 1, 1]
+        config.numHeads = [2, 2, 3, 4]; config.windowSizes = [7, 5, 7, 3]; config.mergeStrides = [2, 2, 1]
+        config.mlpRatio = 2; config.mbconvExpandRatio = 3; config.neckChannels = 24; config.inputResize = 96
+        var small = config
+        small.imageSize = 96; small.inputResize = nil
+        let resized = TinyViT(config), reference = TinyViT(small)
+        XCTAssertEqual(config.stageResolutions, [24, 12, 6, 6]); XCTAssertEqual(resized.outputResolution, 8)
+        var rng = SeededRandom(seed: 3)
+        randomiseParameters(resized, std: 0.3, rng: &rng)
+        try reference.load(resized.stateDict())
+        XCTAssertEqual(resized.multiplyAccumulates, reference.multiplyAccumulates)
+
+        let x = Tensor.randomNormal([2, 3, 128, 128], rng: &rng)
+        let y = resized.forward(x, mode: .training)
+        let expected = BilinearResample.forward(
+            reference.forward(BilinearResample.forward(x, height: 96, width: 96), mode: .training), height: 8, width: 8)
+        XCTAssertEqual(y.shape, [2, 24, 8, 8])
+        XCTAssertLessThanOrEqual(relativeError(y, expected), 1e-6, "forward")
+        let dy = Tensor.randomNormal(y.shape, rng: &rng)
+        let dx = resized.backward(dy)
+        let dxExpected = BilinearResample.backward(
+            reference.backward(BilinearResample.backward(dy, height: 6, width: 6)), height: 128, width: 128)
+        XCTAssertLessThanOrEqual(relativeError(dx, dxExpected), 1e-6, "input gradient")
+        for ((k, p), (_, q)) in zip(resized.namedParameters(), reference.namedParameters()) where p.isTrainable {
+            XCTAssertLessThanOrEqual(relativeError(p.grad, q.grad), 1e-6, "gradient of \(k)")
+        }
+    }
+
     func testSmallViTMatchesPyTorch() throws {
         let f = try Fixture("vit_small")
         var config = ViTConfig()

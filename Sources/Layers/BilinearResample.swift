@@ -1,0 +1,111 @@
+import Foundation
+import Tensor
+
+/// `F.interpolate(x, size: (Ho, Wo), mode: "bilinear", align_corners: False, antialias: True)` on
+/// NCHW maps, down or up: a reduced-resolution student shrinks its input with it and brings its
+/// embedding grid back up to the teacher's. No parameters.
+///
+/// PyTorch's antialiased kernel (PIL's resize), separably per axis, scale s = in/out: output index
+/// o has centre c = s·(o + ½) and support r = max(s, 1); it reads source indices
+/// j ∈ [max(⌊c − r + ½⌋, 0), min(⌊c + r + ½⌋, in)) with triangle weights
+/// max(0, 1 − |(j + ½ − c)/max(s, 1)|), normalised to sum 1. Upsampling (s < 1) is plain bilinear
+/// with half-pixel centres; downsampling averages over s source pixels, so nothing aliases.
+/// Backward scatters dy through the same taps (the transpose).
+public enum BilinearResample {
+    /// One axis: per output index, the first source index and the weights of consecutive taps.
+    struct Axis {
+        let start: [Int]
+        let weights: [[Float]]
+
+        init(input n: Int, output m: Int) {
+            let s = Double(n) / Double(m), r = max(s, 1)
+            var start = [Int](), weights = [[Float]]()
+            for o in 0..<m {
+                let c = s * (Double(o) + 0.5)
+                let lo = max(Int(c - r + 0.5), 0), hi = min(Int(c + r + 0.5), n)
+                var w = (lo..<hi).map { j in max(0, 1 - abs((Double(j) + 0.5 - c) / r)) }
+                let total = w.reduce(0, +)
+                w = w.map { total > 0 ? $0 / total : 0 }
+                start.append(lo)
+                weights.append(w.map(Float.init))
+            }
+            self.start = start
+            self.weights = weights
+        }
+    }
+
+    /// The interpolation matrix of one axis, (output, input) row-major: y = A·x along that axis.
+    public static func matrix(input n: Int, output m: Int) -> [Float] {
+        let axis = Axis(input: n, output: m)
+        var a = [Float](repeating: 0, count: m * n)
+        for o in 0..<m { for (k, w) in axis.weights[o].enumerated() { a[o * n + axis.start[o] + k] = w } }
+        return a
+    }
+
+    /// x: (B, C, H, W) -> (B, C, height, width)
+    public static func forward(_ x: Tensor, height Ho: Int, width Wo: Int) -> Tensor {
+        precondition(x.rank == 4 && Ho > 0 && Wo > 0, "BilinearResample(\(Ho)×\(Wo)): expected (B, C, H, W), got \(x.shape)")
+        let P = x.shape[0] * x.shape[1], H = x.shape[2], W = x.shape[3]
+        let th = Axis(input: H, output: Ho), tw = Axis(input: W, output: Wo)
+        var y = Tensor.empty([x.shape[0], x.shape[1], Ho, Wo])
+        x.data.withUnsafeBufferPointer { xb in
+            y.data.withUnsafeMutableBufferPointer { yb in
+                let xp = xb.baseAddress!, yp = yb.baseAddress!
+                parallelFor(P, costPerItem: (H + Ho) * Wo * 4) { p in
+                    // rows: (H, Wo) the horizontal pass of plane p
+                    var rows = [Float](repeating: 0, count: H * Wo)
+                    let src = xp + p * H * W, dst = yp + p * Ho * Wo
+                    for yy in 0..<H {
+                        for ox in 0..<Wo {
+                            let j0 = tw.start[ox]
+                            var s: Float = 0
+                            for (k, w) in tw.weights[ox].enumerated() { s += w * src[yy * W + j0 + k] }
+                            rows[yy * Wo + ox] = s
+                        }
+                    }
+                    for oy in 0..<Ho {
+                        let i0 = th.start[oy], d = dst + oy * Wo
+                        for ox in 0..<Wo { d[ox] = 0 }
+                        for (k, w) in th.weights[oy].enumerated() {
+                            let r = (i0 + k) * Wo
+                            for ox in 0..<Wo { d[ox] += w * rows[r + ox] }
+                        }
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    /// dy: (B, C, Ho, Wo) -> dx: (B, C, height, width), the input's shape.
+    public static func backward(_ dy: Tensor, height H: Int, width W: Int) -> Tensor {
+        precondition(dy.rank == 4, "BilinearResample.backward: expected (B, C, Ho, Wo), got \(dy.shape)")
+        let P = dy.shape[0] * dy.shape[1], Ho = dy.shape[2], Wo = dy.shape[3]
+        let th = Axis(input: H, output: Ho), tw = Axis(input: W, output: Wo)
+        var dx = Tensor(zeros: [dy.shape[0], dy.shape[1], H, W])
+        dy.data.withUnsafeBufferPointer { gb in
+            dx.data.withUnsafeMutableBufferPointer { xb in
+                let gp = gb.baseAddress!, xp = xb.baseAddress!
+                parallelFor(P, costPerItem: (H + Ho) * Wo * 4) { p in
+                    // rows: (H, Wo) the gradient at the horizontal pass's output
+                    var rows = [Float](repeating: 0, count: H * Wo)
+                    let g = gp + p * Ho * Wo, d = xp + p * H * W
+                    for oy in 0..<Ho {
+                        let i0 = th.start[oy], gr = g + oy * Wo
+                        for (k, w) in th.weights[oy].enumerated() {
+                            let r = (i0 + k) * Wo
+                            for ox in 0..<Wo { rows[r + ox] += w * gr[ox] }
+                        }
+                    }
+                    for yy in 0..<H {
+                        for ox in 0..<Wo {
+                            let j0 = tw.start[ox], v = rows[yy * Wo + ox]
+                            for (k, w) in tw.weights[ox].enumerated() { d[yy * W + j0 + k] += w * v }
+                        }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+}
