@@ -45,32 +45,25 @@ public enum BilinearResample {
     /// x: (B, C, H, W) -> (B, C, height, width)
     public static func forward(_ x: Tensor, height Ho: Int, width Wo: Int) -> Tensor {
         precondition(x.rank == 4 && Ho > 0 && Wo > 0, "BilinearResample(\(Ho)×\(Wo)): expected (B, C, H, W), got \(x.shape)")
-        let P = x.shape[0] * x.shape[1], H = x.shape[2], W = x.shape[3]
+        let H = x.shape[2], W = x.shape[3]
         let th = Axis(input: H, output: Ho), tw = Axis(input: W, output: Wo)
         var y = Tensor.empty([x.shape[0], x.shape[1], Ho, Wo])
-        x.data.withUnsafeBufferPointer { xb in
-            y.data.withUnsafeMutableBufferPointer { yb in
-                let xp = xb.baseAddress!, yp = yb.baseAddress!
-                parallelFor(P, costPerItem: (H + Ho) * Wo * 4) { p in
-                    // rows: (H, Wo) the horizontal pass of plane p
-                    var rows = [Float](repeating: 0, count: H * Wo)
-                    let src = xp + p * H * W, dst = yp + p * Ho * Wo
-                    for yy in 0..<H {
-                        for ox in 0..<Wo {
-                            let j0 = tw.start[ox]
-                            var s: Float = 0
-                            for (k, w) in tw.weights[ox].enumerated() { s += w * src[yy * W + j0 + k] }
-                            rows[yy * Wo + ox] = s
-                        }
-                    }
-                    for oy in 0..<Ho {
-                        let i0 = th.start[oy], d = dst + oy * Wo
-                        for ox in 0..<Wo { d[ox] = 0 }
-                        for (k, w) in th.weights[oy].enumerated() {
-                            let r = (i0 + k) * Wo
-                            for ox in 0..<Wo { d[ox] += w * rows[r + ox] }
-                        }
-                    }
+        perPlane(x, &y, rows: H * Wo) { src, dst, rows in
+            // rows: (H, Wo) the horizontal pass of the plane
+            for yy in 0..<H {
+                for ox in 0..<Wo {
+                    let j0 = tw.start[ox]
+                    var s: Float = 0
+                    for (k, w) in tw.weights[ox].enumerated() { s += w * src[yy * W + j0 + k] }
+                    rows[yy * Wo + ox] = s
+                }
+            }
+            for oy in 0..<Ho {
+                let i0 = th.start[oy], d = dst + oy * Wo
+                for ox in 0..<Wo { d[ox] = 0 }
+                for (k, w) in th.weights[oy].enumerated() {
+                    let r = (i0 + k) * Wo
+                    for ox in 0..<Wo { d[ox] += w * rows[r + ox] }
                 }
             }
         }
@@ -80,32 +73,42 @@ public enum BilinearResample {
     /// dy: (B, C, Ho, Wo) -> dx: (B, C, height, width), the input's shape.
     public static func backward(_ dy: Tensor, height H: Int, width W: Int) -> Tensor {
         precondition(dy.rank == 4, "BilinearResample.backward: expected (B, C, Ho, Wo), got \(dy.shape)")
-        let P = dy.shape[0] * dy.shape[1], Ho = dy.shape[2], Wo = dy.shape[3]
+        let Ho = dy.shape[2], Wo = dy.shape[3]
         let th = Axis(input: H, output: Ho), tw = Axis(input: W, output: Wo)
         var dx = Tensor(zeros: [dy.shape[0], dy.shape[1], H, W])
-        dy.data.withUnsafeBufferPointer { gb in
-            dx.data.withUnsafeMutableBufferPointer { xb in
-                let gp = gb.baseAddress!, xp = xb.baseAddress!
-                parallelFor(P, costPerItem: (H + Ho) * Wo * 4) { p in
-                    // rows: (H, Wo) the gradient at the horizontal pass's output
-                    var rows = [Float](repeating: 0, count: H * Wo)
-                    let g = gp + p * Ho * Wo, d = xp + p * H * W
-                    for oy in 0..<Ho {
-                        let i0 = th.start[oy], gr = g + oy * Wo
-                        for (k, w) in th.weights[oy].enumerated() {
-                            let r = (i0 + k) * Wo
-                            for ox in 0..<Wo { rows[r + ox] += w * gr[ox] }
-                        }
-                    }
-                    for yy in 0..<H {
-                        for ox in 0..<Wo {
-                            let j0 = tw.start[ox], v = rows[yy * Wo + ox]
-                            for (k, w) in tw.weights[ox].enumerated() { d[yy * W + j0 + k] += w * v }
-                        }
-                    }
+        perPlane(dy, &dx, rows: H * Wo) { g, d, rows in
+            // rows: (H, Wo) the gradient at the horizontal pass's output
+            for oy in 0..<Ho {
+                let i0 = th.start[oy], gr = g + oy * Wo
+                for (k, w) in th.weights[oy].enumerated() {
+                    let r = (i0 + k) * Wo
+                    for ox in 0..<Wo { rows[r + ox] += w * gr[ox] }
+                }
+            }
+            for yy in 0..<H {
+                for ox in 0..<Wo {
+                    let j0 = tw.start[ox], v = rows[yy * Wo + ox]
+                    for (k, w) in tw.weights[ox].enumerated() { d[yy * W + j0 + k] += w * v }
                 }
             }
         }
         return dx
+    }
+
+    /// body(input plane, output plane, zeroed scratch of `rows` floats) for each of the B·C planes
+    /// of `input` and `output`, in parallel.
+    static func perPlane(_ input: Tensor, _ output: inout Tensor, rows n: Int,
+                         _ body: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, inout [Float]) -> Void) {
+        let P = input.shape[0] * input.shape[1]
+        let inPlane = input.count / max(P, 1), outPlane = output.count / max(P, 1)
+        input.data.withUnsafeBufferPointer { ib in
+            output.data.withUnsafeMutableBufferPointer { ob in
+                let ip = ib.baseAddress!, op = ob.baseAddress!
+                parallelFor(P, costPerItem: (inPlane + outPlane + n) * 4) { p in
+                    var rows = [Float](repeating: 0, count: n)
+                    body(ip + p * inPlane, op + p * outPlane, &rows)
+                }
+            }
+        }
     }
 }
