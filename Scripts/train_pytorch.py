@@ -8,7 +8,9 @@ time per step can be compared (Scripts/compare-training does).
 
     python3 Scripts/train_pytorch.py Configs/quickstart.yaml --steps 30 --threads 2 --out torch.jsonl
 
-Supports what the quickstart uses: a tinyvit student, init teacher_blocks or random (PyTorch's own
+Supports: a tinyvit student at its full input size (no `input_resize`, no `mlp_ratios`; session 9's
+width-pruned and session 14's reduced-resolution quickstarts are outside it: compare with
+`--set` overrides or an older config), init teacher_blocks or random (PyTorch's own
 init, so not the same weights), freeze, loss mse, AdamW, one_cycle / warmup_cosine / constant,
 batch_size, grad_accumulation. OneCycleLR runs with cycle_momentum=False: the Swift trainer's
 one-cycle schedule drives the learning rate only. Needs torch, numpy, h5py, pyyaml.
@@ -44,6 +46,9 @@ def build_student(cfg):
     s = cfg.get("student", {})
     if s.get("type", "tinyvit") != "tinyvit":
         sys.exit("train_pytorch.py: only tinyvit students are supported")
+    for key in ("input_resize", "mlp_ratios"):
+        if key in s:
+            sys.exit(f"train_pytorch.py: student.{key} is not implemented here")
     arch = dict(MOBILESAM)
     for k in arch:
         if k in s:
