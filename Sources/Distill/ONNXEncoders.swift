@@ -117,15 +117,23 @@ enum ONNXEncoders {
         return R == O ? y : resample(g, y, from: R, to: O, name: p + "output_resize")  // (1, 256, S/16, S/16)
     }
 
-    /// `BilinearResample` of a square (1, C, n, n) map to (1, C, m, m) as two MatMuls with its
-    /// interpolation matrix A (m, n): x·Aᵀ across, then A·(x·Aᵀ) down (opset 17's Resize has no
-    /// antialiasing).
+    /// `BilinearResample` of a square (1, C, n, n) map to (1, C, m, m), one axis at a time, from its
+    /// tap table (m outputs × K taps): Gather the K source columns of every output, weight, sum
+    /// (opset 17's Resize has no antialiasing; a dense matrix would cost m·n per row instead of m·K).
     static func resample(_ g: GraphBuilder, _ x: String, from n: Int, to m: Int, name: String) -> String {
-        let a = BilinearResample.matrix(input: n, output: m)  // (m, n)
-        var at = [Float](repeating: 0, count: n * m)
-        for i in 0..<m { for j in 0..<n { at[j * m + i] = a[i * n + j] } }
-        let across = g.op("MatMul", [x, g.constant(at, shape: [n, m], name: name + ".across_matrix")], name: name + ".across")
-        return g.op("MatMul", [g.constant(a, shape: [m, n], name: name + ".down_matrix"), across], name: name)
+        let t = BilinearResample.tapTable(input: n, output: m)
+        let indices = g.int64s(t.indices, shape: [m, t.width], name: name + ".taps")
+        let last = g.int64s([-1], name: name + ".axes")
+        // across: (1, C, n, n) → (1, C, n, m, K) → (1, C, n, m)
+        let gathered = g.op("Gather", [x, indices], [.int("axis", 3)], name: name + ".across_taps")
+        let weighted = g.op("Mul", [gathered, g.constant(t.weights, shape: [m, t.width], name: name + ".across_weights")],
+                            name: name + ".across_weighted")
+        let across = g.op("ReduceSum", [weighted, last], [.int("keepdims", 0)], name: name + ".across")
+        // down: (1, C, n, m) → (1, C, m, K, m) → (1, C, m, m)
+        let rows = g.op("Gather", [across, indices], [.int("axis", 2)], name: name + ".down_taps")
+        let weightedRows = g.op("Mul", [rows, g.constant(t.weights, shape: [m, t.width, 1], name: name + ".down_weights")],
+                                name: name + ".down_weighted")
+        return g.op("ReduceSum", [weightedRows, g.int64s([3], name: name + ".down_axes")], [.int("keepdims", 0)], name: name)
     }
 
     /// MBConv: 1×1 expand, GELU, 3×3 depthwise, GELU, 1×1 project, + x, GELU (NCHW).

@@ -34,12 +34,20 @@ public enum BilinearResample {
         }
     }
 
-    /// The interpolation matrix of one axis, (output, input) row-major: y = A·x along that axis.
-    public static func matrix(input n: Int, output m: Int) -> [Float] {
+    /// One axis's taps padded to the longest: `indices` and `weights` (output, width) row-major, the
+    /// padding taps reading index `start` with weight 0. y[o] = Σ_k weights[o, k]·x[indices[o, k]].
+    public static func tapTable(input n: Int, output m: Int) -> (width: Int, indices: [Int], weights: [Float]) {
         let axis = Axis(input: n, output: m)
-        var a = [Float](repeating: 0, count: m * n)
-        for o in 0..<m { for (k, w) in axis.weights[o].enumerated() { a[o * n + axis.start[o] + k] = w } }
-        return a
+        let K = axis.weights.map(\.count).max() ?? 0
+        var indices = [Int](repeating: 0, count: m * K), weights = [Float](repeating: 0, count: m * K)
+        for o in 0..<m {
+            for k in 0..<K {
+                let w = axis.weights[o]
+                indices[o * K + k] = k < w.count ? axis.start[o] + k : axis.start[o]
+                weights[o * K + k] = k < w.count ? w[k] : 0
+            }
+        }
+        return (K, indices, weights)
     }
 
     /// x: (B, C, H, W) -> (B, C, height, width)

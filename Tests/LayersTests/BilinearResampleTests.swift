@@ -21,17 +21,21 @@ final class BilinearResampleTests: XCTestCase {
         }
     }
 
-    /// The interpolation matrix (what the ONNX export multiplies by) gives the forward's values,
-    /// and each of its rows sums to 1.
-    func testMatrixMatchesForward() {
+    /// The padded tap table (what the ONNX export gathers and weights) gives the forward's values,
+    /// and each output's weights sum to 1.
+    func testTapTableMatchesForward() {
         var rng = SeededRandom(seed: 5)
         for (n, m) in [(1024, 672), (42, 64), (17, 7)] {
-            let a = BilinearResample.matrix(input: n, output: m)  // (m, n)
-            for o in 0..<m { XCTAssertEqual(a[(o * n)..<((o + 1) * n)].reduce(0, +), 1, accuracy: 1e-6) }
+            let t = BilinearResample.tapTable(input: n, output: m)  // (m, K)
+            for o in 0..<m { XCTAssertEqual(t.weights[(o * t.width)..<((o + 1) * t.width)].reduce(0, +), 1, accuracy: 1e-6) }
             let x = Tensor.randomNormal([1, 1, 2, n], rng: &rng)
             let y = BilinearResample.forward(x, height: 2, width: m)  // rows unchanged, columns resampled
             var expected = Tensor(zeros: [1, 1, 2, m])
-            for r in 0..<2 { for o in 0..<m { for j in 0..<n { expected.data[r * m + o] += a[o * n + j] * x.data[r * n + j] } } }
+            for r in 0..<2 {
+                for o in 0..<m {
+                    for k in 0..<t.width { expected.data[r * m + o] += t.weights[o * t.width + k] * x.data[r * n + t.indices[o * t.width + k]] }
+                }
+            }
             XCTAssertLessThanOrEqual(relativeError(y, expected), 1e-6, "\(n) → \(m)")
         }
     }

@@ -148,12 +148,13 @@ final class ONNXExportTests: XCTestCase {
             // as the encoder has parameters, less each folded BatchNorm's 4 vectors plus its new bias;
             // a RepVGGDW's 1×1 branch (its weight and folded bias) merges into the 3×3 conv,
             // RepViT's Resize adds its 4 scales, and a reduced-resolution TinyViT's two resamplings
-            // their interpolation matrices (each twice: across and down).
+            // their tap weights (each twice: across and down).
             var matrices = 0
             if let t = encoder as? TinyViT, let n = t.config.inputResize {
                 let r = t.config.stageResolutions.last!, o = t.outputResolution
-                matrices = 2 * n * t.config.imageSize + 2 * r * o
-                XCTAssertEqual(m.graph.node.filter { $0.opType == "MatMul" && $0.name.contains("_resize") }.count, 4,
+                matrices = 2 * n * BilinearResample.tapTable(input: t.config.imageSize, output: n).width
+                    + 2 * o * BilinearResample.tapTable(input: r, output: o).width
+                XCTAssertEqual(m.graph.node.filter { $0.opType == "Gather" && $0.name.contains("_resize") }.count, 4,
                                "\(name): the resamplings")
             }
             let bnChannels = encoder.namedParameters().filter { $0.0.hasSuffix("running_var") }.reduce(0) { $0 + $1.1.value.count }
@@ -166,7 +167,7 @@ final class ONNXExportTests: XCTestCase {
             XCTAssertEqual(s.nodes, m.graph.node.count)
             // --half: the same graph with every weight float16 behind a Cast to float32.
             let f16 = h.graph.initializer.filter { $0.dataType == Int32(Onnx_TensorProto.DataType.float16.rawValue) }
-            // (RepViT's Resize scales and the resampling matrices stay float32 constants)
+            // (RepViT's Resize scales and the resampling weights stay float32 constants)
             XCTAssertEqual(f16.count, m.graph.initializer.filter { $0.dataType == Int32(Onnx_TensorProto.DataType.float.rawValue) && $0.dims.count > 0 }.count
                            - (encoder is RepViT ? 1 : 0) - (matrices > 0 ? 4 : 0), name)
             XCTAssertEqual(Self.count(h, "Cast"), f16.count, name)
