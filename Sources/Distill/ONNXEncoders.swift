@@ -121,7 +121,7 @@ enum ONNXEncoders {
     /// tap table (m outputs × K taps): Gather the K source columns of every output, weight, sum
     /// (opset 17's Resize has no antialiasing; a dense matrix would cost m·n per row instead of m·K).
     static func resample(_ g: GraphBuilder, _ x: String, from n: Int, to m: Int, name: String) -> String {
-        let t = BilinearResample.tapTable(input: n, output: m)
+        let t = BilinearResample.Taps(input: n, output: m)
         let indices = g.int64s(t.indices, shape: [m, t.width], name: name + ".taps")
         let last = g.int64s([-1], name: name + ".axes")
         // across: (1, C, n, n) → (1, C, n, m, K) → (1, C, n, m)

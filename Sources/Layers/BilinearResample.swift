@@ -12,65 +12,59 @@ import Tensor
 /// with half-pixel centres; downsampling averages over s source pixels, so nothing aliases.
 /// Backward scatters dy through the same taps (the transpose).
 public enum BilinearResample {
-    /// One axis: per output index, the first source index and the weights of consecutive taps.
-    struct Axis {
-        let start: [Int]
-        let weights: [[Float]]
+    /// One axis's taps, padded to the longest: `indices` and `weights` (output, width) row-major,
+    /// y[o] = Σ_k weights[o, k]·x[indices[o, k]]; a padding tap reads the output's first source
+    /// index with weight 0. The forward, the backward and the ONNX export all read this table.
+    public struct Taps: Sendable {
+        public let width: Int
+        public let indices: [Int]
+        public let weights: [Float]
 
-        init(input n: Int, output m: Int) {
+        public init(input n: Int, output m: Int) {
             let s = Double(n) / Double(m), r = max(s, 1)
-            var start = [Int](), weights = [[Float]]()
+            var rows: [(start: Int, weights: [Float])] = []
             for o in 0..<m {
                 let c = s * (Double(o) + 0.5)
                 let lo = max(Int(c - r + 0.5), 0), hi = min(Int(c + r + 0.5), n)
-                var w = (lo..<hi).map { j in max(0, 1 - abs((Double(j) + 0.5 - c) / r)) }
+                let w = (lo..<hi).map { j in max(0, 1 - abs((Double(j) + 0.5 - c) / r)) }
                 let total = w.reduce(0, +)
-                w = w.map { total > 0 ? $0 / total : 0 }
-                start.append(lo)
-                weights.append(w.map(Float.init))
+                rows.append((lo, w.map { Float(total > 0 ? $0 / total : 0) }))
             }
-            self.start = start
+            let K = rows.map(\.weights.count).max() ?? 0
+            var indices = [Int](repeating: 0, count: m * K), weights = [Float](repeating: 0, count: m * K)
+            for (o, row) in rows.enumerated() {
+                for k in 0..<K {
+                    indices[o * K + k] = row.start + (k < row.weights.count ? k : 0)
+                    weights[o * K + k] = k < row.weights.count ? row.weights[k] : 0
+                }
+            }
+            width = K
+            self.indices = indices
             self.weights = weights
         }
-    }
-
-    /// One axis's taps padded to the longest: `indices` and `weights` (output, width) row-major, the
-    /// padding taps reading index `start` with weight 0. y[o] = Σ_k weights[o, k]·x[indices[o, k]].
-    public static func tapTable(input n: Int, output m: Int) -> (width: Int, indices: [Int], weights: [Float]) {
-        let axis = Axis(input: n, output: m)
-        let K = axis.weights.map(\.count).max() ?? 0
-        var indices = [Int](repeating: 0, count: m * K), weights = [Float](repeating: 0, count: m * K)
-        for o in 0..<m {
-            for k in 0..<K {
-                let w = axis.weights[o]
-                indices[o * K + k] = k < w.count ? axis.start[o] + k : axis.start[o]
-                weights[o * K + k] = k < w.count ? w[k] : 0
-            }
-        }
-        return (K, indices, weights)
     }
 
     /// x: (B, C, H, W) -> (B, C, height, width)
     public static func forward(_ x: Tensor, height Ho: Int, width Wo: Int) -> Tensor {
         precondition(x.rank == 4 && Ho > 0 && Wo > 0, "BilinearResample(\(Ho)×\(Wo)): expected (B, C, H, W), got \(x.shape)")
         let H = x.shape[2], W = x.shape[3]
-        let th = Axis(input: H, output: Ho), tw = Axis(input: W, output: Wo)
+        let th = Taps(input: H, output: Ho), tw = Taps(input: W, output: Wo), kh = th.width, kw = tw.width
         var y = Tensor.empty([x.shape[0], x.shape[1], Ho, Wo])
         perPlane(x, &y, rows: H * Wo) { src, dst, rows in
             // rows: (H, Wo) the horizontal pass of the plane
             for yy in 0..<H {
+                let line = src + yy * W
                 for ox in 0..<Wo {
-                    let j0 = tw.start[ox]
                     var s: Float = 0
-                    for (k, w) in tw.weights[ox].enumerated() { s += w * src[yy * W + j0 + k] }
+                    for k in (ox * kw)..<((ox + 1) * kw) { s += tw.weights[k] * line[tw.indices[k]] }
                     rows[yy * Wo + ox] = s
                 }
             }
             for oy in 0..<Ho {
-                let i0 = th.start[oy], d = dst + oy * Wo
+                let d = dst + oy * Wo
                 for ox in 0..<Wo { d[ox] = 0 }
-                for (k, w) in th.weights[oy].enumerated() {
-                    let r = (i0 + k) * Wo
+                for k in (oy * kh)..<((oy + 1) * kh) {
+                    let w = th.weights[k], r = th.indices[k] * Wo
                     for ox in 0..<Wo { d[ox] += w * rows[r + ox] }
                 }
             }
@@ -82,21 +76,22 @@ public enum BilinearResample {
     public static func backward(_ dy: Tensor, height H: Int, width W: Int) -> Tensor {
         precondition(dy.rank == 4, "BilinearResample.backward: expected (B, C, Ho, Wo), got \(dy.shape)")
         let Ho = dy.shape[2], Wo = dy.shape[3]
-        let th = Axis(input: H, output: Ho), tw = Axis(input: W, output: Wo)
+        let th = Taps(input: H, output: Ho), tw = Taps(input: W, output: Wo), kh = th.width, kw = tw.width
         var dx = Tensor(zeros: [dy.shape[0], dy.shape[1], H, W])
         perPlane(dy, &dx, rows: H * Wo) { g, d, rows in
             // rows: (H, Wo) the gradient at the horizontal pass's output
             for oy in 0..<Ho {
-                let i0 = th.start[oy], gr = g + oy * Wo
-                for (k, w) in th.weights[oy].enumerated() {
-                    let r = (i0 + k) * Wo
+                let gr = g + oy * Wo
+                for k in (oy * kh)..<((oy + 1) * kh) {
+                    let w = th.weights[k], r = th.indices[k] * Wo
                     for ox in 0..<Wo { rows[r + ox] += w * gr[ox] }
                 }
             }
             for yy in 0..<H {
+                let line = d + yy * W
                 for ox in 0..<Wo {
-                    let j0 = tw.start[ox], v = rows[yy * Wo + ox]
-                    for (k, w) in tw.weights[ox].enumerated() { d[yy * W + j0 + k] += w * v }
+                    let v = rows[yy * Wo + ox]
+                    for k in (ox * kw)..<((ox + 1) * kw) { line[tw.indices[k]] += tw.weights[k] * v }
                 }
             }
         }

@@ -26,7 +26,7 @@ final class BilinearResampleTests: XCTestCase {
     func testTapTableMatchesForward() {
         var rng = SeededRandom(seed: 5)
         for (n, m) in [(1024, 672), (42, 64), (17, 7)] {
-            let t = BilinearResample.tapTable(input: n, output: m)  // (m, K)
+            let t = BilinearResample.Taps(input: n, output: m)  // (m, K)
             for o in 0..<m { XCTAssertEqual(t.weights[(o * t.width)..<((o + 1) * t.width)].reduce(0, +), 1, accuracy: 1e-6) }
             let x = Tensor.randomNormal([1, 1, 2, n], rng: &rng)
             let y = BilinearResample.forward(x, height: 2, width: m)  // rows unchanged, columns resampled

@@ -152,8 +152,8 @@ final class ONNXExportTests: XCTestCase {
             var matrices = 0
             if let t = encoder as? TinyViT, let n = t.config.inputResize {
                 let r = t.config.stageResolutions.last!, o = t.outputResolution
-                matrices = 2 * n * BilinearResample.tapTable(input: t.config.imageSize, output: n).width
-                    + 2 * o * BilinearResample.tapTable(input: r, output: o).width
+                matrices = 2 * n * BilinearResample.Taps(input: t.config.imageSize, output: n).width
+                    + 2 * o * BilinearResample.Taps(input: r, output: o).width
                 XCTAssertEqual(m.graph.node.filter { $0.opType == "Gather" && $0.name.contains("_resize") }.count, 4,
                                "\(name): the resamplings")
             }
