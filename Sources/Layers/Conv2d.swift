@@ -141,8 +141,10 @@ public final class Conv2d: Module {
                                padding: padding, groups: groups, layer: name)
         precondition(dy.shape == [geo.B, geo.O, geo.Ho, geo.Wo],
                      "\(name).backward: expected dy of shape \([geo.B, geo.O, geo.Ho, geo.Wo]), got \(dy.shape)")
-        // the pointwise GEMM writes every dx value (beta 0); col2im and the depthwise loops accumulate
-        var dx = inputGradient ? (path == .pointwise ? Tensor.empty(x.shape) : Tensor(zeros: x.shape)) : Tensor(zeros: [0])
+        // the pointwise GEMM and the 3×3 depthwise plane write every dx value; col2im and the
+        // other depthwise loops accumulate
+        let writesEveryValue = path == .pointwise || (path == .depthwise && geo.isDepthwise3x3)
+        var dx = inputGradient ? (writesEveryValue ? Tensor.empty(x.shape) : Tensor(zeros: x.shape)) : Tensor(zeros: [0])
         x.data.withUnsafeBufferPointer { xb in
             dy.data.withUnsafeBufferPointer { gb in
                 dx.data.withUnsafeMutableBufferPointer { db in
@@ -273,7 +275,7 @@ public final class Conv2d: Module {
                                   _ yp: UnsafeMutablePointer<Float>, _ g: ConvGeometry, _ ep: ConvEpilogue) {
         let k = g.k, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C
         let (ox0, ox1) = g.validOutputColumns()
-        let fast3 = k == 3 && s == 1 && p == 1 && W >= 2
+        let fast3 = g.isDepthwise3x3
         parallelFor(g.B * C, costPerItem: g.L * g.kk * 2) { bc in
             let x = xp + bc * H * W, y = yp + bc * g.L, w = wp + (bc % C) * g.kk
             if fast3 {
@@ -366,6 +368,43 @@ public final class Conv2d: Module {
         }
     }
 
+    /// One plane's 3×3 / stride 1 / padding 1 weight gradient, one pass over the rows:
+    /// dw[ky·3 + kx] += Σ_{oy, ox} dy[oy, ox] · x[oy − 1 + ky, ox − 1 + kx] (zero outside). Each output
+    /// row's nine sums are SIMD partials (one dy load for three taps), added to dw row by row as
+    /// the generic loop's per-row dot products are. x, dy: (H, W), W ≥ 2.
+    @inline(__always)
+    private func depthwise3x3WeightGradientPlane(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
+                                                 _ dw: UnsafeMutablePointer<Float>, H: Int, W: Int) {
+        // the three taps (kernel columns 0, 1, 2) of one kernel row over one output row
+        @inline(__always) func taps(_ xr: UnsafePointer<Float>, _ d: UnsafePointer<Float>) -> (Float, Float, Float) {
+            let rx = UnsafeRawPointer(xr), rd = UnsafeRawPointer(d)
+            var l = SIMD8<Float>(), c = SIMD8<Float>(), r = SIMD8<Float>()
+            var ox = 1
+            while ox + 8 <= W - 1 {
+                let g = rd.loadUnaligned(fromByteOffset: ox * 4, as: SIMD8<Float>.self)
+                l += g * rx.loadUnaligned(fromByteOffset: (ox - 1) * 4, as: SIMD8<Float>.self)
+                c += g * rx.loadUnaligned(fromByteOffset: ox * 4, as: SIMD8<Float>.self)
+                r += g * rx.loadUnaligned(fromByteOffset: (ox + 1) * 4, as: SIMD8<Float>.self)
+                ox += 8
+            }
+            var ls = l.sum(), cs = c.sum(), rs = r.sum()
+            while ox < W - 1 { ls += d[ox] * xr[ox - 1]; cs += d[ox] * xr[ox]; rs += d[ox] * xr[ox + 1]; ox += 1 }
+            // edge columns: ox = 0 has no left tap, ox = W − 1 no right tap
+            cs += d[0] * xr[0]; rs += d[0] * xr[1]
+            ls += d[W - 1] * xr[W - 2]; cs += d[W - 1] * xr[W - 1]
+            return (ls, cs, rs)
+        }
+        for oy in 0..<H {
+            let d = dy + oy * W
+            for ky in 0..<3 {
+                let iy = oy - 1 + ky
+                if iy < 0 || iy >= H { continue }
+                let (l, c, r) = taps(x + iy * W, d)
+                dw[ky * 3] += l; dw[ky * 3 + 1] += c; dw[ky * 3 + 2] += r
+            }
+        }
+    }
+
     /// dx[iy, ix] += w · dy[oy, ox]; dW[c, ky, kx] += Σ dy[oy, ox] · x[iy, ix] (per-plane partials,
     /// then summed over the batch).
     /// dxp nil: no input gradient.
@@ -374,6 +413,7 @@ public final class Conv2d: Module {
                                    _ g: ConvGeometry) {
         let k = g.k, kk = g.kk, s = g.s, p = g.p, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, C = g.C
         let (ox0, ox1) = g.validOutputColumns()
+        let fast3 = g.isDepthwise3x3
         // partial: (B·C, k·k) weight-gradient partial sums per plane
         var partial = [Float](repeating: 0, count: g.B * C * kk)
         partial.withUnsafeMutableBufferPointer { pb in
@@ -381,6 +421,18 @@ public final class Conv2d: Module {
             parallelFor(g.B * C, costPerItem: g.L * kk * 4) { bc in
                 let x = xp + bc * H * W, dx = dxp.map { $0 + bc * H * W }, dy = gp + bc * g.L
                 let w = wp + (bc % C) * kk, dw = pp + bc * kk
+                if fast3 {
+                    // dx = dy correlated with w turned 180° (same padding): the forward's plane,
+                    // which writes every value; dW in one pass over the rows.
+                    if let dx {
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9) { t in
+                            for i in 0..<9 { t[i] = w[8 - i] }
+                            depthwise3x3Plane(dy, UnsafePointer(t.baseAddress!), dx, H: H, W: W)
+                        }
+                    }
+                    depthwise3x3WeightGradientPlane(x, dy, dw, H: H, W: W)
+                    return
+                }
                 for oy in 0..<Ho {
                     let grow = dy + oy * Wo
                     for ky in 0..<k {
@@ -422,6 +474,8 @@ struct ConvGeometry {
     let Ho: Int, Wo: Int
     var kk: Int { k * k }
     var L: Int { Ho * Wo }
+    /// 3×3, stride 1, padding 1 on planes at least 2 wide: the register-blocked depthwise planes.
+    var isDepthwise3x3: Bool { k == 3 && s == 1 && p == 1 && W >= 2 }
     var Cg: Int { C / groups }
     var Og: Int { O / groups }
 
