@@ -43,10 +43,12 @@ public final class TinyViTAttention: Module {
     public let biasIndices: [Int32]
 
     // Kept for backward (training mode only):
-    // t: (B', N, heads·(2·keyDim + d)) the qkv projection
+    // t: (B', N, heads·(2·keyDim + d)) the qkv projection, in windows
     private var qkvOutput: Tensor?
     // p: (B', heads, N, N) softmax probabilities
     private var probabilities: Tensor?
+    // the map's geometry after `forward(map:window:mode:)`, nil after the windows' forward
+    private var mapGeometry: WindowGeometry?
 
     /// N = resolution.0 · resolution.1 tokens per window.
     public var tokens: Int { resolution.0 * resolution.1 }
@@ -114,14 +116,60 @@ public final class TinyViTAttention: Module {
         return out
     }
 
-    /// x: (B', N, C) -> y: (B', N, C)
+    /// x: (B', N, C) windows -> y: (B', N, C)
     public func forward(_ x: Tensor, mode: ForwardMode) -> Tensor {
         checkInput(x)
-        let Bw = x.shape[0], N = tokens, NN = N * N, H = heads, kd = keyDim, d = valueDim
-        let hs = headStride, ld = H * hs, dh = H * d, scale = scale
-        let xn = norm.forward(x, mode: mode)
         // t: (B', N, ld)
-        let t = qkv.forward(xn, mode: mode)
+        let t = qkv.forward(norm.forward(x, mode: mode), mode: mode)
+        let (o, p) = attend(t)
+        keep(t, p, map: nil, mode: mode)
+        return proj.forward(o, mode: mode)
+    }
+
+    /// x: (B, H, W, C) the whole map -> (B, H, W, C): attention in ws × ws windows (ws² = N) with
+    /// the LayerNorm, qkv and proj on the map's own tokens only. The reference zero-pads the map
+    /// to whole windows before this module; a zero token's qkv row is the constant
+    /// Wqkv·β + b (LayerNorm(0) = β), which fills the padded tokens here, and their outputs are
+    /// cropped anyway: the same values without the padded rows' work (a 64² map in 14² windows
+    /// pads to 70², 20% more rows). The padded queries' attention rows are still computed.
+    public func forward(map x: Tensor, window: Int, mode: ForwardMode) -> Tensor {
+        precondition(x.rank == 4 && x.shape[3] == dim && window * window == tokens,
+                     "TinyViTAttention(dim \(dim), resolution \(resolution)): expected a (B, H, W, \(dim)) map in \(window)² windows, got \(x.shape)")
+        let geometry = WindowGeometry(batch: x.shape[0], height: x.shape[1], width: x.shape[2], channels: dim, window: window)
+        // t: (B, H, W, ld) on the map, then tw: (B', N, ld) windows
+        let t = qkv.forward(norm.forward(x, mode: mode), mode: mode)
+        let tw = windowPartition(t, window: window, padding: geometry.needsPadding ? paddingRow() : nil)
+        let (o, p) = attend(tw)
+        keep(tw, p, map: geometry, mode: mode)
+        // o back on the map: (B, H, W, H·d)
+        let om = windowReverse(o, window: window, batch: geometry.batch, height: geometry.height, width: geometry.width)
+        return proj.forward(om, mode: mode)
+    }
+
+    /// qkv of a zero token: Wqkv · LayerNorm(0) + b = Wqkv · β + b, (ld).
+    private func paddingRow() -> [Float] {
+        let ld = qkv.outputFeatures, C = dim
+        var row = qkv.bias?.value.data ?? [Float](repeating: 0, count: ld)
+        qkv.weight.value.data.withUnsafeBufferPointer { wb in
+            norm.bias.value.data.withUnsafeBufferPointer { bb in
+                for o in 0..<ld { row[o] += Reductions.dot(wb.baseAddress! + o * C, bb.baseAddress!, C) }
+            }
+        }
+        return row
+    }
+
+    private func keep(_ t: Tensor, _ p: Tensor, map geometry: WindowGeometry?, mode: ForwardMode) {
+        if mode.keepsActivations {
+            qkvOutput = t; probabilities = p; mapGeometry = geometry
+        } else {
+            qkvOutput = nil; probabilities = nil; mapGeometry = nil
+        }
+    }
+
+    /// t: (B', N, ld) -> o: (B', N, H·d) heads concatenated, p: (B', H, N, N) probabilities.
+    private func attend(_ t: Tensor) -> (Tensor, Tensor) {
+        let Bw = t.shape[0], N = tokens, NN = N * N, H = heads, kd = keyDim, d = valueDim
+        let hs = headStride, ld = H * hs, dh = H * d, scale = scale
         // p: (B', H, N, N) scores, then probabilities
         var p = Tensor.empty([Bw, H, N, N])
         // o: (B', N, H·d) heads concatenated
@@ -157,27 +205,60 @@ public final class TinyViTAttention: Module {
                 }
             }
         }
-        let y = proj.forward(o, mode: mode)
-        if mode.keepsActivations {
-            qkvOutput = t; probabilities = p
-        } else {
-            qkvOutput = nil; probabilities = nil
-        }
-        return y
+        return (o, p)
     }
 
-    /// dy: (B', N, C) -> dx: (B', N, C); accumulates every parameter gradient. The bias table's
-    /// gradient is the scatter-add of dS over all windows and all (i, j) pairs sharing an offset.
+    /// dy: the forward's output shape, (B', N, C) or (B, H, W, C) -> dx of the same shape;
+    /// accumulates every parameter gradient.
     public func backward(_ dy: Tensor) -> Tensor {
         guard let t = qkvOutput, let p = probabilities else {
             preconditionFailure("TinyViTAttention.backward without a training-mode forward")
         }
+        let geometry = mapGeometry
+        qkvOutput = nil; probabilities = nil; mapGeometry = nil
+        let expected = geometry.map { [$0.batch, $0.height, $0.width, dim] } ?? [p.shape[0], tokens, dim]
+        precondition(dy.shape == expected,
+                     "TinyViTAttention.backward: dy \(dy.shape) does not match the forward's output \(expected)")
+        // dO: (B', N, H·d) or (B, H, W, H·d)
+        let dO = proj.backward(dy)
+        let dT: Tensor
+        if let g = geometry {
+            // the padded queries' outputs were cropped: zero gradient there
+            let dTw = attendBackward(windowPartition(dO, window: g.window), t, p)
+            dT = windowReverse(dTw, window: g.window, batch: g.batch, height: g.height, width: g.width)
+            if g.needsPadding {
+                accumulatePaddingGradient(windowPaddingSum(dTw, window: g.window, batch: g.batch, height: g.height, width: g.width))
+            }
+        } else {
+            dT = attendBackward(dO, t, p)
+        }
+        return norm.backward(qkv.backward(dT))
+    }
+
+    /// The padding row Wqkv·β + b feeds every padded token: its gradient g (ld), summed over
+    /// them, goes to b (+= g), Wqkv (+= g βᵀ) and β (+= Wqkvᵀ g).
+    private func accumulatePaddingGradient(_ g: [Double]) {
+        let ld = qkv.outputFeatures, C = dim
+        if let bias = qkv.bias { for o in 0..<ld { bias.grad.data[o] += Float(g[o]) } }
+        let beta = norm.bias.value.data, w = qkv.weight.value.data
+        var dBeta = [Double](repeating: 0, count: C)
+        qkv.weight.grad.data.withUnsafeMutableBufferPointer { gw in
+            for o in 0..<ld {
+                for c in 0..<C {
+                    gw[o * C + c] += Float(g[o]) * beta[c]
+                    dBeta[c] += g[o] * Double(w[o * C + c])
+                }
+            }
+        }
+        for c in 0..<C { norm.bias.grad.data[c] += Float(dBeta[c]) }
+    }
+
+    /// dO: (B', N, H·d) -> dT: (B', N, ld) the gradient of the windows' qkv rows t; accumulates
+    /// the bias table's gradient, the scatter-add of dS over all windows and all (i, j) pairs
+    /// sharing an offset.
+    private func attendBackward(_ dO: Tensor, _ t: Tensor, _ p: Tensor) -> Tensor {
         let Bw = p.shape[0], N = tokens, NN = N * N, H = heads, kd = keyDim, d = valueDim
         let hs = headStride, ld = H * hs, dh = H * d, scale = scale, O = offsetCount
-        precondition(dy.shape == [Bw, N, dim],
-                     "TinyViTAttention.backward: dy \(dy.shape) does not match the forward's output \([Bw, N, dim])")
-        // dO: (B', N, H·d)
-        let dO = proj.backward(dy)
         // dS: (B', H, N, N) dL/dP, then dL/dS
         var dS = Tensor.empty([Bw, H, N, N])
         // dT: (B', N, ld) gradient of the qkv output; every entry is written below (beta 0)
@@ -236,8 +317,6 @@ public final class TinyViTAttention: Module {
         attentionBiases.grad.data.withUnsafeMutableBufferPointer { g in
             for i in 0..<(H * O) { g[i] += Float(tableGrad[i]) }
         }
-        qkvOutput = nil; probabilities = nil
-        let dxn = qkv.backward(dT)
-        return norm.backward(dxn)
+        return dT
     }
 }

@@ -2,7 +2,8 @@ import Tensor
 
 /// TinyViT's transformer block (tiny_vit_sam.py `TinyViTBlock`), on tokens (B, L = H·W, C):
 ///   x = x + attn(windows(x))            (windowed attention with the learned offset-bias table;
-///                                        zero padding to whole windows, cropped afterwards)
+///                                        zero padding to whole windows, cropped afterwards:
+///                                        `TinyViTAttention.forward(map:window:mode:)`)
 ///   x = local_conv(x as (B, C, H, W))   (3×3 depthwise Conv2d + BatchNorm)
 ///   x = x + mlp(x)                      (pre-LayerNorm MLP)
 /// Checkpoint keys: `attn.*`, `local_conv.c.weight`, `local_conv.bn.*`, `mlp.*`.
@@ -48,9 +49,7 @@ public final class TinyViTBlock: Module {
         // attention: (B, L, C) -> windows (B·nW, ws², C) -> back
         var h: Tensor
         if windowed {
-            let win = windowPartition(x.reshaped([B, H, W, C]), window: windowSize)
-            let a = attn.forward(win, mode: mode)
-            h = windowReverse(a, window: windowSize, batch: B, height: H, width: W).reshaped([B, H * W, C])
+            h = attn.forward(map: x.reshaped([B, H, W, C]), window: windowSize, mode: mode).reshaped([B, H * W, C])
         } else {
             h = attn.forward(x, mode: mode)
         }
@@ -70,9 +69,7 @@ public final class TinyViTBlock: Module {
         let gh = ConvLayout.mapToTokens(localConv.backward(ConvLayout.tokensToMap(g, height: H, width: W)))
         var dx: Tensor
         if windowed {
-            let gw = windowPartition(gh.reshaped([B, H, W, C]), window: windowSize)
-            let ga = attn.backward(gw)
-            dx = windowReverse(ga, window: windowSize, batch: B, height: H, width: W).reshaped([B, H * W, C])
+            dx = attn.backward(gh.reshaped([B, H, W, C])).reshaped([B, H * W, C])
         } else {
             dx = attn.backward(gh)
         }

@@ -14,6 +14,36 @@ final class TinyViTAttentionTests: XCTestCase {
         return a
     }
 
+    /// `forward(map:window:mode:)` (LayerNorm, qkv and proj on the map's own tokens, the padded
+    /// tokens filled with qkv(LayerNorm(0)) = Wqkv·β + b) equals the reference's order — zero-pad
+    /// the map to whole windows, attend, crop — in its output, the input gradient and every
+    /// parameter gradient, with a nonzero β (the padding row's own gradient path): relative error
+    /// ≤ 1e-5. 5×6 in 4² windows pads to 8×8; 8×4 needs none.
+    func testMapForwardEqualsZeroPaddedWindows() {
+        var rng = SeededRandom(seed: 77)
+        for (H, W) in [(5, 6), (8, 4)] {
+            let a = randomAttention(dim: 8, keyDim: 4, heads: 2, ratio: 1, resolution: (4, 4), rng: &rng)
+            let x = Tensor.randomNormal([2, H, W, 8], rng: &rng)
+            let dy = Tensor.randomNormal([2, H, W, 8], rng: &rng)
+            // the reference's order
+            a.zeroGradients()
+            let windows = windowPartition(x, window: 4)
+            let yRef = windowReverse(a.forward(windows, mode: .training), window: 4, batch: 2, height: H, width: W)
+            let dxRef = windowReverse(a.backward(windowPartition(dy, window: 4)), window: 4, batch: 2, height: H, width: W)
+            let gradsRef = a.namedParameters().map { $0.1.grad }
+            // the map's own tokens
+            a.zeroGradients()
+            let y = a.forward(map: x, window: 4, mode: .training)
+            let dx = a.backward(dy)
+            XCTAssertLessThan(relativeError(y, yRef), 1e-5, "\(H)×\(W): output")
+            XCTAssertLessThan(relativeError(dx, dxRef), 1e-5, "\(H)×\(W): input gradient")
+            for ((name, p), gRef) in zip(a.namedParameters(), gradsRef) {
+                XCTAssertLessThan(relativeError(p.grad, gRef), 1e-5, "\(H)×\(W): \(name) gradient")
+            }
+            XCTAssertGreaterThan(gradsRef[2].data.map(abs).max()!, 0.01, "norm.bias gets a gradient")
+        }
+    }
+
     /// The offset table follows the reference's first-seen order, which for row-major token pairs
     /// starting at (0, 0) is |Δrow| · width + |Δcol|; and the keys/shapes are the checkpoint's.
     func testOffsetIndicesAndKeys() {
