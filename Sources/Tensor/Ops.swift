@@ -45,20 +45,26 @@ extension Tensor {
     }
 
     // One parallel pass into new storage (`var c = a; c.add(b)` would first copy a on one thread).
-    public static func + (a: Tensor, b: Tensor) -> Tensor { a.combined(with: b, "+") { $0 + $1 } }
-    public static func - (a: Tensor, b: Tensor) -> Tensor { a.combined(with: b, "-") { $0 - $1 } }
+    public static func + (a: Tensor, b: Tensor) -> Tensor { a.combined(with: b, subtracting: false) }
+    public static func - (a: Tensor, b: Tensor) -> Tensor { a.combined(with: b, subtracting: true) }
 
-    /// out[i] = f(self[i], other[i]) (same shape).
-    @inline(__always)
-    func combined(with other: Tensor, _ op: String, _ f: (Float, Float) -> Float) -> Tensor {
-        precondition(shape == other.shape, "\(op): shapes \(shape) and \(other.shape) differ")
+    /// out[i] = self[i] ± other[i] (same shape). Two plain loops: an operator passed as a closure
+    /// is called per value inside the parallel chunks (not inlined, not vectorised).
+    func combined(with other: Tensor, subtracting: Bool) -> Tensor {
+        precondition(shape == other.shape, "\(subtracting ? "-" : "+"): shapes \(shape) and \(other.shape) differ")
         var out = Tensor.empty(shape)
         let n = count
         out.data.withUnsafeMutableBufferPointer { y in
             data.withUnsafeBufferPointer { a in
                 other.data.withUnsafeBufferPointer { b in
                     let yp = y.baseAddress!, ap = a.baseAddress!, bp = b.baseAddress!
-                    parallelChunks(n) { r in for i in r { yp[i] = f(ap[i], bp[i]) } }
+                    parallelChunks(n) { r in
+                        if subtracting {
+                            for i in r { yp[i] = ap[i] - bp[i] }
+                        } else {
+                            for i in r { yp[i] = ap[i] + bp[i] }
+                        }
+                    }
                 }
             }
         }
