@@ -34,6 +34,8 @@ public final class MaskDecoderAttention: Module {
     // probabilities: (B, heads, Nq, Nk) softmax outputs.
     private var projected: (q: Tensor, k: Tensor, v: Tensor)?
     private var probabilities: Tensor?
+    // after a training-mode folded forward instead (MaskDecoderAttentionFolded.swift)
+    var foldedSaved: FoldedSaved?
 
     public init(embeddingDim: Int, heads: Int, downsampleRate: Int = 1) {
         precondition(downsampleRate > 0 && embeddingDim % downsampleRate == 0,
@@ -56,7 +58,10 @@ public final class MaskDecoderAttention: Module {
             + prefixed("out_proj.", outProj)
     }
 
-    private var name: String { "MaskDecoderAttention(\(embeddingDim), heads \(heads), downsample \(downsampleRate))" }
+    /// No projection takes gradients (`freezeParameters()`): training may fold.
+    var isFrozen: Bool { !namedParameters().contains { $0.1.requiresGradient } }
+
+    var name: String { "MaskDecoderAttention(\(embeddingDim), heads \(heads), downsample \(downsampleRate))" }
 
     /// q: (B, Nq, C), k: (B, Nk, C), v: (B, Nk, C) -> y: (B, Nq, C), C = embeddingDim.
     public func forward(q: Tensor, k: Tensor, v: Tensor, mode: ForwardMode) -> Tensor {
@@ -69,12 +74,13 @@ public final class MaskDecoderAttention: Module {
         let B = q.shape[0], Nq = q.shape[1], Nk = k.shape[1]
         let I = internalDim, d = headDim, nh = heads
         let keep = mode.keepsActivations
-        if !keep, let f = fold(queries: Nq, keys: Nk) {
-            // Inference over many image tokens: the big side's projections folded away
-            // (MaskDecoderAttentionFolded.swift).
-            projected = nil
-            probabilities = nil
-            return forwardFolded(q: q, k: k, v: v, fold: f)
+        projected = nil
+        probabilities = nil
+        foldedSaved = nil
+        if let f = fold(queries: Nq, keys: Nk), !keep || isFrozen {
+            // Over many image tokens the big side's projections fold away (MaskDecoderAttentionFolded.swift):
+            // in inference, and in training through a frozen layer (input gradients only).
+            return keep ? forwardFoldedTraining(q: q, k: k, v: v, fold: f) : forwardFolded(q: q, k: k, v: v, fold: f)
         }
         let qp = qProj.forward(q, mode: mode)  // (B, Nq, I)
         let kp = kProj.forward(k, mode: mode)  // (B, Nk, I)
@@ -122,6 +128,7 @@ public final class MaskDecoderAttention: Module {
     /// dy: (B, Nq, C) -> (dq: (B, Nq, C), dk: (B, Nk, C), dv: (B, Nk, C)); accumulates the
     /// gradients of all four projections.
     public func backward(_ dy: Tensor) -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+        if foldedSaved != nil { return backwardFolded(dy) }
         guard let (qp, kp, vp) = projected, let p = probabilities else {
             preconditionFailure("\(name).backward without a training-mode forward")
         }

@@ -26,7 +26,8 @@ final class MaskDecoderAttentionFoldedTests: XCTestCase {
     }
 
     /// `forward` in inference takes the folds at decoder-like shapes (a few tokens against
-    /// hundreds of image tokens) and still equals the reference; training mode never folds.
+    /// hundreds of image tokens) and still equals the reference; training mode of a layer that
+    /// takes gradients never folds.
     func testInferenceDispatchAtDecoderShapes() {
         var rng = SeededRandom(seed: 72)
         let attn = MaskDecoderAttention(embeddingDim: 64, heads: 4, downsampleRate: 1)  // internal dim 64
@@ -43,5 +44,33 @@ final class MaskDecoderAttentionFoldedTests: XCTestCase {
             XCTAssertLessThanOrEqual(relativeError(attn.forward(q: q, k: k, v: k, mode: .training), ref), 1e-5)
             _ = attn.backward(Tensor(zeros: [1, q.shape[1], 64]))
         }
+    }
+
+    /// Training through a frozen layer folds too (`forwardFoldedTraining`, `backwardFolded`): at
+    /// decoder-like shapes its output and its three input gradients equal the plain path's (the
+    /// same weights, not frozen), relative error ≤ 1e-5, both folds, with biases (the query bias
+    /// has its own term in the queries fold's key gradient). The frozen layer forms no parameter
+    /// gradients.
+    func testFrozenTrainingFoldsMatchThePlainPath() throws {
+        var rng = SeededRandom(seed: 73)
+        let plain = MaskDecoderAttention(embeddingDim: 64, heads: 4, downsampleRate: 2)  // internal dim 32
+        randomiseParameters(plain, std: 0.2, rng: &rng)
+        let frozen = MaskDecoderAttention(embeddingDim: 64, heads: 4, downsampleRate: 2)
+        try frozen.load(plain.stateDict())
+        frozen.freezeParameters()
+        for (Nq, Nk) in [(3, 300), (300, 3)] {
+            XCTAssertNotNil(frozen.fold(queries: Nq, keys: Nk))
+            let q = Tensor.randomNormal([2, Nq, 64], rng: &rng)
+            let k = Tensor.randomNormal([2, Nk, 64], rng: &rng), v = Tensor.randomNormal([2, Nk, 64], rng: &rng)
+            let dy = Tensor.randomNormal([2, Nq, 64], rng: &rng)
+            let y = frozen.forward(q: q, k: k, v: v, mode: .training)
+            let yRef = plain.forward(q: q, k: k, v: v, mode: .training)
+            XCTAssertLessThanOrEqual(relativeError(y, yRef), 1e-5, "Nq \(Nq), Nk \(Nk): output")
+            let g = frozen.backward(dy), gRef = plain.backward(dy)
+            XCTAssertLessThanOrEqual(relativeError(g.dq, gRef.dq), 1e-5, "Nq \(Nq), Nk \(Nk): dq")
+            XCTAssertLessThanOrEqual(relativeError(g.dk, gRef.dk), 1e-5, "Nq \(Nq), Nk \(Nk): dk")
+            XCTAssertLessThanOrEqual(relativeError(g.dv, gRef.dv), 1e-5, "Nq \(Nq), Nk \(Nk): dv")
+        }
+        XCTAssertTrue(frozen.namedParameters().allSatisfy { $0.1.grad.data.allSatisfy { $0 == 0 } })
     }
 }
