@@ -25,8 +25,8 @@ import Tensor
 /// (MLP C → C → C → C/8), `iou_prediction_head.layers.{0..depth−1}.*` (MLP C → hidden → M).
 ///
 /// One type for inference and training: with `mode.keepsActivations` the forward keeps what
-/// `backward` needs (every MaskDecoderAttention then runs its plain path; inference keeps the folded one,
-/// MaskDecoderAttentionFolded.swift), and `backward` gives the gradient of a loss on the mask logits (and
+/// `backward` needs (the attentions over the image tokens keep their folded forms of inference,
+/// MaskDecoderAttentionFolded.swift, since the decoder is frozen), and `backward` gives the gradient of a loss on the mask logits (and
 /// the IoU predictions) with respect to the image embedding. Prompt embeddings are constants: the
 /// sparse tokens and the dense (no-mask or mask-input) embedding get no gradient. The decoder
 /// must be frozen (`freezeParameters()`: no parameter gradients are formed or stored), as in

@@ -16,7 +16,14 @@ struct BenchTrain: ParsableCommand {
             decay 0.01). Reports the median seconds per step and the process's peak resident set \
             (run one benchmark per process). Scripts/bench_pytorch.py --what train is the PyTorch peer.
 
-            With --config, the step is the run config's: its student with its initial weights             (init), its batch_size, loss, AdamW settings and gradient clipping; the batch is still             random (no cache is read). With loss prompt_in_the_loop the teacher's prompt encoder             and mask decoder come from teacher.checkpoint, the random targets stand for the teacher             embeddings, and the prompts are random points (no cached everything-masks), so the             teacher decodes each point multimask before its box; the step's median phase times             (wall clock, as the trainer's phase_s) are printed: encoder forward, teacher decode,             student decode forward, decoder backward, encoder backward.
+            With --config, the step is the run config's: its student with its initial weights \
+            (init), its batch_size, loss, AdamW settings and gradient clipping; the batch is still \
+            random (no cache is read). With loss prompt_in_the_loop the teacher's prompt encoder \
+            and mask decoder come from teacher.checkpoint, the random targets stand for the teacher \
+            embeddings, and the prompts are random points (no cached everything-masks), so the \
+            teacher decodes each point multimask before its box; the step's median phase times \
+            (wall clock, as the trainer's phase_s) are printed: encoder forward, teacher decode, \
+            student decode forward, decoder backward, encoder backward.
             """)
 
     @OptionGroup var options: BenchOptions
