@@ -239,18 +239,18 @@ public final class TinyViTAttention: Module {
     /// them, goes to b (+= g), Wqkv (+= g βᵀ) and β (+= Wqkvᵀ g).
     private func accumulatePaddingGradient(_ g: [Double]) {
         let ld = qkv.outputFeatures, C = dim
-        if let bias = qkv.bias { for o in 0..<ld { bias.grad.data[o] += Float(g[o]) } }
+        if let bias = qkv.bias, bias.requiresGradient { for o in 0..<ld { bias.grad.data[o] += Float(g[o]) } }
         let beta = norm.bias.value.data, w = qkv.weight.value.data
-        var dBeta = [Double](repeating: 0, count: C)
-        qkv.weight.grad.data.withUnsafeMutableBufferPointer { gw in
-            for o in 0..<ld {
-                for c in 0..<C {
-                    gw[o * C + c] += Float(g[o]) * beta[c]
-                    dBeta[c] += g[o] * Double(w[o * C + c])
-                }
+        if qkv.weight.requiresGradient {
+            qkv.weight.grad.data.withUnsafeMutableBufferPointer { gw in
+                for o in 0..<ld { for c in 0..<C { gw[o * C + c] += Float(g[o]) * beta[c] } }
             }
         }
-        for c in 0..<C { norm.bias.grad.data[c] += Float(dBeta[c]) }
+        if norm.bias.requiresGradient {
+            var dBeta = [Double](repeating: 0, count: C)
+            for o in 0..<ld { for c in 0..<C { dBeta[c] += g[o] * Double(w[o * C + c]) } }
+            for c in 0..<C { norm.bias.grad.data[c] += Float(dBeta[c]) }
+        }
     }
 
     /// dO: (B', N, H·d) -> dT: (B', N, ld) the gradient of the windows' qkv rows t; accumulates
@@ -314,8 +314,10 @@ public final class TinyViTAttention: Module {
                 }
             }
         }
-        attentionBiases.grad.data.withUnsafeMutableBufferPointer { g in
-            for i in 0..<(H * O) { g[i] += Float(tableGrad[i]) }
+        if attentionBiases.requiresGradient {
+            attentionBiases.grad.data.withUnsafeMutableBufferPointer { g in
+                for i in 0..<(H * O) { g[i] += Float(tableGrad[i]) }
+            }
         }
         return dT
     }

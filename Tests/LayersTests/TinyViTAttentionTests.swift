@@ -44,6 +44,20 @@ final class TinyViTAttentionTests: XCTestCase {
         }
     }
 
+    /// A frozen attention (`freezeParameters()`: empty gradients) still gives the input gradient,
+    /// the padded map's included, and writes no parameter gradient.
+    func testFrozenAttentionGivesTheInputGradientOnly() {
+        var rng = SeededRandom(seed: 78)
+        let a = randomAttention(dim: 8, keyDim: 4, heads: 2, ratio: 1, resolution: (4, 4), rng: &rng)
+        let x = Tensor.randomNormal([1, 5, 6, 8], rng: &rng), dy = Tensor.randomNormal([1, 5, 6, 8], rng: &rng)
+        _ = a.forward(map: x, window: 4, mode: .training)
+        let dxRef = a.backward(dy)
+        a.freezeParameters()
+        _ = a.forward(map: x, window: 4, mode: .training)
+        XCTAssertLessThan(relativeError(a.backward(dy), dxRef), 1e-6)
+        XCTAssertTrue(a.namedParameters().allSatisfy { $0.1.grad.count == 0 })
+    }
+
     /// The offset table follows the reference's first-seen order, which for row-major token pairs
     /// starting at (0, 0) is |Δrow| · width + |Δcol|; and the keys/shapes are the checkpoint's.
     func testOffsetIndicesAndKeys() {
