@@ -50,118 +50,12 @@ extension MaskDecoderAttention {
         precondition(k.rank == 3 && k.shape[0] == q.shape[0] && k.shape[2] == C && v.shape == k.shape,
                      "MaskDecoderAttention(\(C)).forwardFolded: expected k and v of shape (\(q.shape[0]), Nk, \(C)), got \(k.shape), \(v.shape)")
         switch fold {
-        case .keys: return foldedOverKeys(q: q, k: k, v: v)
-        case .queries: return foldedOverQueries(q: q, k: k, v: v)
+        case .keys: return foldedOverKeys(q: q, k: k, v: v, mode: .inference)
+        case .queries: return foldedOverQueries(q: q, k: k, v: v, mode: .inference)
         }
     }
 
-    /// Few queries, many keys: the key and value projections fold into the queries' side.
-    private func foldedOverKeys(q: Tensor, k: Tensor, v: Tensor) -> Tensor {
-        let B = q.shape[0], Nq = q.shape[1], Nk = k.shape[1], C = embeddingDim
-        let I = internalDim, d = headDim, nh = heads, hN = nh * Nq
-        let scale = 1 / Float(d).squareRoot()
-        let qp = qProj.forward(q, mode: .inference)  // (B, Nq, I)
-        var o = Tensor.empty([B, Nq, I])
-        // a: (heads·Nq, C) folded queries; s: (heads·Nq, Nk) scores → probabilities; px: (heads·Nq, C)
-        var a = Tensor.empty([hN, C]), s = Tensor.empty([hN, Nk]), px = Tensor.empty([hN, C])
-        let bv = vProj.bias?.value.data ?? [Float](repeating: 0, count: I)
-        qp.data.withUnsafeBufferPointer { qb in
-        k.data.withUnsafeBufferPointer { kb in
-        v.data.withUnsafeBufferPointer { vb in
-        kProj.weight.value.data.withUnsafeBufferPointer { wkb in
-        vProj.weight.value.data.withUnsafeBufferPointer { wvb in
-        bv.withUnsafeBufferPointer { bvb in
-        o.data.withUnsafeMutableBufferPointer { ob in
-        a.data.withUnsafeMutableBufferPointer { ab in
-        s.data.withUnsafeMutableBufferPointer { sb in
-        px.data.withUnsafeMutableBufferPointer { pb in
-            let ap = ab.baseAddress!, sp = sb.baseAddress!, pp = pb.baseAddress!
-            let wk = wkb.baseAddress!, wv = wvb.baseAddress!
-            for b in 0..<B {
-                let qbase = qb.baseAddress! + b * Nq * I, obase = ob.baseAddress! + b * Nq * I
-                for h in 0..<nh {
-                    // a_h (Nq, C) = s · q'_h (Nq, d) · W_k,h (d, C)
-                    gemm(m: Nq, n: C, k: d, alpha: scale, a: qbase + h * d, lda: I, b: wk + h * d * C, ldb: C,
-                         c: ap + h * Nq * C, ldc: C)
-                }
-                // s (heads·Nq, Nk) = a · X_kᵀ
-                gemm(transB: true, m: hN, n: Nk, k: C, a: ap, lda: C, b: kb.baseAddress! + b * Nk * C, ldb: C,
-                     c: sp, ldc: Nk)
-                softmaxRows(sp, rows: hN, n: Nk)
-                // px (heads·Nq, C) = P · X_v
-                gemm(m: hN, n: C, k: Nk, a: sp, lda: Nk, b: vb.baseAddress! + b * Nk * C, ldb: C, c: pp, ldc: C)
-                for i in 0..<Nq { (obase + i * I).update(from: bvb.baseAddress!, count: I) }
-                for h in 0..<nh {
-                    // o_h (Nq, d) = px_h (Nq, C) · W_v,hᵀ (C, d) + b_v,h
-                    gemm(transB: true, m: Nq, n: d, k: C, a: pp + h * Nq * C, lda: C, b: wv + h * d * C, ldb: C,
-                         beta: 1, c: obase + h * d, ldc: I)
-                }
-            }
-        } } } } } } } } } }
-        return outProj.forward(o, mode: .inference)
-    }
-
-    /// Many queries, few keys: the query and output projections fold into the keys' side.
-    private func foldedOverQueries(q: Tensor, k: Tensor, v: Tensor) -> Tensor {
-        let B = q.shape[0], Nq = q.shape[1], Nk = k.shape[1], C = embeddingDim
-        let I = internalDim, d = headDim, nh = heads, hN = nh * Nk
-        let scale = 1 / Float(d).squareRoot()
-        let kp = kProj.forward(k, mode: .inference)  // (B, Nk, I)
-        let vp = vProj.forward(v, mode: .inference)  // (B, Nk, I)
-        var y = Tensor.empty([B, Nq, C])
-        // g: (C, heads·Nk) folded keys; e: (heads·Nk) their bias row; s: (Nq, heads·Nk) scores →
-        // per-head probabilities; u: (heads·Nk, C) values folded with the output projection
-        var g = Tensor.empty([C, hN]), e = [Float](repeating: 0, count: hN)
-        var s = Tensor.empty([Nq, hN]), u = Tensor.empty([hN, C])
-        let bq = qProj.bias?.value.data ?? [Float](repeating: 0, count: I)
-        let bo = outProj.bias?.value.data ?? [Float](repeating: 0, count: C)
-        q.data.withUnsafeBufferPointer { qb in
-        kp.data.withUnsafeBufferPointer { kb in
-        vp.data.withUnsafeBufferPointer { vb in
-        qProj.weight.value.data.withUnsafeBufferPointer { wqb in
-        outProj.weight.value.data.withUnsafeBufferPointer { wob in
-        y.data.withUnsafeMutableBufferPointer { yb in
-        g.data.withUnsafeMutableBufferPointer { gb in
-        s.data.withUnsafeMutableBufferPointer { sb in
-        u.data.withUnsafeMutableBufferPointer { ub in
-            let gp = gb.baseAddress!, sp = sb.baseAddress!, up = ub.baseAddress!
-            let wq = wqb.baseAddress!, wo = wob.baseAddress!
-            for b in 0..<B {
-                let kbase = kb.baseAddress! + b * Nk * I, vbase = vb.baseAddress! + b * Nk * I
-                let ybase = yb.baseAddress! + b * Nq * C
-                for h in 0..<nh {
-                    // g_h (C, Nk) = s · W_q,hᵀ (C, d) · k'_hᵀ (d, Nk)
-                    gemm(transA: true, transB: true, m: C, n: Nk, k: d, alpha: scale, a: wq + h * d * C, lda: C,
-                         b: kbase + h * d, ldb: I, c: gp + h * Nk, ldc: hN)
-                    // e_h (Nk) = s · b_q,h · k'_hᵀ
-                    for j in 0..<Nk {
-                        var acc: Float = 0
-                        for t in 0..<d { acc += bq[h * d + t] * kbase[j * I + h * d + t] }
-                        e[h * Nk + j] = scale * acc
-                    }
-                    // u_h (Nk, C) = v'_h (Nk, d) · W_o,hᵀ (d, C), W_o,h = out_proj.weight[:, h·d..<(h+1)·d]
-                    gemm(transB: true, m: Nk, n: C, k: d, a: vbase + h * d, lda: I, b: wo + h * d, ldb: I,
-                         c: up + h * Nk * C, ldc: C)
-                }
-                // s (Nq, heads·Nk) = e + X_q · g, then a softmax per (row, head) segment
-                e.withUnsafeBufferPointer { eb in
-                    for i in 0..<Nq { (sp + i * hN).update(from: eb.baseAddress!, count: hN) }
-                }
-                gemm(m: Nq, n: hN, k: C, a: qb.baseAddress! + b * Nq * C, lda: C, b: gp, ldb: hN, beta: 1, c: sp, ldc: hN)
-                parallelChunks(Nq, costPerItem: hN * 8) { rows in
-                    for r in rows { for h in 0..<nh { softmaxRow(sp + r * hN + h * Nk, Nk) } }
-                }
-                // y (Nq, C) = b_o + P (Nq, heads·Nk) · u (heads·Nk, C)
-                bo.withUnsafeBufferPointer { obb in
-                    for i in 0..<Nq { (ybase + i * C).update(from: obb.baseAddress!, count: C) }
-                }
-                gemm(m: Nq, n: C, k: hN, a: sp, lda: hN, b: up, ldb: C, beta: 1, c: ybase, ldc: C)
-            }
-        } } } } } } } } }
-        return y
-    }
-
-    // MARK: Training through a frozen layer
+    // MARK: The folds, in inference and in training through a frozen layer
 
     /// What a training-mode folded forward keeps (the projections keep their own inputs).
     enum FoldedSaved {
@@ -174,19 +68,24 @@ extension MaskDecoderAttention {
     /// Training-mode forward of a frozen layer in a folded form; `backward` then goes through it.
     func forwardFoldedTraining(q: Tensor, k: Tensor, v: Tensor, fold: Fold) -> Tensor {
         switch fold {
-        case .keys: return foldedOverKeysTraining(q: q, k: k, v: v)
-        case .queries: return foldedOverQueriesTraining(q: q, k: k, v: v)
+        case .keys: return foldedOverKeys(q: q, k: k, v: v, mode: .training)
+        case .queries: return foldedOverQueries(q: q, k: k, v: v, mode: .training)
         }
     }
 
-    private func foldedOverKeysTraining(q: Tensor, k: Tensor, v: Tensor) -> Tensor {
+    /// Few queries, many keys: the key and value projections fold into the queries' side. In
+    /// training (`mode.keepsActivations`) a and p are kept for every batch item, else one item's
+    /// scratch is reused.
+    private func foldedOverKeys(q: Tensor, k: Tensor, v: Tensor, mode: ForwardMode) -> Tensor {
         let B = q.shape[0], Nq = q.shape[1], Nk = k.shape[1], C = embeddingDim
-        let I = internalDim, d = headDim, nh = heads, hN = nh * Nq
+        let I = internalDim, d = headDim, nh = heads, hN = nh * Nq, keep = mode.keepsActivations
         let scale = 1 / Float(d).squareRoot()
-        let qp = qProj.forward(q, mode: .training)  // (B, Nq, I)
+        let qp = qProj.forward(q, mode: mode)  // (B, Nq, I)
         var o = Tensor.empty([B, Nq, I])
-        // a: (B, heads·Nq, C); p: (B, heads·Nq, Nk) scores → probabilities; px: (heads·Nq, C) scratch
-        var a = Tensor.empty([B, hN, C]), p = Tensor.empty([B, hN, Nk]), px = Tensor.empty([hN, C])
+        // a: (B or 1, heads·Nq, C) folded queries; p: (B or 1, heads·Nq, Nk) scores → probabilities;
+        // px: (heads·Nq, C) scratch
+        var a = Tensor.empty([keep ? B : 1, hN, C]), p = Tensor.empty([keep ? B : 1, hN, Nk]), px = Tensor.empty([hN, C])
+        let aStride = keep ? hN * C : 0, pStride = keep ? hN * Nk : 0
         let bv = vProj.bias?.value.data ?? [Float](repeating: 0, count: I)
         qp.data.withUnsafeBufferPointer { qb in
         k.data.withUnsafeBufferPointer { kb in
@@ -201,7 +100,7 @@ extension MaskDecoderAttention {
             let wk = wkb.baseAddress!, wv = wvb.baseAddress!, pp = xb.baseAddress!
             for b in 0..<B {
                 let qbase = qb.baseAddress! + b * Nq * I, obase = ob.baseAddress! + b * Nq * I
-                let ap = ab.baseAddress! + b * hN * C, sp = sb.baseAddress! + b * hN * Nk
+                let ap = ab.baseAddress! + b * aStride, sp = sb.baseAddress! + b * pStride
                 for h in 0..<nh {
                     // a_h (Nq, C) = s · q'_h (Nq, d) · W_k,h (d, C)
                     gemm(m: Nq, n: C, k: d, alpha: scale, a: qbase + h * d, lda: I, b: wk + h * d * C, ldb: C,
@@ -221,19 +120,23 @@ extension MaskDecoderAttention {
                 }
             }
         } } } } } } } } } }
-        foldedSaved = .keys(a: a, p: p, k: k, v: v)
-        return outProj.forward(o, mode: .training)
+        if keep { foldedSaved = .keys(a: a, p: p, k: k, v: v) }
+        return outProj.forward(o, mode: mode)
     }
 
-    private func foldedOverQueriesTraining(q: Tensor, k: Tensor, v: Tensor) -> Tensor {
+    /// Many queries, few keys: the query and output projections fold into the keys' side. In
+    /// training g, p and u are kept for every batch item, else one item's scratch is reused.
+    private func foldedOverQueries(q: Tensor, k: Tensor, v: Tensor, mode: ForwardMode) -> Tensor {
         let B = q.shape[0], Nq = q.shape[1], Nk = k.shape[1], C = embeddingDim
-        let I = internalDim, d = headDim, nh = heads, hN = nh * Nk
+        let I = internalDim, d = headDim, nh = heads, hN = nh * Nk, keep = mode.keepsActivations
         let scale = 1 / Float(d).squareRoot()
-        let kp = kProj.forward(k, mode: .training)  // (B, Nk, I)
-        let vp = vProj.forward(v, mode: .training)  // (B, Nk, I)
+        let kp = kProj.forward(k, mode: mode)  // (B, Nk, I)
+        let vp = vProj.forward(v, mode: mode)  // (B, Nk, I)
         var y = Tensor.empty([B, Nq, C])
-        // g: (B, C, heads·Nk); p: (B, Nq, heads·Nk) scores → per-head probabilities; u: (B, heads·Nk, C)
-        var g = Tensor.empty([B, C, hN]), p = Tensor.empty([B, Nq, hN]), u = Tensor.empty([B, hN, C])
+        // g: (B or 1, C, heads·Nk) folded keys; p: (B or 1, Nq, heads·Nk) scores → per-head
+        // probabilities; u: (B or 1, heads·Nk, C) values folded with the output projection
+        let kept = keep ? B : 1
+        var g = Tensor.empty([kept, C, hN]), p = Tensor.empty([kept, Nq, hN]), u = Tensor.empty([kept, hN, C])
         var e = [Float](repeating: 0, count: hN)
         let bq = qProj.bias?.value.data ?? [Float](repeating: 0, count: I)
         let bo = outProj.bias?.value.data ?? [Float](repeating: 0, count: C)
@@ -250,7 +153,8 @@ extension MaskDecoderAttention {
             for b in 0..<B {
                 let kbase = kb.baseAddress! + b * Nk * I, vbase = vb.baseAddress! + b * Nk * I
                 let ybase = yb.baseAddress! + b * Nq * C
-                let gp = gb.baseAddress! + b * C * hN, sp = sb.baseAddress! + b * Nq * hN, up = ub.baseAddress! + b * hN * C
+                let item = keep ? b : 0
+                let gp = gb.baseAddress! + item * C * hN, sp = sb.baseAddress! + item * Nq * hN, up = ub.baseAddress! + item * hN * C
                 for h in 0..<nh {
                     // g_h (C, Nk) = s · W_q,hᵀ (C, d) · k'_hᵀ (d, Nk)
                     gemm(transA: true, transB: true, m: C, n: Nk, k: d, alpha: scale, a: wq + h * d * C, lda: C,
@@ -280,7 +184,7 @@ extension MaskDecoderAttention {
                 gemm(m: Nq, n: C, k: hN, a: sp, lda: hN, b: up, ldb: C, beta: 1, c: ybase, ldc: C)
             }
         } } } } } } } } }
-        foldedSaved = .queries(q: q, g: g, p: p, u: u)
+        if keep { foldedSaved = .queries(q: q, g: g, p: p, u: u) }
         return y
     }
 
