@@ -59,7 +59,10 @@ public final class MaskDecoderAttention: Module {
     }
 
     /// No projection takes gradients (`freezeParameters()`): training may fold.
-    var isFrozen: Bool { !namedParameters().contains { $0.1.requiresGradient } }
+    /// (Asked on every training forward: the four projections' flags, no key strings built.)
+    var isFrozen: Bool {
+        [qProj, kProj, vProj, outProj].allSatisfy { !$0.weight.requiresGradient && !($0.bias?.requiresGradient ?? false) }
+    }
 
     var name: String { "MaskDecoderAttention(\(embeddingDim), heads \(heads), downsample \(downsampleRate))" }
 
