@@ -92,6 +92,9 @@ public final class PromptInTheLoop {
     public let teacherDecoder: MaskDecoder
     /// The same weights, run in training mode and backpropagated through; frozen.
     public let studentDecoder: MaskDecoder
+    /// The teacher decoder's image side for the image being decoded (its prompts without mask
+    /// inputs share it: `MaskDecoder.sharedImage`), made on its first such decode.
+    private var teacherImage: (embedding: Tensor, side: TwoWayTransformer.SharedImage)?
 
     /// Seconds spent in one `evaluate`, by phase.
     public struct Timing: Equatable, Sendable {
@@ -451,8 +454,17 @@ public final class PromptInTheLoop {
             precondition(e.shape[1] == sparse!.shape[1], "PromptInTheLoop: prompts of one batch give different token counts")
             sparse!.data.replaceSubrange((k * e.count)..<((k + 1) * e.count), with: e.data)
         }
-        let dense = masks.map { promptEncoder.embedMasks($0, mode: .inference) } ?? promptEncoder.noMaskDenseEmbedding(batch: K)
         let range = outputs ?? (prompts.map(\.output).min()!..<(prompts.map(\.output).max()! + 1))
+        if decoder === teacherDecoder && masks == nil && !mode.keepsActivations {
+            // One image side for all of this image's teacher decodes without mask inputs.
+            if teacherImage?.embedding.shape != embedding.shape || teacherImage?.embedding.data != embedding.data {
+                teacherImage = (embedding, decoder.sharedImage(imageEmbedding: embedding, imagePE: promptEncoder.densePositionalEncoding(),
+                                                               densePromptEmbedding: promptEncoder.noMaskDenseEmbedding(batch: 1)))
+            }
+            let (m, iou) = decoder.predictMasks(sharedImage: teacherImage!.side, sparsePromptEmbeddings: sparse!, outputs: range)
+            return (m, iou, range)
+        }
+        let dense = masks.map { promptEncoder.embedMasks($0, mode: .inference) } ?? promptEncoder.noMaskDenseEmbedding(batch: 1)
         let (m, iou) = decoder.predictMasks(imageEmbeddings: embedding, imagePE: promptEncoder.densePositionalEncoding(),
                                             sparsePromptEmbeddings: sparse!, densePromptEmbeddings: dense,
                                             outputs: range, mode: mode)

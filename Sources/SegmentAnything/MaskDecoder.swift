@@ -118,7 +118,9 @@ public final class MaskDecoder: Module {
 
     /// imageEmbeddings: (1, C, h, w) shared by every prompt (the reference's repeat_interleave) or
     /// (B, C, h, w) one per prompt; imagePE: (1, C, h, w); sparsePromptEmbeddings: (B, N, C);
-    /// densePromptEmbeddings: (B, C, h, w)
+    /// densePromptEmbeddings: (B, C, h, w), or (1, C, h, w) for all prompts (the no-mask
+    /// embedding: with one image embedding too, inference then shares the image side's first
+    /// attention block between the prompts, `TwoWayTransformer.forward`)
     /// → (masks: (B, K, 4h, 4w) logits, iouPredictions: (B, K)), K = 3 with `multimaskOutput`, else 1.
     public func forward(imageEmbeddings: Tensor, imagePE: Tensor, sparsePromptEmbeddings: Tensor,
                         densePromptEmbeddings: Tensor, multimaskOutput: Bool,
@@ -127,10 +129,7 @@ public final class MaskDecoder: Module {
         let (masks, iou) = predictMasks(imageEmbeddings: imageEmbeddings, imagePE: imagePE,
                                         sparsePromptEmbeddings: sparsePromptEmbeddings,
                                         densePromptEmbeddings: densePromptEmbeddings, outputs: range, mode: mode)
-        let B = iou.shape[0], M = numMaskTokens
-        var sliced = Tensor(zeros: [B, range.count])
-        for b in 0..<B { for (j, i) in range.enumerated() { sliced.data[b * range.count + j] = iou.data[b * M + i] } }
-        return (masks, sliced)
+        return (masks, slicedIoU(iou, range))
     }
 
     /// `predict_masks`, computing only the masks of `outputs` (every mask token still takes part
@@ -144,16 +143,73 @@ public final class MaskDecoder: Module {
         precondition(outputs.lowerBound >= 0 && outputs.upperBound <= M, "\(name): mask outputs \(outputs) outside 0..<\(M)")
         precondition(sparsePromptEmbeddings.rank == 3 && sparsePromptEmbeddings.shape[2] == C,
                      "\(name): expected sparse prompt embeddings of shape (B, N, \(C)), got \(sparsePromptEmbeddings.shape)")
-        let B = sparsePromptEmbeddings.shape[0], N = sparsePromptEmbeddings.shape[1]
-        precondition(densePromptEmbeddings.rank == 4 && densePromptEmbeddings.shape[0] == B && densePromptEmbeddings.shape[1] == C,
-                     "\(name): expected dense prompt embeddings of shape (\(B), \(C), h, w), got \(densePromptEmbeddings.shape)")
+        let B = sparsePromptEmbeddings.shape[0]
+        precondition(densePromptEmbeddings.rank == 4 && (densePromptEmbeddings.shape[0] == B || densePromptEmbeddings.shape[0] == 1)
+                     && densePromptEmbeddings.shape[1] == C,
+                     "\(name): expected dense prompt embeddings of shape (\(B) or 1, \(C), h, w), got \(densePromptEmbeddings.shape)")
         let h = densePromptEmbeddings.shape[2], w = densePromptEmbeddings.shape[3], hw = h * w
         precondition(imageEmbeddings.rank == 4 && (imageEmbeddings.shape[0] == 1 || imageEmbeddings.shape[0] == B)
                      && Array(imageEmbeddings.shape[1...]) == [C, h, w],
                      "\(name): expected image embeddings of shape (1 or \(B), \(C), \(h), \(w)), got \(imageEmbeddings.shape)")
         precondition(imagePE.shape == [1, C, h, w], "\(name): expected imagePE of shape \([1, C, h, w]), got \(imagePE.shape)")
 
-        // tokens: (B, 1 + M + N, C)
+        let tokens = outputTokens(sparsePromptEmbeddings)  // (B, 1 + M + N, C)
+        // src: (B, C, h, w) = image embedding (per prompt) + dense (per prompt)
+        let perImage = C * hw, shared = imageEmbeddings.shape[0] == 1, denseShared = densePromptEmbeddings.shape[0] == 1
+        var src = Tensor.empty([B, C, h, w])
+        src.data.withUnsafeMutableBufferPointer { sb in
+            imageEmbeddings.data.withUnsafeBufferPointer { eb in
+                densePromptEmbeddings.data.withUnsafeBufferPointer { db in
+                    let s = sb.baseAddress!, e = eb.baseAddress!, dn = db.baseAddress!
+                    parallelFor(B * C, costPerItem: hw) { bc in
+                        let b = bc / C, c = bc % C
+                        let dst = s + bc * hw, from = e + (shared ? 0 : b * perImage) + c * hw
+                        let dense = dn + (denseShared ? 0 : b * perImage) + c * hw
+                        for i in 0..<hw { dst[i] = dense[i] + from[i] }
+                    }
+                }
+            }
+        }
+        let (hs, keys) = transformer.forward(imageEmbedding: src, imagePE: imagePE, pointEmbedding: tokens, mode: mode)
+        return heads(hs: hs, keys: keys, height: h, width: w, outputs: outputs, embeddingBatch: imageEmbeddings.shape[0], mode: mode)
+    }
+
+    /// One image's side of the decoder for prompts without a mask input, made once per image
+    /// and reused by every batch (`predictMasks(sharedImage:...)`): imageEmbedding (1, C, h, w)
+    /// plus the dense embedding (1, C, h, w) (`PromptEncoder.noMaskDenseEmbedding(batch: 1)`),
+    /// and the first transformer block's projections of its tokens.
+    public func sharedImage(imageEmbedding: Tensor, imagePE: Tensor, densePromptEmbedding: Tensor) -> TwoWayTransformer.SharedImage {
+        let C = transformerDim
+        precondition(imageEmbedding.rank == 4 && imageEmbedding.shape[0] == 1 && imageEmbedding.shape[1] == C
+                     && densePromptEmbedding.shape == imageEmbedding.shape && imagePE.shape == imageEmbedding.shape,
+                     "MaskDecoder(\(C)).sharedImage: expected image embedding, dense embedding and PE of shape (1, \(C), h, w), got \(imageEmbedding.shape), \(densePromptEmbedding.shape), \(imagePE.shape)")
+        return transformer.sharedImage(imageEmbedding: densePromptEmbedding + imageEmbedding, imagePE: imagePE)
+    }
+
+    /// Inference `predictMasks` for prompts that all see `sharedImage`: sparsePromptEmbeddings:
+    /// (B, N, C) → the same values as with the image embedding and dense embedding it was made
+    /// from (up to rounding), without repeating the image side's first block per prompt.
+    public func predictMasks(sharedImage image: TwoWayTransformer.SharedImage, sparsePromptEmbeddings: Tensor,
+                             outputs: Range<Int>? = nil) -> (masks: Tensor, iouPredictions: Tensor) {
+        let C = transformerDim, M = numMaskTokens, outputs = outputs ?? 0..<M
+        precondition(outputs.lowerBound >= 0 && outputs.upperBound <= M, "MaskDecoder(\(C)): mask outputs \(outputs) outside 0..<\(M)")
+        precondition(sparsePromptEmbeddings.rank == 3 && sparsePromptEmbeddings.shape[2] == C,
+                     "MaskDecoder(\(C)): expected sparse prompt embeddings of shape (B, N, \(C)), got \(sparsePromptEmbeddings.shape)")
+        let (hs, keys) = transformer.forward(sharedImage: image, pointEmbedding: outputTokens(sparsePromptEmbeddings))
+        return heads(hs: hs, keys: keys, height: image.height, width: image.width, outputs: outputs, embeddingBatch: 1, mode: .inference)
+    }
+
+    /// `forward` for prompts that all see `sharedImage` (inference).
+    public func forward(sharedImage image: TwoWayTransformer.SharedImage, sparsePromptEmbeddings: Tensor,
+                        multimaskOutput: Bool) -> (masks: Tensor, iouPredictions: Tensor) {
+        let range = outputRange(multimask: multimaskOutput)
+        let (masks, iou) = predictMasks(sharedImage: image, sparsePromptEmbeddings: sparsePromptEmbeddings, outputs: range)
+        return (masks, slicedIoU(iou, range))
+    }
+
+    /// tokens: (B, 1 + M + N, C) = [iou_token, mask_tokens, sparse] per prompt.
+    private func outputTokens(_ sparsePromptEmbeddings: Tensor) -> Tensor {
+        let C = transformerDim, M = numMaskTokens, B = sparsePromptEmbeddings.shape[0], N = sparsePromptEmbeddings.shape[1]
         let T = 1 + M + N
         var tokens = Tensor(zeros: [B, T, C])
         for b in 0..<B {
@@ -162,21 +218,22 @@ public final class MaskDecoder: Module {
             for i in 0..<(M * C) { tokens.data[o + C + i] = maskTokens.value.data[i] }
             for i in 0..<(N * C) { tokens.data[o + (1 + M) * C + i] = sparsePromptEmbeddings.data[b * N * C + i] }
         }
-        // src: (B, C, h, w) = image embedding (per prompt) + dense
-        var src = densePromptEmbeddings
-        let perImage = C * hw, shared = imageEmbeddings.shape[0] == 1
-        src.data.withUnsafeMutableBufferPointer { sb in
-            imageEmbeddings.data.withUnsafeBufferPointer { eb in
-                let s = sb.baseAddress!, e = eb.baseAddress!
-                parallelFor(B * C, costPerItem: hw) { bc in
-                    let b = bc / C, c = bc % C
-                    let dst = s + bc * hw, from = e + (shared ? 0 : b * perImage) + c * hw
-                    for i in 0..<hw { dst[i] += from[i] }
-                }
-            }
-        }
-        let (hs, keys) = transformer.forward(imageEmbedding: src, imagePE: imagePE, pointEmbedding: tokens, mode: mode)
+        return tokens
+    }
 
+    /// The IoU predictions of `outputs` out of all M: (B, M) → (B, outputs.count).
+    private func slicedIoU(_ iou: Tensor, _ range: Range<Int>) -> Tensor {
+        let B = iou.shape[0], M = numMaskTokens
+        var sliced = Tensor(zeros: [B, range.count])
+        for b in 0..<B { for (j, i) in range.enumerated() { sliced.data[b * range.count + j] = iou.data[b * M + i] } }
+        return sliced
+    }
+
+    /// After the transformer: hs (B, T, C), keys (B, h·w, C) → masks of `outputs` and all M IoU
+    /// predictions; in training keeps what `backward` needs.
+    private func heads(hs: Tensor, keys: Tensor, height h: Int, width w: Int, outputs: Range<Int>, embeddingBatch: Int,
+                       mode: ForwardMode) -> (masks: Tensor, iouPredictions: Tensor) {
+        let C = transformerDim, B = hs.shape[0], T = hs.shape[1]
         // Upscale the image side: (B, C, h, w) → (B, C/8, 4h, 4w)
         let norm = upscaleNorm.forward(upscaleConv1.forward(ConvLayout.tokensToMap(keys, height: h, width: w), mode: mode),
                                        mode: mode)  // (B, C/4, 2h, 2w)
@@ -210,7 +267,7 @@ public final class MaskDecoder: Module {
         for b in 0..<B { for c in 0..<C { iouIn.data[b * C + c] = hs.data[b * T * C + c] } }
         let iou = iouPredictionHead.forward(iouIn, mode: mode)
         saved = mode.keepsActivations
-            ? Saved(embeddingBatch: imageEmbeddings.shape[0], height: h, width: w, tokens: T, outputs: outputs,
+            ? Saved(embeddingBatch: embeddingBatch, height: h, width: w, tokens: T, outputs: outputs,
                     hyper: hyper, up: up, norm: norm, normGELU: normGELU, conv2: conv2)
             : nil
         return (masks, iou)

@@ -156,7 +156,13 @@ public final class SAMPredictor {
     /// `ResizeLongestSide(img_size)`: maps prompts to the input frame.
     public let transform: ResizeLongestSide
     /// The image embedding (1, 256, 64, 64) (`get_image_embedding`), nil before `setImage`.
-    public private(set) var features: Tensor?
+    public private(set) var features: Tensor? { didSet { sharedImage = nil } }
+    /// The decoder's image side for prompts without a mask input, made on the first batch of
+    /// `sharedImageMinimumPrompts` or more such prompts and reused until the image changes.
+    private var sharedImage: TwoWayTransformer.SharedImage?
+    /// The fewest prompts in one call for which making the shared image side pays (it costs
+    /// about one prompt's first block; every later prompt of the image then saves most of it).
+    static let sharedImageMinimumPrompts = 4
     /// The image's size (`original_size`).
     public private(set) var originalSize: ImageSize?
     /// The resized image's size before padding (`input_size`).
@@ -356,6 +362,10 @@ public final class SAMPredictor {
         var iou = Tensor.empty([B, K])
         var lowRes = Tensor.empty([B, K, lh, lw])
         let imagePE = model.promptEncoder.densePositionalEncoding()
+        if maskInputs == nil && sharedImage == nil && B >= Self.sharedImageMinimumPrompts {
+            sharedImage = model.maskDecoder.sharedImage(imageEmbedding: features, imagePE: imagePE,
+                                                        densePromptEmbedding: model.promptEncoder.noMaskDenseEmbedding(batch: 1))
+        }
         for start in stride(from: 0, to: B, by: Self.promptChunk) {
             let end = Swift.min(B, start + Self.promptChunk), n = end - start
             let chunkPoints = points.map { p in
@@ -363,10 +373,15 @@ public final class SAMPredictor {
                              labels: Array(p.labels[(start * p.pointsPerPrompt)..<(end * p.pointsPerPrompt)]))
             }
             let (sparse, dense) = model.promptEncoder.forward(points: chunkPoints, boxes: boxes?.slicedRows(start..<end),
-                                                              masks: maskInputs?.slicedRows(start..<end), mode: .inference)
-            let (low, q) = model.maskDecoder.forward(imageEmbeddings: features, imagePE: imagePE,
-                                                     sparsePromptEmbeddings: sparse, densePromptEmbeddings: dense,
-                                                     multimaskOutput: multimaskOutput, mode: .inference)
+                                                              masks: maskInputs?.slicedRows(start..<end), mode: .inference,
+                                                              sharedDense: true)
+            // Without mask inputs every prompt sees the same image side: once made, it is shared.
+            let (low, q) = if maskInputs == nil, let sharedImage {
+                model.maskDecoder.forward(sharedImage: sharedImage, sparsePromptEmbeddings: sparse, multimaskOutput: multimaskOutput)
+            } else {
+                model.maskDecoder.forward(imageEmbeddings: features, imagePE: imagePE, sparsePromptEmbeddings: sparse,
+                                          densePromptEmbeddings: dense, multimaskOutput: multimaskOutput, mode: .inference)
+            }
             precondition(low.shape == [n, K, lh, lw] && q.shape == [n, K],
                          "SAMPredictor.predictBatch: decoder returned \(low.shape), \(q.shape) for \(n) prompts")
             lowRes.data.replaceSubrange((start * K * lh * lw)..<(end * K * lh * lw), with: low.data)

@@ -271,8 +271,10 @@ public final class PromptEncoder: Module {
 
     /// points (B, N, 2) + labels, boxes (B, 4), masks (B, 1, 4h, 4w), any of them absent →
     /// (sparse: (B, N', C), dense: (B, C, h, w)); N' = N (+1 padding point without boxes) + 2·(box).
+    /// With `sharedDense` and no masks, dense is the no-mask embedding once, (1, C, h, w), for
+    /// the mask decoder to broadcast.
     public func forward(points: PromptPoints?, boxes: Tensor?, masks: Tensor?,
-                        mode: ForwardMode) -> (sparse: Tensor, dense: Tensor) {
+                        mode: ForwardMode, sharedDense: Bool = false) -> (sparse: Tensor, dense: Tensor) {
         let B = Self.batchSize(points: points, boxes: boxes, masks: masks), C = embedDim
         var parts: [Tensor] = []
         if let points { parts.append(embedPoints(points, pad: boxes == nil)) }
@@ -288,7 +290,7 @@ public final class PromptEncoder: Module {
             }
             offset += n
         }
-        return (sparse, masks.map { embedMasks($0, mode: mode) } ?? noMaskDenseEmbedding(batch: B))
+        return (sparse, masks.map { embedMasks($0, mode: mode) } ?? noMaskDenseEmbedding(batch: sharedDense ? 1 : B))
     }
 
     /// The dense embedding without a mask: `no_mask_embed` broadcast to (B, C, h, w).

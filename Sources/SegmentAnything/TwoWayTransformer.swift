@@ -103,6 +103,59 @@ public final class TwoWayAttentionBlock: Module {
         return (q, k)
     }
 
+    /// The image side of this block's inference for prompts that all see one image: the keys
+    /// (1, Nk, C) with their PE, and their projections by the two cross-attentions, made once
+    /// per image (`forward(queries:sharedImage:queryPE:)` reuses them for every batch).
+    public struct SharedImage {
+        /// keys: (1, Nk, C)
+        public let keys: Tensor
+        /// tokens → image k_proj(keys + keyPE), v_proj(keys): (1, Nk, I)
+        public let tokenToImageKeys: Tensor, tokenToImageValues: Tensor
+        /// image → tokens q_proj(keys + keyPE): (1, Nk, I)
+        public let imageToTokenQueries: Tensor
+    }
+
+    /// keys, keyPE: (1, Nk, C) → the block's shared image side.
+    public func sharedImage(keys: Tensor, keyPE: Tensor) -> SharedImage {
+        let C = embeddingDim
+        precondition(keys.rank == 3 && keys.shape[0] == 1 && keys.shape[2] == C && keyPE.shape == keys.shape,
+                     "TwoWayAttentionBlock(\(C)).sharedImage: expected keys and keyPE of shape (1, Nk, \(C)), got \(keys.shape), \(keyPE.shape)")
+        let kWithPE = keys + keyPE
+        return SharedImage(keys: keys,
+                           tokenToImageKeys: crossAttnTokenToImage.kProj.forward(kWithPE, mode: .inference),
+                           tokenToImageValues: crossAttnTokenToImage.vProj.forward(keys, mode: .inference),
+                           imageToTokenQueries: crossAttnImageToToken.qProj.forward(kWithPE, mode: .inference))
+    }
+
+    /// Inference for B prompts that all see the image side `image`: queries, queryPE: (B, Nq, C)
+    /// → (queries: (B, Nq, C), keys: (B, Nk, C)), as `forward` with the keys repeated B times.
+    /// Only (4) makes the image side per prompt (MaskDecoderAttentionShared.swift).
+    public func forward(queries: Tensor, sharedImage image: SharedImage, queryPE: Tensor) -> (queries: Tensor, keys: Tensor) {
+        let C = embeddingDim, name = "TwoWayAttentionBlock(\(C))"
+        precondition(queries.rank == 3 && queries.shape[2] == C,
+                     "\(name): expected queries of shape (B, Nq, \(C)), got \(queries.shape)")
+        precondition(queryPE.shape == queries.shape, "\(name): queryPE \(queryPE.shape) must match queries \(queries.shape)")
+        var q: Tensor
+        // (1) self-attention
+        if skipFirstLayerPE {
+            q = selfAttn.forward(q: queries, k: queries, v: queries, mode: .inference)
+        } else {
+            let qp = queries + queryPE
+            q = queries + selfAttn.forward(q: qp, k: qp, v: queries, mode: .inference)
+        }
+        q = norm1.forward(q, mode: .inference)
+        // (2) tokens attend to the image (projected once)
+        q = q + crossAttnTokenToImage.forwardSharedKeys(q: q + queryPE, projectedKeys: image.tokenToImageKeys,
+                                                        projectedValues: image.tokenToImageValues)
+        q = norm2.forward(q, mode: .inference)
+        // (3) MLP
+        q = q + mlp.forward(q, mode: .inference)
+        q = norm3.forward(q, mode: .inference)
+        // (4) the image attends to the tokens: per prompt from here on, (B, Nk, C)
+        let y = crossAttnImageToToken.forwardSharedQueries(projectedQueries: image.imageToTokenQueries, k: q + queryPE, v: q)
+        return (q, norm4.forward(addingBroadcast(y, image.keys, name), mode: .inference))
+    }
+
     /// After a training-mode forward: dQueries: (B, Nq, C), dKeys: (B, Nk, C) of its outputs →
     /// (dQueries: (B, Nq, C), dKeys: (B, Nk, C)) of its `queries` and `keys` inputs. Without
     /// `queriesGradient` (the transformer's first block, whose queries are the constant tokens)
@@ -188,10 +241,51 @@ public final class TwoWayTransformer: Module {
         for layer in layers {
             (queries, keys) = layer.forward(queries: queries, keys: keys, queryPE: pointEmbedding, keyPE: keyPE, mode: mode)
         }
-        let attnOut = finalAttnTokenToImage.forward(q: queries + pointEmbedding, k: addingBroadcast(keys, keyPE, name),
+        return finalAttention(queries: queries, keys: keys, pointEmbedding: pointEmbedding, keyPE: keyPE, mode: mode)
+    }
+
+    /// The image side of the transformer's inference for prompts that all see one image
+    /// embedding (no mask input): its PE and the first block's shared projections.
+    public struct SharedImage {
+        /// keyPE: (1, H·W, C)
+        public let keyPE: Tensor
+        public let firstBlock: TwoWayAttentionBlock.SharedImage
+        public let height: Int, width: Int
+    }
+
+    /// imageEmbedding: (1, C, H, W), imagePE: (1, C, H, W) → the shared image side, made once
+    /// per image (three projections of its H·W tokens) and reused by every batch of prompts.
+    public func sharedImage(imageEmbedding: Tensor, imagePE: Tensor) -> SharedImage {
+        let C = embeddingDim, name = "TwoWayTransformer(\(C)).sharedImage"
+        precondition(imageEmbedding.rank == 4 && imageEmbedding.shape[0] == 1 && imageEmbedding.shape[1] == C,
+                     "\(name): expected an image embedding of shape (1, \(C), H, W), got \(imageEmbedding.shape)")
+        precondition(imagePE.shape == imageEmbedding.shape, "\(name): imagePE \(imagePE.shape) must match \(imageEmbedding.shape)")
+        guard let first = layers.first else { preconditionFailure("\(name): a transformer without blocks has nothing to share") }
+        let keyPE = ConvLayout.mapToTokens(imagePE)  // (1, HW, C)
+        return SharedImage(keyPE: keyPE, firstBlock: first.sharedImage(keys: ConvLayout.mapToTokens(imageEmbedding), keyPE: keyPE),
+                           height: imageEmbedding.shape[2], width: imageEmbedding.shape[3])
+    }
+
+    /// Inference for B prompts on one shared image side: pointEmbedding: (B, N, C) →
+    /// (queries: (B, N, C), keys: (B, H·W, C)), as `forward` with the image embedding repeated.
+    public func forward(sharedImage image: SharedImage, pointEmbedding: Tensor) -> (queries: Tensor, keys: Tensor) {
+        let C = embeddingDim
+        precondition(pointEmbedding.rank == 3 && pointEmbedding.shape[2] == C,
+                     "TwoWayTransformer(\(C)): expected a point embedding of shape (B, N, \(C)), got \(pointEmbedding.shape)")
+        var (queries, keys) = layers[0].forward(queries: pointEmbedding, sharedImage: image.firstBlock, queryPE: pointEmbedding)
+        for layer in layers.dropFirst() {
+            (queries, keys) = layer.forward(queries: queries, keys: keys, queryPE: pointEmbedding, keyPE: image.keyPE, mode: .inference)
+        }
+        return finalAttention(queries: queries, keys: keys, pointEmbedding: pointEmbedding, keyPE: image.keyPE, mode: .inference)
+    }
+
+    /// The final tokens → image attention with its residual and norm.
+    private func finalAttention(queries: Tensor, keys: Tensor, pointEmbedding: Tensor, keyPE: Tensor,
+                                mode: ForwardMode) -> (queries: Tensor, keys: Tensor) {
+        let attnOut = finalAttnTokenToImage.forward(q: queries + pointEmbedding,
+                                                    k: addingBroadcast(keys, keyPE, "TwoWayTransformer(\(embeddingDim))"),
                                                     v: keys, mode: mode)
-        queries = normFinalAttn.forward(queries + attnOut, mode: mode)
-        return (queries, keys)
+        return (normFinalAttn.forward(queries + attnOut, mode: mode), keys)
     }
 
     /// After a training-mode forward: dQueries: (B, N, C), dKeys: (B, H·W, C) of its outputs →

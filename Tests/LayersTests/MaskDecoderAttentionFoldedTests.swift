@@ -73,4 +73,28 @@ final class MaskDecoderAttentionFoldedTests: XCTestCase {
         }
         XCTAssertTrue(frozen.namedParameters().allSatisfy { $0.1.grad.data.allSatisfy { $0 == 0 } })
     }
+
+    /// The shared-image inference paths (MaskDecoderAttentionShared.swift): B prompts against one
+    /// image side projected once equal the naive reference with that side repeated per prompt,
+    /// relative error ≤ 1e-5, in both directions, with biases (the queries' bias sits in the
+    /// shared projection, the output bias in every prompt's result).
+    func testSharedImagePathsMatchNaiveReference() {
+        var rng = SeededRandom(seed: 74)
+        let attn = MaskDecoderAttention(embeddingDim: 32, heads: 4, downsampleRate: 2)
+        randomiseParameters(attn, std: 0.3, rng: &rng)
+        let B = 3, tokens = 5, image = 60
+        let q = Tensor.randomNormal([B, tokens, 32], rng: &rng)
+        let k = Tensor.randomNormal([1, image, 32], rng: &rng), v = Tensor.randomNormal([1, image, 32], rng: &rng)
+        func repeated(_ x: Tensor) -> Tensor { Tensor(shape: [B] + x.shape.dropFirst(), data: Array((0..<B).map { _ in x.data }.joined())) }
+        // tokens → image: k and v shared
+        let y = attn.forwardSharedKeys(q: q, projectedKeys: attn.kProj.forward(k, mode: .inference),
+                                       projectedValues: attn.vProj.forward(v, mode: .inference))
+        XCTAssertEqual(y.shape, [B, tokens, 32])
+        XCTAssertLessThanOrEqual(relativeError(y, attn.forwardReference(q: q, k: repeated(k), v: repeated(v))), 1e-5, "shared keys")
+        // image → tokens: the image side is the queries
+        let keys = Tensor.randomNormal([B, tokens, 32], rng: &rng), values = Tensor.randomNormal([B, tokens, 32], rng: &rng)
+        let z = attn.forwardSharedQueries(projectedQueries: attn.qProj.forward(k, mode: .inference), k: keys, v: values)
+        XCTAssertEqual(z.shape, [B, image, 32])
+        XCTAssertLessThanOrEqual(relativeError(z, attn.forwardReference(q: repeated(k), k: keys, v: values)), 1e-5, "shared queries")
+    }
 }

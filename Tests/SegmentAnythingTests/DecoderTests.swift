@@ -149,7 +149,7 @@ final class DecoderTests: XCTestCase {
     func testMaskDecoderMatchesPyTorch() throws {
         let pe = try promptEncoder(), md = try maskDecoder()
         let embedding = TestData.syntheticEmbedding()
-        var cases = 0
+        var cases = 0, sharedCases = 0
         for file in ["mask_decoder_a", "mask_decoder_b"] {
             let f = try Fixture(file)
             for (key, value) in f.metadata.sorted(by: { $0.key < $1.key }) where key.hasPrefix("case.") {
@@ -172,9 +172,21 @@ final class DecoderTests: XCTestCase {
                 XCTAssertLessThanOrEqual(eMasks, 1e-4, "\(name): low-res mask logits")
                 XCTAssertLessThanOrEqual(eIoU, 1e-4, "\(name): IoU predictions")
                 cases += 1
+                guard !withMask else { continue }
+                // Without a mask input the prompts may share the image side (what SAMPredictor
+                // does from a few prompts on): the same reference values, and the plain path's.
+                let side = md.sharedImage(imageEmbedding: embedding, imagePE: pe.densePositionalEncoding(),
+                                          densePromptEmbedding: pe.noMaskDenseEmbedding(batch: 1))
+                let shared = md.forward(sharedImage: side, sparsePromptEmbeddings: sparse, multimaskOutput: multimask)
+                let sharedSub = subsample(shared.masks, rowOffset: 3, rowStride: 8, columnOffset: 5, columnStride: 8)
+                XCTAssertLessThanOrEqual(relativeError(sharedSub, f["case.\(name).low_res_sub"]), 1e-4, "\(name): shared image side, logits")
+                XCTAssertLessThanOrEqual(relativeError(shared.iouPredictions, f["case.\(name).iou"]), 1e-4, "\(name): shared image side, IoU")
+                XCTAssertLessThanOrEqual(relativeError(shared.masks, masks), 1e-5, "\(name): shared image side vs the plain path")
+                sharedCases += 1
             }
         }
         XCTAssertEqual(cases, 7)
+        XCTAssertGreaterThan(sharedCases, 0)
     }
 
     /// One embedding shared by B prompts equals the embedding repeated per prompt, and each
