@@ -36,6 +36,16 @@ public final class MaskDecoderAttention: Module {
     private var probabilities: Tensor?
     // after a training-mode folded forward instead (MaskDecoderAttentionFolded.swift)
     var foldedSaved: FoldedSaved?
+    // after a training-mode shared-image forward (MaskDecoderAttentionShared.swift)
+    var sharedSaved: SharedSaved?
+
+    /// Drops what an earlier training-mode forward kept.
+    func resetSaved() {
+        projected = nil
+        probabilities = nil
+        foldedSaved = nil
+        sharedSaved = nil
+    }
 
     public init(embeddingDim: Int, heads: Int, downsampleRate: Int = 1) {
         precondition(downsampleRate > 0 && embeddingDim % downsampleRate == 0,
@@ -60,7 +70,7 @@ public final class MaskDecoderAttention: Module {
 
     /// No projection takes gradients (`freezeParameters()`): training may fold.
     /// (Asked on every training forward: the four projections' flags, no key strings built.)
-    var isFrozen: Bool {
+    public var isFrozen: Bool {
         [qProj, kProj, vProj, outProj].allSatisfy { !$0.weight.requiresGradient && !($0.bias?.requiresGradient ?? false) }
     }
 
@@ -77,9 +87,7 @@ public final class MaskDecoderAttention: Module {
         let B = q.shape[0], Nq = q.shape[1], Nk = k.shape[1]
         let I = internalDim, d = headDim, nh = heads
         let keep = mode.keepsActivations
-        projected = nil
-        probabilities = nil
-        foldedSaved = nil
+        resetSaved()
         if let f = fold(queries: Nq, keys: Nk), !keep || isFrozen {
             // Over many image tokens the big side's projections fold away (MaskDecoderAttentionFolded.swift):
             // in inference, and in training through a frozen layer (input gradients only).

@@ -58,6 +58,8 @@ public final class MaskDecoder: Module {
     private struct Saved {
         /// 1 when the one image embedding was shared by every prompt, else B.
         var embeddingBatch: Int
+        /// The transformer ran on a shared image side: its gradient is the embedding's already.
+        var sharedImage: Bool
         var height: Int, width: Int
         /// Tokens per prompt, 1 + M + N.
         var tokens: Int
@@ -113,14 +115,19 @@ public final class MaskDecoder: Module {
         return d
     }
 
+    /// The fewest prompts for which sharing one image side between them pays (making it costs
+    /// about one prompt's first block; `sharedImage`).
+    public static let sharedImageMinimumPrompts = 4
+
     /// The mask outputs `forward` returns: 1..<M with `multimaskOutput`, else 0..<1.
     public func outputRange(multimask: Bool) -> Range<Int> { multimask ? 1..<numMaskTokens : 0..<1 }
 
     /// imageEmbeddings: (1, C, h, w) shared by every prompt (the reference's repeat_interleave) or
     /// (B, C, h, w) one per prompt; imagePE: (1, C, h, w); sparsePromptEmbeddings: (B, N, C);
     /// densePromptEmbeddings: (B, C, h, w), or (1, C, h, w) for all prompts (the no-mask
-    /// embedding: with one image embedding too, inference then shares the image side's first
-    /// attention block between the prompts, `TwoWayTransformer.forward`)
+    /// embedding: with one image embedding too and `sharedImageMinimumPrompts` or more prompts,
+    /// the first block projects the image side once for all of them (`sharedImage`), in
+    /// inference and in training through a frozen first block)
     /// → (masks: (B, K, 4h, 4w) logits, iouPredictions: (B, K)), K = 3 with `multimaskOutput`, else 1.
     public func forward(imageEmbeddings: Tensor, imagePE: Tensor, sparsePromptEmbeddings: Tensor,
                         densePromptEmbeddings: Tensor, multimaskOutput: Bool,
@@ -154,6 +161,15 @@ public final class MaskDecoder: Module {
         precondition(imagePE.shape == [1, C, h, w], "\(name): expected imagePE of shape \([1, C, h, w]), got \(imagePE.shape)")
 
         let tokens = outputTokens(sparsePromptEmbeddings)  // (B, 1 + M + N, C)
+        let first = transformer.layers.first
+        if imageEmbeddings.shape[0] == 1 && densePromptEmbeddings.shape[0] == 1 && B >= Self.sharedImageMinimumPrompts,
+           let first, !mode.keepsActivations || (first.crossAttnTokenToImage.isFrozen && first.crossAttnImageToToken.isFrozen) {
+            // Every prompt sees one image side: the first block projects it once for all.
+            let side = sharedImage(imageEmbedding: imageEmbeddings, imagePE: imagePE, densePromptEmbedding: densePromptEmbeddings,
+                                   mode: mode)
+            let (hs, keys) = transformer.forward(sharedImage: side, pointEmbedding: tokens, mode: mode)
+            return heads(hs: hs, keys: keys, height: h, width: w, outputs: outputs, embeddingBatch: 1, sharedImage: true, mode: mode)
+        }
         // src: (B, C, h, w) = image embedding (per prompt) + dense (per prompt)
         let perImage = C * hw, shared = imageEmbeddings.shape[0] == 1, denseShared = densePromptEmbeddings.shape[0] == 1
         var src = Tensor.empty([B, C, h, w])
@@ -171,19 +187,22 @@ public final class MaskDecoder: Module {
             }
         }
         let (hs, keys) = transformer.forward(imageEmbedding: src, imagePE: imagePE, pointEmbedding: tokens, mode: mode)
-        return heads(hs: hs, keys: keys, height: h, width: w, outputs: outputs, embeddingBatch: imageEmbeddings.shape[0], mode: mode)
+        return heads(hs: hs, keys: keys, height: h, width: w, outputs: outputs, embeddingBatch: imageEmbeddings.shape[0],
+                     sharedImage: false, mode: mode)
     }
 
     /// One image's side of the decoder for prompts without a mask input, made once per image
     /// and reused by every batch (`predictMasks(sharedImage:...)`): imageEmbedding (1, C, h, w)
     /// plus the dense embedding (1, C, h, w) (`PromptEncoder.noMaskDenseEmbedding(batch: 1)`),
-    /// and the first transformer block's projections of its tokens.
-    public func sharedImage(imageEmbedding: Tensor, imagePE: Tensor, densePromptEmbedding: Tensor) -> TwoWayTransformer.SharedImage {
+    /// and the first transformer block's projections of its tokens. In training mode (a frozen
+    /// decoder) for one forward on it and its `backward`.
+    public func sharedImage(imageEmbedding: Tensor, imagePE: Tensor, densePromptEmbedding: Tensor,
+                            mode: ForwardMode = .inference) -> TwoWayTransformer.SharedImage {
         let C = transformerDim
         precondition(imageEmbedding.rank == 4 && imageEmbedding.shape[0] == 1 && imageEmbedding.shape[1] == C
                      && densePromptEmbedding.shape == imageEmbedding.shape && imagePE.shape == imageEmbedding.shape,
                      "MaskDecoder(\(C)).sharedImage: expected image embedding, dense embedding and PE of shape (1, \(C), h, w), got \(imageEmbedding.shape), \(densePromptEmbedding.shape), \(imagePE.shape)")
-        return transformer.sharedImage(imageEmbedding: densePromptEmbedding + imageEmbedding, imagePE: imagePE)
+        return transformer.sharedImage(imageEmbedding: densePromptEmbedding + imageEmbedding, imagePE: imagePE, mode: mode)
     }
 
     /// Inference `predictMasks` for prompts that all see `sharedImage`: sparsePromptEmbeddings:
@@ -196,7 +215,8 @@ public final class MaskDecoder: Module {
         precondition(sparsePromptEmbeddings.rank == 3 && sparsePromptEmbeddings.shape[2] == C,
                      "MaskDecoder(\(C)): expected sparse prompt embeddings of shape (B, N, \(C)), got \(sparsePromptEmbeddings.shape)")
         let (hs, keys) = transformer.forward(sharedImage: image, pointEmbedding: outputTokens(sparsePromptEmbeddings))
-        return heads(hs: hs, keys: keys, height: image.height, width: image.width, outputs: outputs, embeddingBatch: 1, mode: .inference)
+        return heads(hs: hs, keys: keys, height: image.height, width: image.width, outputs: outputs, embeddingBatch: 1,
+                     sharedImage: true, mode: .inference)
     }
 
     /// `forward` for prompts that all see `sharedImage` (inference).
@@ -232,7 +252,7 @@ public final class MaskDecoder: Module {
     /// After the transformer: hs (B, T, C), keys (B, h·w, C) → masks of `outputs` and all M IoU
     /// predictions; in training keeps what `backward` needs.
     private func heads(hs: Tensor, keys: Tensor, height h: Int, width w: Int, outputs: Range<Int>, embeddingBatch: Int,
-                       mode: ForwardMode) -> (masks: Tensor, iouPredictions: Tensor) {
+                       sharedImage: Bool, mode: ForwardMode) -> (masks: Tensor, iouPredictions: Tensor) {
         let C = transformerDim, B = hs.shape[0], T = hs.shape[1]
         // Upscale the image side: (B, C, h, w) → (B, C/8, 4h, 4w)
         let norm = upscaleNorm.forward(upscaleConv1.forward(ConvLayout.tokensToMap(keys, height: h, width: w), mode: mode),
@@ -267,7 +287,7 @@ public final class MaskDecoder: Module {
         for b in 0..<B { for c in 0..<C { iouIn.data[b * C + c] = hs.data[b * T * C + c] } }
         let iou = iouPredictionHead.forward(iouIn, mode: mode)
         saved = mode.keepsActivations
-            ? Saved(embeddingBatch: embeddingBatch, height: h, width: w, tokens: T, outputs: outputs,
+            ? Saved(embeddingBatch: embeddingBatch, sharedImage: sharedImage, height: h, width: w, tokens: T, outputs: outputs,
                     hyper: hyper, up: up, norm: norm, normGELU: normGELU, conv2: conv2)
             : nil
         return (masks, iou)
@@ -329,7 +349,7 @@ public final class MaskDecoder: Module {
         g = upscaleConv1.backward(upscaleNorm.backward(g))  // (B, C, h, w)
         let dKeys = ConvLayout.mapToTokens(g)  // (B, hw, C)
         let dSrc = transformer.backward(dQueries: dHs, dKeys: dKeys, height: h, width: w)  // (B, C, h, w)
-        guard s.embeddingBatch == 1 && B > 1 else { return dSrc }
+        guard s.embeddingBatch == 1 && B > 1 && !s.sharedImage else { return dSrc }
         // The shared embedding was added to every prompt's src: its gradient is the sum over prompts.
         let per = C * h * w
         var dEmbedding = Tensor(zeros: [1, C, h, w])

@@ -158,11 +158,8 @@ public final class SAMPredictor {
     /// The image embedding (1, 256, 64, 64) (`get_image_embedding`), nil before `setImage`.
     public private(set) var features: Tensor? { didSet { sharedImage = nil } }
     /// The decoder's image side for prompts without a mask input, made on the first batch of
-    /// `sharedImageMinimumPrompts` or more such prompts and reused until the image changes.
+    /// `MaskDecoder.sharedImageMinimumPrompts` or more such prompts, reused until the image changes.
     private var sharedImage: TwoWayTransformer.SharedImage?
-    /// The fewest prompts in one call for which making the shared image side pays (it costs
-    /// about one prompt's first block; every later prompt of the image then saves most of it).
-    static let sharedImageMinimumPrompts = 4
     /// The image's size (`original_size`).
     public private(set) var originalSize: ImageSize?
     /// The resized image's size before padding (`input_size`).
@@ -362,7 +359,7 @@ public final class SAMPredictor {
         var iou = Tensor.empty([B, K])
         var lowRes = Tensor.empty([B, K, lh, lw])
         let imagePE = model.promptEncoder.densePositionalEncoding()
-        if maskInputs == nil && sharedImage == nil && B >= Self.sharedImageMinimumPrompts {
+        if maskInputs == nil && sharedImage == nil && B >= MaskDecoder.sharedImageMinimumPrompts {
             sharedImage = model.maskDecoder.sharedImage(imageEmbedding: features, imagePE: imagePE,
                                                         densePromptEmbedding: model.promptEncoder.noMaskDenseEmbedding(batch: 1))
         }

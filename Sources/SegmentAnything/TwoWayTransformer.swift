@@ -30,6 +30,21 @@ func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> Strin
     return out
 }
 
+/// x: (B, N, C) → (1, N, C), the sum over the batch.
+func summedOverBatch(_ x: Tensor) -> Tensor {
+    let B = x.shape[0], per = x.count / max(B, 1)
+    var out = Tensor(zeros: [1] + x.shape.dropFirst())
+    out.data.withUnsafeMutableBufferPointer { ob in
+        x.data.withUnsafeBufferPointer { xb in
+            let o = ob.baseAddress!, xp = xb.baseAddress!
+            parallelChunks(per, costPerItem: B) { r in
+                for b in 0..<B { let xr = xp + b * per; for i in r { o[i] += xr[i] } }
+            }
+        }
+    }
+    return out
+}
+
 /// `TwoWayAttentionBlock`: (1) self-attention of the sparse tokens, (2) tokens → image
 /// cross-attention, (3) MLP on the tokens, (4) image → tokens cross-attention; each followed by a
 /// residual add and a LayerNorm. With `skipFirstLayerPE` the first self-attention gets no
@@ -115,22 +130,25 @@ public final class TwoWayAttentionBlock: Module {
         public let imageToTokenQueries: Tensor
     }
 
-    /// keys, keyPE: (1, Nk, C) → the block's shared image side.
-    public func sharedImage(keys: Tensor, keyPE: Tensor) -> SharedImage {
+    /// keys, keyPE: (1, Nk, C) → the block's shared image side. In training the projections
+    /// keep their inputs for `backward(dQueries:dKeys:sharedImage:...)` (a frozen block).
+    public func sharedImage(keys: Tensor, keyPE: Tensor, mode: ForwardMode = .inference) -> SharedImage {
         let C = embeddingDim
         precondition(keys.rank == 3 && keys.shape[0] == 1 && keys.shape[2] == C && keyPE.shape == keys.shape,
                      "TwoWayAttentionBlock(\(C)).sharedImage: expected keys and keyPE of shape (1, Nk, \(C)), got \(keys.shape), \(keyPE.shape)")
         let kWithPE = keys + keyPE
         return SharedImage(keys: keys,
-                           tokenToImageKeys: crossAttnTokenToImage.kProj.forward(kWithPE, mode: .inference),
-                           tokenToImageValues: crossAttnTokenToImage.vProj.forward(keys, mode: .inference),
-                           imageToTokenQueries: crossAttnImageToToken.qProj.forward(kWithPE, mode: .inference))
+                           tokenToImageKeys: crossAttnTokenToImage.kProj.forward(kWithPE, mode: mode),
+                           tokenToImageValues: crossAttnTokenToImage.vProj.forward(keys, mode: mode),
+                           imageToTokenQueries: crossAttnImageToToken.qProj.forward(kWithPE, mode: mode))
     }
 
-    /// Inference for B prompts that all see the image side `image`: queries, queryPE: (B, Nq, C)
-    /// → (queries: (B, Nq, C), keys: (B, Nk, C)), as `forward` with the keys repeated B times.
-    /// Only (4) makes the image side per prompt (MaskDecoderAttentionShared.swift).
-    public func forward(queries: Tensor, sharedImage image: SharedImage, queryPE: Tensor) -> (queries: Tensor, keys: Tensor) {
+    /// B prompts that all see the image side `image`: queries, queryPE: (B, Nq, C) →
+    /// (queries: (B, Nq, C), keys: (B, Nk, C)), as `forward` with the keys repeated B times.
+    /// Only (4) makes the image side per prompt (MaskDecoderAttentionShared.swift). Training
+    /// mode needs a frozen block and an image side made in training mode.
+    public func forward(queries: Tensor, sharedImage image: SharedImage, queryPE: Tensor,
+                        mode: ForwardMode = .inference) -> (queries: Tensor, keys: Tensor) {
         let C = embeddingDim, name = "TwoWayAttentionBlock(\(C))"
         precondition(queries.rank == 3 && queries.shape[2] == C,
                      "\(name): expected queries of shape (B, Nq, \(C)), got \(queries.shape)")
@@ -138,22 +156,47 @@ public final class TwoWayAttentionBlock: Module {
         var q: Tensor
         // (1) self-attention
         if skipFirstLayerPE {
-            q = selfAttn.forward(q: queries, k: queries, v: queries, mode: .inference)
+            q = selfAttn.forward(q: queries, k: queries, v: queries, mode: mode)
         } else {
             let qp = queries + queryPE
-            q = queries + selfAttn.forward(q: qp, k: qp, v: queries, mode: .inference)
+            q = queries + selfAttn.forward(q: qp, k: qp, v: queries, mode: mode)
         }
-        q = norm1.forward(q, mode: .inference)
+        q = norm1.forward(q, mode: mode)
         // (2) tokens attend to the image (projected once)
         q = q + crossAttnTokenToImage.forwardSharedKeys(q: q + queryPE, projectedKeys: image.tokenToImageKeys,
-                                                        projectedValues: image.tokenToImageValues)
-        q = norm2.forward(q, mode: .inference)
+                                                        projectedValues: image.tokenToImageValues, mode: mode)
+        q = norm2.forward(q, mode: mode)
         // (3) MLP
-        q = q + mlp.forward(q, mode: .inference)
-        q = norm3.forward(q, mode: .inference)
+        q = q + mlp.forward(q, mode: mode)
+        q = norm3.forward(q, mode: mode)
         // (4) the image attends to the tokens: per prompt from here on, (B, Nk, C)
-        let y = crossAttnImageToToken.forwardSharedQueries(projectedQueries: image.imageToTokenQueries, k: q + queryPE, v: q)
-        return (q, norm4.forward(addingBroadcast(y, image.keys, name), mode: .inference))
+        let y = crossAttnImageToToken.forwardSharedQueries(projectedQueries: image.imageToTokenQueries, k: q + queryPE, v: q,
+                                                           mode: mode)
+        return (q, norm4.forward(addingBroadcast(y, image.keys, name), mode: mode))
+    }
+
+    /// After a training-mode shared forward (and `sharedImage` in training mode): dQueries:
+    /// (B, Nq, C), dKeys: (B, Nk, C) of its outputs → (dQueries of its queries, or empty as in
+    /// `backward`; dKeys: (1, Nk, C) of the shared keys, summed over the prompts).
+    public func backwardShared(dQueries: Tensor, dKeys: Tensor, queriesGradient: Bool = true) -> (dQueries: Tensor, dKeys: Tensor) {
+        // (4) k = norm4(keys + attn(q: keys + keyPE [projected once], k: q3 + queryPE, v: q3))
+        let dk4 = norm4.backward(dKeys)  // (B, Nk, C)
+        let a4 = crossAttnImageToToken.backwardSharedQueries(dk4)
+        var dShared = summedOverBatch(dk4)  // (1, Nk, C): the residual's keys
+        // (3) q3 = norm3(q2 + mlp(q2))
+        var dq = dQueries + a4.dk
+        dq.add(a4.dv)
+        dq = norm3.backward(dq)
+        dq.add(mlp.backward(dq))
+        // (2) q2 = norm2(q1 + attn(q: q1 + queryPE, k: keys + keyPE, v: keys)), k and v projected once
+        dq = norm2.backward(dq)
+        let a2 = crossAttnTokenToImage.backwardSharedKeys(dq)
+        dq.add(a2.dq)
+        // the shared projections, once: keys + keyPE fed k_proj of (2) and q_proj of (4), keys v_proj of (2)
+        dShared.add(crossAttnTokenToImage.kProj.backward(a2.dProjectedKeys))
+        dShared.add(crossAttnImageToToken.qProj.backward(a4.dProjectedQueries))
+        dShared.add(crossAttnTokenToImage.vProj.backward(a2.dProjectedValues))
+        return (firstStageBackward(dq, queriesGradient: queriesGradient), dShared)
     }
 
     /// After a training-mode forward: dQueries: (B, Nq, C), dKeys: (B, Nk, C) of its outputs →
@@ -177,15 +220,20 @@ public final class TwoWayAttentionBlock: Module {
         dq.add(a2.dq)
         dk.add(a2.dk)
         dk.add(a2.dv)
-        // (1) q1 = norm1(attn(q, q, q)) with skipFirstLayerPE, else norm1(q + attn(q + PE, q + PE, q))
+        return (firstStageBackward(dq, queriesGradient: queriesGradient), dk)
+    }
+
+    /// (1) q1 = norm1(attn(q, q, q)) with skipFirstLayerPE, else norm1(q + attn(q + PE, q + PE, q)):
+    /// dq1 → dq, or empty (shape [0]) when neither the queries' gradient nor the stage's own is wanted.
+    private func firstStageBackward(_ dq1: Tensor, queriesGradient: Bool) -> Tensor {
         let firstStageTrains = (selfAttn.namedParameters() + norm1.namedParameters()).contains { $0.1.requiresGradient }
-        guard queriesGradient || firstStageTrains else { return (Tensor(zeros: [0]), dk) }
-        dq = norm1.backward(dq)
+        guard queriesGradient || firstStageTrains else { return Tensor(zeros: [0]) }
+        let dq = norm1.backward(dq1)
         let a1 = selfAttn.backward(dq)
         var dIn = skipFirstLayerPE ? a1.dq : dq + a1.dq
         dIn.add(a1.dk)
         dIn.add(a1.dv)
-        return (dIn, dk)
+        return dIn
     }
 }
 
@@ -202,6 +250,8 @@ public final class TwoWayTransformer: Module {
     public let layers: [TwoWayAttentionBlock]
     public let finalAttnTokenToImage: MaskDecoderAttention
     public let normFinalAttn: LayerNorm
+    /// The last training-mode forward ran on a shared image side (backward then sums into it).
+    private var sharedForward = false
 
     public init(depth: Int = 2, embeddingDim: Int = 256, heads: Int = 8, mlpDim: Int = 2048,
                 activation: Activation = .relu, attentionDownsampleRate: Int = 2) {
@@ -235,6 +285,7 @@ public final class TwoWayTransformer: Module {
         precondition(pointEmbedding.rank == 3 && pointEmbedding.shape[0] == imageEmbedding.shape[0] && pointEmbedding.shape[2] == C,
                      "\(name): expected a point embedding of shape (\(imageEmbedding.shape[0]), N, \(C)), got \(pointEmbedding.shape)")
         // (B, C, H, W) → (B, H·W, C): `flatten(2).permute(0, 2, 1)` (ConvLayout's tiled transpose)
+        sharedForward = false
         let keyPE = ConvLayout.mapToTokens(imagePE)  // (B or 1, HW, C)
         var queries = pointEmbedding
         var keys = ConvLayout.mapToTokens(imageEmbedding)  // (B, HW, C)
@@ -255,28 +306,34 @@ public final class TwoWayTransformer: Module {
 
     /// imageEmbedding: (1, C, H, W), imagePE: (1, C, H, W) → the shared image side, made once
     /// per image (three projections of its H·W tokens) and reused by every batch of prompts.
-    public func sharedImage(imageEmbedding: Tensor, imagePE: Tensor) -> SharedImage {
+    /// In training mode (a frozen transformer) for one `forward(sharedImage:...)` and its backward.
+    public func sharedImage(imageEmbedding: Tensor, imagePE: Tensor, mode: ForwardMode = .inference) -> SharedImage {
         let C = embeddingDim, name = "TwoWayTransformer(\(C)).sharedImage"
         precondition(imageEmbedding.rank == 4 && imageEmbedding.shape[0] == 1 && imageEmbedding.shape[1] == C,
                      "\(name): expected an image embedding of shape (1, \(C), H, W), got \(imageEmbedding.shape)")
         precondition(imagePE.shape == imageEmbedding.shape, "\(name): imagePE \(imagePE.shape) must match \(imageEmbedding.shape)")
         guard let first = layers.first else { preconditionFailure("\(name): a transformer without blocks has nothing to share") }
         let keyPE = ConvLayout.mapToTokens(imagePE)  // (1, HW, C)
-        return SharedImage(keyPE: keyPE, firstBlock: first.sharedImage(keys: ConvLayout.mapToTokens(imageEmbedding), keyPE: keyPE),
+        return SharedImage(keyPE: keyPE, firstBlock: first.sharedImage(keys: ConvLayout.mapToTokens(imageEmbedding), keyPE: keyPE, mode: mode),
                            height: imageEmbedding.shape[2], width: imageEmbedding.shape[3])
     }
 
-    /// Inference for B prompts on one shared image side: pointEmbedding: (B, N, C) →
-    /// (queries: (B, N, C), keys: (B, H·W, C)), as `forward` with the image embedding repeated.
-    public func forward(sharedImage image: SharedImage, pointEmbedding: Tensor) -> (queries: Tensor, keys: Tensor) {
+    /// B prompts on one shared image side: pointEmbedding: (B, N, C) → (queries: (B, N, C),
+    /// keys: (B, H·W, C)), as `forward` with the image embedding repeated. In training (a frozen
+    /// transformer, the side made in training mode) `backward` then gives the shared embedding's
+    /// gradient, (1, C, H, W), summed over the prompts.
+    public func forward(sharedImage image: SharedImage, pointEmbedding: Tensor,
+                        mode: ForwardMode = .inference) -> (queries: Tensor, keys: Tensor) {
         let C = embeddingDim
         precondition(pointEmbedding.rank == 3 && pointEmbedding.shape[2] == C,
                      "TwoWayTransformer(\(C)): expected a point embedding of shape (B, N, \(C)), got \(pointEmbedding.shape)")
-        var (queries, keys) = layers[0].forward(queries: pointEmbedding, sharedImage: image.firstBlock, queryPE: pointEmbedding)
+        sharedForward = mode.keepsActivations
+        var (queries, keys) = layers[0].forward(queries: pointEmbedding, sharedImage: image.firstBlock, queryPE: pointEmbedding,
+                                                mode: mode)
         for layer in layers.dropFirst() {
-            (queries, keys) = layer.forward(queries: queries, keys: keys, queryPE: pointEmbedding, keyPE: image.keyPE, mode: .inference)
+            (queries, keys) = layer.forward(queries: queries, keys: keys, queryPE: pointEmbedding, keyPE: image.keyPE, mode: mode)
         }
-        return finalAttention(queries: queries, keys: keys, pointEmbedding: pointEmbedding, keyPE: image.keyPE, mode: .inference)
+        return finalAttention(queries: queries, keys: keys, pointEmbedding: pointEmbedding, keyPE: image.keyPE, mode: mode)
     }
 
     /// The final tokens → image attention with its residual and norm.
@@ -289,8 +346,8 @@ public final class TwoWayTransformer: Module {
     }
 
     /// After a training-mode forward: dQueries: (B, N, C), dKeys: (B, H·W, C) of its outputs →
-    /// dImageEmbedding: (B, C, H, W). The point embedding and imagePE get no gradient (constants
-    /// in the decoder's use).
+    /// dImageEmbedding: (B, C, H, W), or (1, C, H, W) after a shared forward. The point embedding
+    /// and imagePE get no gradient (constants in the decoder's use).
     public func backward(dQueries: Tensor, dKeys: Tensor, height H: Int, width W: Int) -> Tensor {
         let C = embeddingDim
         precondition(dKeys.rank == 3 && dKeys.shape[1] == H * W && dKeys.shape[2] == C,
@@ -302,8 +359,10 @@ public final class TwoWayTransformer: Module {
         var dk = dKeys + a.dk  // (B, HW, C)
         dk.add(a.dv)
         for (i, layer) in layers.enumerated().reversed() {
-            (dq, dk) = layer.backward(dQueries: dq, dKeys: dk, queriesGradient: i > 0)
+            (dq, dk) = sharedForward && i == 0 ? layer.backwardShared(dQueries: dq, dKeys: dk, queriesGradient: false)
+                : layer.backward(dQueries: dq, dKeys: dk, queriesGradient: i > 0)
         }
+        sharedForward = false
         return ConvLayout.tokensToMap(dk, height: H, width: W)
     }
 }

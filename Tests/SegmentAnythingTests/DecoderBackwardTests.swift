@@ -110,6 +110,80 @@ final class DecoderBackwardTests: XCTestCase {
     func testFiniteDifferencesSmallDecoder() throws {
         let C = 32
         var rng = SeededRandom(seed: 77)
+        let md = Self.smallRandomDecoder(C, rng: &rng)
+        let h = 4, w = 4, B = 2, N = 3
+        let pe = Tensor.randomNormal([1, C, h, w], std: 0.5, rng: &rng)
+        let sparse = Tensor.randomNormal([B, N, C], std: 0.5, rng: &rng)
+        let dense = Tensor.randomNormal([B, C, h, w], std: 0.2, rng: &rng)
+        for embeddingBatch in [1, B] {
+            let inputs = [Tensor.randomNormal([embeddingBatch, C, h, w], std: 0.5, rng: &rng)]
+            Self.checkEmbeddingGradient(md, embedding: inputs, imagePE: pe, sparse: sparse, dense: dense,
+                                        label: "small decoder, embedding batch \(embeddingBatch)")
+        }
+        XCTAssertTrue(md.namedParameters().allSatisfy { $0.1.grad.count == 0 })
+    }
+
+    /// The shared image side in training (one embedding and one dense embedding for B ≥
+    /// `MaskDecoder.sharedImageMinimumPrompts` prompts: the first block projects the image once
+    /// and sums its gradients over the prompts) against central finite differences, as above.
+    /// (With 4 prompts, eps 1e-2 crosses the MLPs' ReLU kinks at some seeds, for the plain path
+    /// as much as for this one: this seed does not; a dropped term fails by far more.)
+    func testFiniteDifferencesSharedImageSide() throws {
+        let C = 32
+        var rng = SeededRandom(seed: 79)
+        let md = Self.smallRandomDecoder(C, rng: &rng)
+        let h = 4, w = 4, B = MaskDecoder.sharedImageMinimumPrompts, N = 3
+        let pe = Tensor.randomNormal([1, C, h, w], std: 0.5, rng: &rng)
+        let sparse = Tensor.randomNormal([B, N, C], std: 0.5, rng: &rng)
+        let dense = Tensor.randomNormal([1, C, h, w], std: 0.2, rng: &rng)
+        let inputs = [Tensor.randomNormal([1, C, h, w], std: 0.5, rng: &rng)]
+        Self.checkEmbeddingGradient(md, embedding: inputs, imagePE: pe, sparse: sparse, dense: dense, label: "shared image side")
+        XCTAssertTrue(md.namedParameters().allSatisfy { $0.1.grad.count == 0 })
+    }
+
+    /// The shared image side's training forward and backward through MobileSAM's transformer
+    /// equal the plain path's with the image repeated per prompt (outputs, and the gradient
+    /// summed over the prompts; relative error ≤ 1e-5), called directly; and the decoder with a
+    /// one-image dense embedding (which takes that side) equals it with the dense embedding per
+    /// prompt, masks, IoU and embedding gradient.
+    func testSharedImageSideTrainingMatchesThePlainPath() throws {
+        let (pe, md) = try frozenMobileSAM()
+        var rng = SeededRandom(seed: 79)
+        let embedding = TestData.syntheticEmbedding(), densePE = pe.densePositionalEncoding()
+        let B = 5, T = 7, C = 256, n = C * 64 * 64
+        let tokens = Tensor.randomNormal([B, T, C], rng: &rng)
+        let src = pe.noMaskDenseEmbedding(batch: 1) + embedding
+        let dQ = Tensor.randomNormal([B, T, C], rng: &rng), dK = Tensor.randomNormal([B, 64 * 64, C], std: 0.1, rng: &rng)
+        let side = md.transformer.sharedImage(imageEmbedding: src, imagePE: densePE, mode: .training)
+        let shared = md.transformer.forward(sharedImage: side, pointEmbedding: tokens, mode: .training)
+        let gShared = md.transformer.backward(dQueries: dQ, dKeys: dK, height: 64, width: 64)
+        XCTAssertEqual(gShared.shape, [1, C, 64, 64])
+        let repeated = Tensor(shape: [B, C, 64, 64], data: Array((0..<B).map { _ in src.data }.joined()))
+        let plain = md.transformer.forward(imageEmbedding: repeated, imagePE: densePE, pointEmbedding: tokens, mode: .training)
+        let gPlain = md.transformer.backward(dQueries: dQ, dKeys: dK, height: 64, width: 64)
+        let gSum = Tensor(shape: [1, C, 64, 64], data: (0..<n).map { i in (0..<B).reduce(Float(0)) { $0 + gPlain.data[$1 * n + i] } })
+        XCTAssertLessThanOrEqual(relativeError(shared.queries, plain.queries), 1e-5, "transformer queries")
+        XCTAssertLessThanOrEqual(relativeError(shared.keys, plain.keys), 1e-5, "transformer keys")
+        XCTAssertLessThanOrEqual(relativeError(gShared, gSum), 1e-5, "transformer: embedding gradient")
+
+        let coords = Tensor(shape: [B, 2, 2], data: (0..<(B * 4)).map { _ in Float(rng.next() % 1024) })
+        let points = PromptPoints(coords: coords, labels: (0..<B).flatMap { [1, $0 % 2] })
+        let (sparse, dense) = pe.forward(points: points, boxes: nil, masks: nil, mode: .inference)
+        let R = Self.maskWeights(B, 4), r = Self.iouWeights(B, 4)
+        let one = md.predictMasks(imageEmbeddings: embedding, imagePE: densePE, sparsePromptEmbeddings: sparse,
+                                  densePromptEmbeddings: pe.noMaskDenseEmbedding(batch: 1), mode: .training)
+        let gOne = md.backward(masks: R, iouPredictions: r)
+        let per = md.predictMasks(imageEmbeddings: embedding, imagePE: densePE, sparsePromptEmbeddings: sparse,
+                                  densePromptEmbeddings: dense, mode: .training)
+        let gPer = md.backward(masks: R, iouPredictions: r)
+        XCTAssertLessThanOrEqual(relativeError(one.masks, per.masks), 1e-5, "decoder masks")
+        XCTAssertLessThanOrEqual(relativeError(one.iouPredictions, per.iouPredictions), 1e-5, "decoder IoU")
+        XCTAssertEqual(gOne.shape, [1, C, 64, 64])
+        XCTAssertLessThanOrEqual(relativeError(gOne, gPer), 1e-5, "decoder: embedding gradient")
+    }
+
+    /// A frozen random decoder (C, 2 heads, downsample 2, MLP 48, IoU head 24 wide).
+    static func smallRandomDecoder(_ C: Int, rng: inout SeededRandom) -> MaskDecoder {
         let md = MaskDecoder(transformerDim: C, transformer: TwoWayTransformer(depth: 2, embeddingDim: C, heads: 2, mlpDim: 48),
                              numMultimaskOutputs: 3, iouHeadDepth: 3, iouHeadHiddenDim: 24)
         for (k, p) in md.namedParameters() {
@@ -124,30 +198,31 @@ final class DecoderBackwardTests: XCTestCase {
             }
         }
         md.freezeParameters()
-        let h = 4, w = 4, B = 2, N = 3
-        let pe = Tensor.randomNormal([1, C, h, w], std: 0.5, rng: &rng)
-        let sparse = Tensor.randomNormal([B, N, C], std: 0.5, rng: &rng)
-        let dense = Tensor.randomNormal([B, C, h, w], std: 0.2, rng: &rng)
+        return md
+    }
+
+    /// The gradient of Σ masks·R + Σ iou·r with respect to `embedding` (one input) against
+    /// central finite differences at 80 coordinates.
+    static func checkEmbeddingGradient(_ md: MaskDecoder, embedding: [Tensor], imagePE: Tensor, sparse: Tensor, dense: Tensor,
+                                       label: String) {
+        let B = sparse.shape[0], h = imagePE.shape[2], w = imagePE.shape[3]
         let check = GradientCheck(eps: 1e-2, atol: 1e-3, rtol: 1e-2, samples: 80)
-        for embeddingBatch in [1, B] {
-            var inputs = [Tensor.randomNormal([embeddingBatch, C, h, w], std: 0.5, rng: &rng)]
-            // The output checked: masks (B, 3, 16, 16) and IoU (B, 3) flattened into one vector.
-            let report = check.run(inputs: &inputs, parameters: [],
-                forward: { x in
-                    let (m, iou) = md.forward(imageEmbeddings: x[0], imagePE: pe, sparsePromptEmbeddings: sparse,
-                                              densePromptEmbeddings: dense, multimaskOutput: true, mode: .training)
-                    return Tensor(shape: [m.count + iou.count], data: m.data + iou.data)
-                },
-                backward: { dy in
-                    let nm = B * 3 * 4 * h * 4 * w
-                    let dm = Tensor(shape: [B, 3, 4 * h, 4 * w], data: Array(dy.data[0..<nm]))
-                    let di = Tensor(shape: [B, 3], data: Array(dy.data[nm...]))
-                    return [md.backward(masks: dm, iouPredictions: di)]
-                })
-            print("small decoder, embedding batch \(embeddingBatch): \(report)")
-            XCTAssertTrue(report.passed, "\(report)")
-            XCTAssertEqual(report.checked, 80)
-        }
-        XCTAssertTrue(md.namedParameters().allSatisfy { $0.1.grad.count == 0 })
+        var inputs = embedding
+        // The output checked: masks (B, 3, 4h, 4w) and IoU (B, 3) flattened into one vector.
+        let report = check.run(inputs: &inputs, parameters: [],
+            forward: { x in
+                let (m, iou) = md.forward(imageEmbeddings: x[0], imagePE: imagePE, sparsePromptEmbeddings: sparse,
+                                          densePromptEmbeddings: dense, multimaskOutput: true, mode: .training)
+                return Tensor(shape: [m.count + iou.count], data: m.data + iou.data)
+            },
+            backward: { dy in
+                let nm = B * 3 * 4 * h * 4 * w
+                let dm = Tensor(shape: [B, 3, 4 * h, 4 * w], data: Array(dy.data[0..<nm]))
+                let di = Tensor(shape: [B, 3], data: Array(dy.data[nm...]))
+                return [md.backward(masks: dm, iouPredictions: di)]
+            })
+        print("\(label): \(report)")
+        XCTAssertTrue(report.passed, "\(label): \(report)")
+        XCTAssertEqual(report.checked, 80, label)
     }
 }
