@@ -351,16 +351,6 @@ public final class MaskDecoder: Module {
         let dSrc = transformer.backward(dQueries: dHs, dKeys: dKeys, height: h, width: w)  // (B, C, h, w)
         guard s.embeddingBatch == 1 && B > 1 && !s.sharedImage else { return dSrc }
         // The shared embedding was added to every prompt's src: its gradient is the sum over prompts.
-        let per = C * h * w
-        var dEmbedding = Tensor(zeros: [1, C, h, w])
-        dEmbedding.data.withUnsafeMutableBufferPointer { eb in
-            dSrc.data.withUnsafeBufferPointer { sb in
-                let e = eb.baseAddress!, src = sb.baseAddress!
-                parallelChunks(per, costPerItem: B) { r in
-                    for b in 0..<B { let o = src + b * per; for i in r { e[i] += o[i] } }
-                }
-            }
-        }
-        return dEmbedding
+        return summedOverBatch(dSrc)
     }
 }

@@ -30,7 +30,7 @@ func addingBroadcast(_ x: Tensor, _ y: Tensor, _ layer: @autoclosure () -> Strin
     return out
 }
 
-/// x: (B, N, C) → (1, N, C), the sum over the batch.
+/// x: (B, ...) → (1, ...), the sum over the batch.
 func summedOverBatch(_ x: Tensor) -> Tensor {
     let B = x.shape[0], per = x.count / max(B, 1)
     var out = Tensor(zeros: [1] + x.shape.dropFirst())
@@ -96,15 +96,7 @@ public final class TwoWayAttentionBlock: Module {
         precondition(keys.rank == 3 && keys.shape[0] == queries.shape[0] && keys.shape[2] == C,
                      "\(name): expected keys of shape (\(queries.shape[0]), Nk, \(C)), got \(keys.shape)")
         precondition(queryPE.shape == queries.shape, "\(name): queryPE \(queryPE.shape) must match queries \(queries.shape)")
-        var q: Tensor
-        // (1) self-attention
-        if skipFirstLayerPE {
-            q = selfAttn.forward(q: queries, k: queries, v: queries, mode: mode)
-        } else {
-            let qp = queries + queryPE
-            q = queries + selfAttn.forward(q: qp, k: qp, v: queries, mode: mode)
-        }
-        q = norm1.forward(q, mode: mode)
+        var q = firstStage(queries, queryPE: queryPE, mode: mode)
         // (2) tokens attend to the image
         let kWithPE = addingBroadcast(keys, keyPE, name)  // (B, Nk, C)
         q = q + crossAttnTokenToImage.forward(q: q + queryPE, k: kWithPE, v: keys, mode: mode)
@@ -153,15 +145,7 @@ public final class TwoWayAttentionBlock: Module {
         precondition(queries.rank == 3 && queries.shape[2] == C,
                      "\(name): expected queries of shape (B, Nq, \(C)), got \(queries.shape)")
         precondition(queryPE.shape == queries.shape, "\(name): queryPE \(queryPE.shape) must match queries \(queries.shape)")
-        var q: Tensor
-        // (1) self-attention
-        if skipFirstLayerPE {
-            q = selfAttn.forward(q: queries, k: queries, v: queries, mode: mode)
-        } else {
-            let qp = queries + queryPE
-            q = queries + selfAttn.forward(q: qp, k: qp, v: queries, mode: mode)
-        }
-        q = norm1.forward(q, mode: mode)
+        var q = firstStage(queries, queryPE: queryPE, mode: mode)
         // (2) tokens attend to the image (projected once)
         q = q + crossAttnTokenToImage.forwardSharedKeys(q: q + queryPE, projectedKeys: image.tokenToImageKeys,
                                                         projectedValues: image.tokenToImageValues, mode: mode)
@@ -221,6 +205,13 @@ public final class TwoWayAttentionBlock: Module {
         dk.add(a2.dk)
         dk.add(a2.dv)
         return (firstStageBackward(dq, queriesGradient: queriesGradient), dk)
+    }
+
+    /// (1) self-attention: norm1(attn(q, q, q)) with skipFirstLayerPE, else norm1(q + attn(q + PE, q + PE, q)).
+    private func firstStage(_ queries: Tensor, queryPE: Tensor, mode: ForwardMode) -> Tensor {
+        if skipFirstLayerPE { return norm1.forward(selfAttn.forward(q: queries, k: queries, v: queries, mode: mode), mode: mode) }
+        let qp = queries + queryPE
+        return norm1.forward(queries + selfAttn.forward(q: qp, k: qp, v: queries, mode: mode), mode: mode)
     }
 
     /// (1) q1 = norm1(attn(q, q, q)) with skipFirstLayerPE, else norm1(q + attn(q + PE, q + PE, q)):
