@@ -1,10 +1,9 @@
 import Foundation
 import Tensor
 
-// Inference paths of MaskDecoderAttention for the first two-way block when every prompt of a
-// batch sees the same image side (one image embedding, no mask input: the reference repeats it
-// per prompt). The many image tokens are then projected once for the whole batch, and only the
-// few prompt tokens are per prompt:
+// Paths of MaskDecoderAttention for the first two-way block when every prompt of a batch sees
+// the same image side (one image embedding, no mask input: the reference repeats it per prompt).
+// The many image tokens are then projected once, and only the few prompt tokens are per prompt:
 //
 //   tokens → image, k and v shared (1, Nk, C): k' = X_k W_kᵀ + b_k, v' = X_v W_vᵀ + b_v once;
 //     per head h, the B·Nq query rows of all prompts together: P_h = softmax(s·q'_h k'_hᵀ),
@@ -26,7 +25,7 @@ import Tensor
 //                   dv'_bh = du_bh W_o,h, dk'_bh = s·dS_bhᵀ q'_h, dq'_h += s·dS_bh k'_bh
 
 extension MaskDecoderAttention {
-    /// Inference, tokens → image, the keys and values shared by every prompt and projected once:
+    /// Tokens → image, the keys and values shared by every prompt and projected once:
     /// q: (B, Nq, C), kp = k_proj(k): (1, Nk, I), vp = v_proj(v): (1, Nk, I) → y: (B, Nq, C),
     /// equal to `forward` with k and v repeated B times (up to rounding).
     /// In training (`mode.keepsActivations`) it keeps what `backwardSharedKeys` needs.
@@ -64,7 +63,7 @@ extension MaskDecoderAttention {
         return outProj.forward(o, mode: mode)
     }
 
-    /// Inference, image → tokens, the queries shared by every prompt and projected once:
+    /// Image → tokens, the queries shared by every prompt and projected once:
     /// qp = q_proj(q): (1, Nq, I), k: (B, Nk, C), v: (B, Nk, C) → y: (B, Nq, C), equal to
     /// `forward` with q repeated B times (up to rounding).
     /// In training (`mode.keepsActivations`) it keeps what `backwardSharedQueries` needs.

@@ -110,9 +110,10 @@ public final class TwoWayAttentionBlock: Module {
         return (q, k)
     }
 
-    /// The image side of this block's inference for prompts that all see one image: the keys
-    /// (1, Nk, C) with their PE, and their projections by the two cross-attentions, made once
-    /// per image (`forward(queries:sharedImage:queryPE:)` reuses them for every batch).
+    /// The image side of this block for prompts that all see one image: the keys (1, Nk, C) and
+    /// their projections by the two cross-attentions, made once per image in inference
+    /// (`forward(queries:sharedImage:queryPE:mode:)` reuses them for every batch), once per
+    /// forward in training.
     public struct SharedImage {
         /// keys: (1, Nk, C)
         public let keys: Tensor
@@ -123,7 +124,7 @@ public final class TwoWayAttentionBlock: Module {
     }
 
     /// keys, keyPE: (1, Nk, C) → the block's shared image side. In training the projections
-    /// keep their inputs for `backward(dQueries:dKeys:sharedImage:...)` (a frozen block).
+    /// keep their inputs for `backwardShared` (a frozen block).
     public func sharedImage(keys: Tensor, keyPE: Tensor, mode: ForwardMode = .inference) -> SharedImage {
         let C = embeddingDim
         precondition(keys.rank == 3 && keys.shape[0] == 1 && keys.shape[2] == C && keyPE.shape == keys.shape,
@@ -145,6 +146,8 @@ public final class TwoWayAttentionBlock: Module {
         precondition(queries.rank == 3 && queries.shape[2] == C,
                      "\(name): expected queries of shape (B, Nq, \(C)), got \(queries.shape)")
         precondition(queryPE.shape == queries.shape, "\(name): queryPE \(queryPE.shape) must match queries \(queries.shape)")
+        precondition(!mode.keepsActivations || (crossAttnTokenToImage.isFrozen && crossAttnImageToToken.isFrozen),
+                     "\(name): training on a shared image side forms no gradients of the cross-attentions' weights: freeze them")
         var q = firstStage(queries, queryPE: queryPE, mode: mode)
         // (2) tokens attend to the image (projected once)
         q = q + crossAttnTokenToImage.forwardSharedKeys(q: q + queryPE, projectedKeys: image.tokenToImageKeys,
@@ -286,8 +289,8 @@ public final class TwoWayTransformer: Module {
         return finalAttention(queries: queries, keys: keys, pointEmbedding: pointEmbedding, keyPE: keyPE, mode: mode)
     }
 
-    /// The image side of the transformer's inference for prompts that all see one image
-    /// embedding (no mask input): its PE and the first block's shared projections.
+    /// The image side of the transformer for prompts that all see one image embedding (no mask
+    /// input): its PE and the first block's shared projections.
     public struct SharedImage {
         /// keyPE: (1, H·W, C)
         public let keyPE: Tensor
