@@ -458,8 +458,7 @@ public final class PromptInTheLoop {
         if decoder === teacherDecoder && masks == nil && !mode.keepsActivations {
             // One image side for all of this image's teacher decodes without mask inputs.
             if teacherImage?.embedding.shape != embedding.shape || teacherImage?.embedding.data != embedding.data {
-                teacherImage = (embedding, decoder.sharedImage(imageEmbedding: embedding, imagePE: promptEncoder.densePositionalEncoding(),
-                                                               densePromptEmbedding: promptEncoder.noMaskDenseEmbedding(batch: 1)))
+                teacherImage = (embedding, decoder.sharedImage(imageEmbedding: embedding, promptEncoder: promptEncoder))
             }
             let (m, iou) = decoder.predictMasks(sharedImage: teacherImage!.side, sparsePromptEmbeddings: sparse!, outputs: range)
             return (m, iou, range)

@@ -205,6 +205,13 @@ public final class MaskDecoder: Module {
         return transformer.sharedImage(imageEmbedding: densePromptEmbedding + imageEmbedding, imagePE: imagePE, mode: mode)
     }
 
+    /// The image side for prompts without a mask input: imageEmbedding (1, C, h, w) with the
+    /// prompt encoder's no-mask embedding and dense positional encoding.
+    public func sharedImage(imageEmbedding: Tensor, promptEncoder: PromptEncoder) -> TwoWayTransformer.SharedImage {
+        sharedImage(imageEmbedding: imageEmbedding, imagePE: promptEncoder.densePositionalEncoding(),
+                    densePromptEmbedding: promptEncoder.noMaskDenseEmbedding(batch: 1))
+    }
+
     /// Inference `predictMasks` for prompts that all see `sharedImage`: sparsePromptEmbeddings:
     /// (B, N, C) → the same values as with the image embedding and dense embedding it was made
     /// from (up to rounding), without repeating the image side's first block per prompt.

@@ -360,8 +360,7 @@ public final class SAMPredictor {
         var lowRes = Tensor.empty([B, K, lh, lw])
         let imagePE = model.promptEncoder.densePositionalEncoding()
         if maskInputs == nil && sharedImage == nil && B >= MaskDecoder.sharedImageMinimumPrompts {
-            sharedImage = model.maskDecoder.sharedImage(imageEmbedding: features, imagePE: imagePE,
-                                                        densePromptEmbedding: model.promptEncoder.noMaskDenseEmbedding(batch: 1))
+            sharedImage = model.maskDecoder.sharedImage(imageEmbedding: features, promptEncoder: model.promptEncoder)
         }
         for start in stride(from: 0, to: B, by: Self.promptChunk) {
             let end = Swift.min(B, start + Self.promptChunk), n = end - start

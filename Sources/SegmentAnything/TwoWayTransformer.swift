@@ -100,10 +100,7 @@ public final class TwoWayAttentionBlock: Module {
         // (2) tokens attend to the image
         let kWithPE = addingBroadcast(keys, keyPE, name)  // (B, Nk, C)
         q = q + crossAttnTokenToImage.forward(q: q + queryPE, k: kWithPE, v: keys, mode: mode)
-        q = norm2.forward(q, mode: mode)
-        // (3) MLP
-        q = q + mlp.forward(q, mode: mode)
-        q = norm3.forward(q, mode: mode)
+        q = mlpStage(norm2.forward(q, mode: mode), mode: mode)  // norm2, then (3) the MLP
         // (4) the image attends to the tokens
         var k = keys + crossAttnImageToToken.forward(q: kWithPE, k: q + queryPE, v: q, mode: mode)
         k = norm4.forward(k, mode: mode)
@@ -152,10 +149,7 @@ public final class TwoWayAttentionBlock: Module {
         // (2) tokens attend to the image (projected once)
         q = q + crossAttnTokenToImage.forwardSharedKeys(q: q + queryPE, projectedKeys: image.tokenToImageKeys,
                                                         projectedValues: image.tokenToImageValues, mode: mode)
-        q = norm2.forward(q, mode: mode)
-        // (3) MLP
-        q = q + mlp.forward(q, mode: mode)
-        q = norm3.forward(q, mode: mode)
+        q = mlpStage(norm2.forward(q, mode: mode), mode: mode)  // norm2, then (3) the MLP
         // (4) the image attends to the tokens: per prompt from here on, (B, Nk, C)
         let y = crossAttnImageToToken.forwardSharedQueries(projectedQueries: image.imageToTokenQueries, k: q + queryPE, v: q,
                                                            mode: mode)
@@ -170,13 +164,8 @@ public final class TwoWayAttentionBlock: Module {
         let dk4 = norm4.backward(dKeys)  // (B, Nk, C)
         let a4 = crossAttnImageToToken.backwardSharedQueries(dk4)
         var dShared = summedOverBatch(dk4)  // (1, Nk, C): the residual's keys
-        // (3) q3 = norm3(q2 + mlp(q2))
-        var dq = dQueries + a4.dk
-        dq.add(a4.dv)
-        dq = norm3.backward(dq)
-        dq.add(mlp.backward(dq))
-        // (2) q2 = norm2(q1 + attn(q: q1 + queryPE, k: keys + keyPE, v: keys)), k and v projected once
-        dq = norm2.backward(dq)
+        // (3), then (2) q2 = norm2(q1 + attn(q: q1 + queryPE, k: keys + keyPE, v: keys)), k and v projected once
+        var dq = norm2.backward(mlpStageBackward(dQueries, keys: a4.dk, values: a4.dv))
         let a2 = crossAttnTokenToImage.backwardSharedKeys(dq)
         dq.add(a2.dq)
         // the shared projections, once: keys + keyPE fed k_proj of (2) and q_proj of (4), keys v_proj of (2)
@@ -196,18 +185,28 @@ public final class TwoWayAttentionBlock: Module {
         let dk4 = norm4.backward(dKeys)  // (B, Nk, C)
         let a4 = crossAttnImageToToken.backward(dk4)
         var dk = dk4 + a4.dq  // keys, directly and through keys + keyPE
-        // (3) q3 = norm3(q2 + mlp(q2)); q3 feeds the output, the keys and the values of (4)
-        var dq = dQueries + a4.dk
-        dq.add(a4.dv)
-        dq = norm3.backward(dq)
-        dq.add(mlp.backward(dq))
-        // (2) q2 = norm2(q1 + attn(q: q1 + queryPE, k: keys + keyPE, v: keys))
-        dq = norm2.backward(dq)
+        // (3), then (2) q2 = norm2(q1 + attn(q: q1 + queryPE, k: keys + keyPE, v: keys))
+        var dq = norm2.backward(mlpStageBackward(dQueries, keys: a4.dk, values: a4.dv))
         let a2 = crossAttnTokenToImage.backward(dq)
         dq.add(a2.dq)
         dk.add(a2.dk)
         dk.add(a2.dv)
         return (firstStageBackward(dq, queriesGradient: queriesGradient), dk)
+    }
+
+    /// (3) MLP: q3 = norm3(q2 + mlp(q2)).
+    private func mlpStage(_ q2: Tensor, mode: ForwardMode) -> Tensor {
+        norm3.forward(q2 + mlp.forward(q2, mode: mode), mode: mode)
+    }
+
+    /// (3) backward: q3 feeds the block's output (dQueries) and the keys and values of (4) →
+    /// dq2 (B, Nq, C).
+    private func mlpStageBackward(_ dQueries: Tensor, keys dk: Tensor, values dv: Tensor) -> Tensor {
+        var dq = dQueries + dk
+        dq.add(dv)
+        dq = norm3.backward(dq)
+        dq.add(mlp.backward(dq))
+        return dq
     }
 
     /// (1) self-attention: norm1(attn(q, q, q)) with skipFirstLayerPE, else norm1(q + attn(q + PE, q + PE, q)).
