@@ -19,7 +19,7 @@ import Tensor
 public struct EverythingMaskSettings: Codable, Equatable, Sendable {
     /// The generator's grid (`points_per_side`).
     public var pointsPerSide = 16
-    /// The hierarchical fast mode (`segment everything --fast`, stride 4).
+    /// The fast mode (`segment everything --fast`: 28% of the grid's points).
     public var fast = true
     public var predIoUThresh = 0.88
     public var stabilityScoreThresh = 0.95
@@ -58,7 +58,7 @@ public struct EverythingMaskSettings: Codable, Equatable, Sendable {
         o.predIoUThresh = predIoUThresh
         o.stabilityScoreThresh = stabilityScoreThresh
         o.boxNMSThresh = boxNMSThresh
-        if fast { o.hierarchical = HierarchicalOptions() }
+        if fast { o.fastMode = FastModeOptions() }
         return o
     }
 

@@ -3,8 +3,8 @@ import ImageCodecs
 import Tensor
 
 // SAM's automatic mask generator ("segment everything"), side by side with MobileSAM's
-// automatic_mask_generator.py (`SamAutomaticMaskGenerator`), plus a hierarchical fast mode after
-// TinySAM: a coarse grid first, then only the grid points that no confident mask covers.
+// automatic_mask_generator.py (`SamAutomaticMaskGenerator`), plus a fast mode that decodes a
+// budget of the grid's points: a coarse grid first, then the points least like any decoded one.
 
 /// `SamAutomaticMaskGenerator`'s settings, with its defaults.
 public struct AutomaticMaskGeneratorOptions: Sendable, Equatable {
@@ -31,8 +31,8 @@ public struct AutomaticMaskGeneratorOptions: Sendable, Equatable {
     /// If > 0, fill holes and drop islands smaller than this many pixels, then NMS again
     /// (`min_mask_region_area`).
     public var minMaskRegionArea: Int = 0
-    /// The hierarchical fast mode; nil decodes every grid point (SAM's algorithm).
-    public var hierarchical: HierarchicalOptions?
+    /// The fast mode (a budget of the grid); nil decodes every grid point (SAM's algorithm).
+    public var fastMode: FastModeOptions?
 
     public init() {}
 
@@ -54,36 +54,49 @@ public struct AutomaticMaskGeneratorOptions: Sendable, Equatable {
             if last < 1 { try fail("crop layer \(cropNLayers) would have no points (\(pointsPerSide) points per side, downscale factor \(cropNPointsDownscaleFactor))") }
         }
         if minMaskRegionArea < 0 { try fail("min mask region area must be ≥ 0, got \(minMaskRegionArea)") }
-        if let h = hierarchical {
+        if let h = fastMode {
             if h.stride < 2 { try fail("the fast mode's coarse stride must be at least 2, got \(h.stride)") }
             if !h.coverLogit.isFinite { try fail("the fast mode's cover logit must be finite") }
             if !(h.confidentIoU >= 0 && h.confidentIoU <= 1) { try fail("the fast mode's confident IoU must be in [0, 1], got \(h.confidentIoU)") }
+            if !(h.budget > 0 && h.budget <= 1) { try fail("the fast mode's budget must be in (0, 1], got \(h.budget)") }
+            if !(h.coveredWeight >= 0 && h.coveredWeight <= 1) { try fail("the fast mode's covered weight must be in [0, 1], got \(h.coveredWeight)") }
+            if !(h.spatialWeight >= 0 && h.spatialWeight.isFinite) { try fail("the fast mode's spatial weight must be ≥ 0, got \(h.spatialWeight)") }
         }
     }
 }
 
-/// The hierarchical fast mode (TinySAM's idea): decode a coarse subset of the grid first; a
-/// grid point inside a confident coarse mask (its logit there above `coverLogit`) is not decoded
-/// again; the remaining grid points are. Every decoded prompt is a prompt the full grid decodes
-/// too, so each fast-mode mask is one the full grid also produces before NMS.
-public struct HierarchicalOptions: Sendable, Equatable {
-    /// The coarse grid: every `stride`-th row and column of the full grid (centred), e.g. 8×8
-    /// of 32×32 for 4.
-    public var stride: Int = 4
-    /// A coarse mask is confident when it passes the usual filters and its predicted IoU is at
+/// The fast mode: a coarse subset of the grid first, then, a batch at a time, the grid points
+/// that look least like any decoded point (`GridPointSelector`: the image embedding at the
+/// points, cosine distance, plus a little spatial distance), until `budget` of the grid is
+/// decoded. Points inside a confident decoded mask (its logit there above `coverLogit`) count
+/// as nearer. Every decoded prompt is a prompt the full grid decodes too, so each fast-mode
+/// mask is one the full grid also produces before NMS.
+public struct FastModeOptions: Sendable, Equatable {
+    /// The coarse grid: every `stride`-th row and column of the full grid (centred), e.g. 4×4
+    /// of 32×32 for 8.
+    public var stride: Int = 8
+    /// The fraction of the grid's points decoded in all (0.28: 287 of 32×32). Segment everything
+    /// spends ≥ 95% of its time decoding, so this is about the fraction of the full grid's time.
+    public var budget: Double = 0.28
+    /// A decoded mask is confident when it passes the usual filters and its predicted IoU is at
     /// least this.
     public var confidentIoU: Double = 0.88
     /// A grid point counts as covered by a confident mask when the mask's logit at the point's
-    /// pixel exceeds this: 8.5 keeps to the mask's confident interior (0 would be the whole mask,
-    /// which on fruits.jpg skipped 90% of a 16×16 grid but found only 62% of its masks).
+    /// pixel exceeds this (8.5: the mask's confident interior).
     public var coverLogit: Float = 8.5
-    /// Only the smallest confident mask of each coarse prompt covers points (its multimask
+    /// Only the smallest confident mask of each decoded prompt covers points (its multimask
     /// outputs nest: a point inside the finest one would decode about the same masks again,
     /// while a point inside only a coarser one may find other parts).
     public var finestOnly: Bool = true
+    /// A covered point's distances count this many times (0.5: covered points come later).
+    public var coveredWeight: Float = 0.5
+    /// Weight of the spatial distance (grid steps / points per side) beside the cosine distance.
+    public var spatialWeight: Float = 0.1
 
-    public init(stride: Int = 4, confidentIoU: Double = 0.88, coverLogit: Float = 8.5, finestOnly: Bool = true) {
-        self.stride = stride; self.confidentIoU = confidentIoU; self.coverLogit = coverLogit; self.finestOnly = finestOnly
+    public init(stride: Int = 8, budget: Double = 0.28, confidentIoU: Double = 0.88, coverLogit: Float = 8.5,
+                finestOnly: Bool = true, coveredWeight: Float = 0.5, spatialWeight: Float = 0.1) {
+        self.stride = stride; self.budget = budget; self.confidentIoU = confidentIoU; self.coverLogit = coverLogit
+        self.finestOnly = finestOnly; self.coveredWeight = coveredWeight; self.spatialWeight = spatialWeight
     }
 }
 
@@ -210,7 +223,7 @@ public final class AutomaticMaskGenerator {
                                    encoderRuns: stats.encoderRuns, encodeSeconds: stats.encodeSeconds, decodeSeconds: stats.decodeSeconds)
     }
 
-    /// `_process_crop`: encode the crop, decode its grid (all of it, or hierarchically), NMS
+    /// `_process_crop`: encode the crop, decode its grid (all of it, or a budget of it), NMS
     /// within the crop, back to the image frame.
     func processCrop(_ image: RGBImage, cropBox: PixelBox, layer: Int, embedding: Tensor? = nil,
                      stats: inout Stats) throws -> [GeneratedMask] {
@@ -232,32 +245,35 @@ public final class AutomaticMaskGenerator {
         let points = grid.map { (x: $0.x * W, y: $0.y * H) }
         stats.gridPoints += points.count
         var candidates: [Candidate] = []
-        if let h = options.hierarchical {
+        if let h = options.fastMode {
             let n = Int(Double(grid.count).squareRoot().rounded())
             precondition(n * n == grid.count, "AutomaticMaskGenerator: the fast mode needs a square grid, got \(grid.count) points")
-            let coarseSide = Array(stride(from: h.stride / 2, to: n, by: h.stride))
-            var isCoarse = [Bool](repeating: false, count: grid.count)
-            for r in coarseSide { for c in coarseSide { isCoarse[r * n + c] = true } }
-            let coarse = (0..<grid.count).filter { isCoarse[$0] }, rest = (0..<grid.count).filter { !isCoarse[$0] }
-            let probes = rest.map { points[$0] }
-            var covered = [Bool](repeating: false, count: rest.count)
-            for batch in Self.batches(coarse.count, options.pointsPerBatch) {
-                let r = try processBatch(batch.map { points[coarse[$0]] }, crop: crop.size, cropBox: cropBox, imageSize: image.size,
-                                         probes: probes, hierarchical: h)
-                candidates += r.candidates
-                for (i, c) in r.covered.enumerated() where c { covered[i] = true }
+            let coarseStride = min(h.stride, n)
+            let coarseSide = Array(stride(from: coarseStride / 2, to: n, by: coarseStride))
+            let toInput = (x: Double(predictor.inputSize!.width) / W, y: Double(predictor.inputSize!.height) / H)
+            let selector = GridPointSelector(embedding: predictor.features!, inputSide: predictor.model.imageSize,
+                                             points: points.map { (x: $0.x * toInput.x, y: $0.y * toInput.y) }, side: n,
+                                             spatialWeight: h.spatialWeight)
+            let budget = min(grid.count, max(coarseSide.count * coarseSide.count, Int((h.budget * Double(grid.count)).rounded())))
+            var decoded = [Bool](repeating: false, count: grid.count), covered = decoded
+            var next = coarseSide.flatMap { r in coarseSide.map { r * n + $0 } }
+            while !next.isEmpty {
+                for batch in Self.batches(next.count, options.pointsPerBatch) {
+                    let r = try processBatch(batch.map { points[next[$0]] }, crop: crop.size, cropBox: cropBox, imageSize: image.size,
+                                             probes: points, fastMode: h)
+                    candidates += r.candidates
+                    for (i, c) in r.covered.enumerated() where c { covered[i] = true }
+                }
+                for i in next { decoded[i] = true }
+                stats.decoded += next.count
+                let left = budget - decoded.lazy.filter { $0 }.count
+                next = left > 0 ? selector.nextBatch(decoded: decoded, covered: covered, coveredWeight: h.coveredWeight,
+                                                     size: min(left, options.pointsPerBatch)) : []
             }
-            stats.decoded += coarse.count
-            let fine = rest.indices.filter { !covered[$0] }.map { rest[$0] }
-            for batch in Self.batches(fine.count, options.pointsPerBatch) {
-                candidates += try processBatch(batch.map { points[fine[$0]] }, crop: crop.size, cropBox: cropBox,
-                                               imageSize: image.size, probes: [], hierarchical: nil).candidates
-            }
-            stats.decoded += fine.count
         } else {
             for batch in Self.batches(points.count, options.pointsPerBatch) {
                 candidates += try processBatch(Array(points[batch]), crop: crop.size, cropBox: cropBox, imageSize: image.size,
-                                               probes: [], hierarchical: nil).candidates
+                                               probes: [], fastMode: nil).candidates
             }
             stats.decoded += points.count
         }
@@ -291,10 +307,10 @@ public final class AutomaticMaskGenerator {
 
     /// `_process_batch`: decode point prompts (crop pixels) with three masks each, keep masks by
     /// predicted IoU and stability, threshold, box, drop masks at a crop edge (not an image
-    /// edge), uncrop and encode as RLE. With `hierarchical`, also reports which `probes` (crop
+    /// edge), uncrop and encode as RLE. With `fastMode`, also reports which `probes` (crop
     /// pixels) lie where a confident kept mask's logit exceeds the cover logit.
     func processBatch(_ points: [(x: Double, y: Double)], crop: ImageSize, cropBox: PixelBox, imageSize: ImageSize,
-                      probes: [(x: Double, y: Double)], hierarchical: HierarchicalOptions?) throws -> (candidates: [Candidate], covered: [Bool]) {
+                      probes: [(x: Double, y: Double)], fastMode: FastModeOptions?) throws -> (candidates: [Candidate], covered: [Bool]) {
         let (low, iouPredictions) = try predictor.predictLowRes(points: points.map { PromptPoint(x: $0.x, y: $0.y, label: 1) })
         let K = iouPredictions.shape[1], h = crop.height, w = crop.width, hw = h * w
         let lh = low.shape[2], lw = low.shape[3]
@@ -339,10 +355,10 @@ public final class AutomaticMaskGenerator {
                         let b = kept[j] / K
                         rb[j] = Candidate(rle: MaskRLE(MaskUtilities.uncrop(mask, cropBox: cropBox, imageSize: imageSize)),
                                           box: box, iou: ious[kept[j]], stability: stability[j], x: points[b].x, y: points[b].y)
-                        if let hierarchical, Double(ious[kept[j]]) >= hierarchical.confidentIoU {
+                        if let fastMode, Double(ious[kept[j]]) >= fastMode.confidentIoU {
                             cb[j] = probes.map { p in
                                 let px = min(max(Int(p.x.rounded(.down)), 0), w - 1), py = min(max(Int(p.y.rounded(.down)), 0), h - 1)
-                                return m[py * w + px] > hierarchical.coverLogit
+                                return m[py * w + px] > fastMode.coverLogit
                             }
                         }
                     }
@@ -351,7 +367,7 @@ public final class AutomaticMaskGenerator {
         }
         var covered = [Bool](repeating: false, count: probes.count)
         var covering = coveredBy.indices.filter { !coveredBy[$0].isEmpty }
-        if hierarchical?.finestOnly == true {
+        if fastMode?.finestOnly == true {
             // Per prompt, the confident candidate with the smallest area (the first of equals).
             var finest: [Int: Int] = [:]
             for j in covering {

@@ -6,14 +6,14 @@ import SegmentAnything
 enum GridMode: String, EnumerableFlag {
     /// Every point of the grid (SAM's algorithm).
     case fullGrid
-    /// TinySAM's hierarchical mode: a coarse grid (every 4th point per side) first, then only
-    /// the grid points no confident mask covers.
+    /// A budget of the grid (28%): a coarse grid first, then the points whose image embedding
+    /// differs most from every decoded point's.
     case fast
 
     static func help(for value: GridMode) -> ArgumentHelp? {
         switch value {
         case .fullGrid: "Decode every point of the grid (SAM's algorithm)."
-        case .fast: "Hierarchical grid: a coarse grid first, then only the grid points no confident mask covers."
+        case .fast: "Decode 28% of the grid: a coarse grid first, then the points least like any decoded point."
         }
     }
 }
@@ -48,9 +48,9 @@ struct MaskGeneratorArguments: ParsableArguments {
         if let v = stabilityScoreThresh { options.stabilityScoreThresh = v }
         if let v = boxNmsThresh { options.boxNMSThresh = v }
         if (grid ?? (fastByDefault ? .fast : .fullGrid)) == .fast {
-            options.hierarchical = options.hierarchical ?? HierarchicalOptions()
+            options.fastMode = options.fastMode ?? FastModeOptions()
         } else {
-            options.hierarchical = nil
+            options.fastMode = nil
         }
     }
 }
