@@ -151,8 +151,11 @@ public struct GeneratedMask: Sendable, Equatable {
 public struct AutomaticMaskResult: Sendable {
     public var masks: [GeneratedMask]
     public var imageSize: ImageSize
-    /// Point prompts decoded (the full grid decodes all of `gridPoints`).
-    public var decodedPrompts: Int
+    /// The point prompts decoded, in image pixels, in decoding order (the full grid decodes
+    /// all of `gridPoints`).
+    public var decodedPoints: [(x: Double, y: Double)]
+    /// How many point prompts were decoded.
+    public var decodedPrompts: Int { decodedPoints.count }
     /// Points in the grids of all crops.
     public var gridPoints: Int
     /// Image encoder runs (one per crop).
@@ -194,7 +197,8 @@ public final class AutomaticMaskGenerator {
 
     /// Counters of one `generate`.
     struct Stats {
-        var decoded = 0, gridPoints = 0, encoderRuns = 0
+        var decodedPoints: [(x: Double, y: Double)] = []
+        var gridPoints = 0, encoderRuns = 0
         var encodeSeconds = 0.0, decodeSeconds = 0.0
     }
 
@@ -219,7 +223,7 @@ public final class AutomaticMaskGenerator {
             masks = Self.postprocessSmallRegions(masks, minArea: options.minMaskRegionArea,
                                                  nmsThreshold: max(options.boxNMSThresh, options.cropNMSThresh))
         }
-        return AutomaticMaskResult(masks: masks, imageSize: size, decodedPrompts: stats.decoded, gridPoints: stats.gridPoints,
+        return AutomaticMaskResult(masks: masks, imageSize: size, decodedPoints: stats.decodedPoints, gridPoints: stats.gridPoints,
                                    encoderRuns: stats.encoderRuns, encodeSeconds: stats.encodeSeconds, decodeSeconds: stats.decodeSeconds)
     }
 
@@ -265,7 +269,7 @@ public final class AutomaticMaskGenerator {
                     for (i, c) in r.covered.enumerated() where c { covered[i] = true }
                 }
                 for i in next { decoded[i] = true }
-                stats.decoded += next.count
+                stats.decodedPoints += next.map { (x: points[$0].x + Double(cropBox.x0), y: points[$0].y + Double(cropBox.y0)) }
                 let left = budget - decoded.lazy.filter { $0 }.count
                 next = left > 0 ? selector.nextBatch(decoded: decoded, covered: covered, coveredWeight: h.coveredWeight,
                                                      size: min(left, options.pointsPerBatch)) : []
@@ -275,7 +279,7 @@ public final class AutomaticMaskGenerator {
                 candidates += try processBatch(Array(points[batch]), crop: crop.size, cropBox: cropBox, imageSize: image.size,
                                                probes: [], fastMode: nil).candidates
             }
-            stats.decoded += points.count
+            stats.decodedPoints += points.map { (x: $0.x + Double(cropBox.x0), y: $0.y + Double(cropBox.y0)) }
         }
         // Duplicates within the crop, by predicted IoU.
         let keep = MaskUtilities.batchedNMS(boxes: candidates.map(\.box), scores: candidates.map(\.iou), iouThreshold: options.boxNMSThresh)

@@ -17,8 +17,9 @@ struct SegmentEverything: ParsableCommand {
             (--min-mask-region-area). Defaults are SAM's: 32 points per side, the full grid. \
             --fast decodes 28% of the grid (--fast-budget) in under a third of the time: a coarse \
             grid (every 8th point per side) first, then, 64 at a time, the grid points whose \
-            image embedding differs most from every decoded point's, points inside a confident \
-            mask last. --json writes every mask as SAM's record \
+            image embedding differs most from every decoded point's (points inside a confident \
+            mask count as nearer); its overlay marks each decoded prompt with a dot and --json \
+            lists them (decoded_points). --json writes every mask as SAM's record \
             (segmentation as uncompressed column-major RLE, area, bbox XYWH, predicted_iou, \
             stability_score, point_coords, crop_box); the overlay colours every mask. \
             --select-box / --select-point pick among the masks FastSAM-style: the mask with the \
@@ -160,7 +161,13 @@ struct SegmentEverything: ParsableCommand {
         if let selection {
             overlayImage = SegmentPrompt.overlay(picture, mask: selection.mask, points: selectionPoints, box: selectBox?.box)
         } else {
-            overlayImage = MaskOverlay.tint(picture, masks: result.masks.map(\.mask))
+            var tinted = MaskOverlay.tint(picture, masks: result.masks.map(\.mask))
+            if fast {
+                // Where the fast mode spent its budget: a dot per decoded prompt.
+                MaskOverlay.draw(points: result.decodedPoints.map { PromptPoint(x: $0.x, y: $0.y, label: 1) }, box: nil, on: &tinted,
+                                 radius: max(2, Double(min(picture.width, picture.height)) / 200), thickness: 1, boxColour: (0, 0, 0))
+            }
+            overlayImage = tinted
         }
         try ImageIO.writePNG(overlayImage, to: URL(fileURLWithPath: io.out))
         if let maskOut = io.maskOut, let selection { try ImageIO.writePNG(selection.mask.greyImage, to: URL(fileURLWithPath: maskOut)) }
@@ -183,6 +190,7 @@ struct SegmentEverything: ParsableCommand {
             ]
             if let h = options.fastMode {
                 object["fast"] = ["budget": h.budget, "stride": h.stride, "cover_logit": Double(h.coverLogit), "confident_iou": h.confidentIoU]
+                object["decoded_points"] = result.decodedPoints.map { [$0.x, $0.y] }
             }
             if let comparison { object["comparison"] = comparison }
             if let selection {

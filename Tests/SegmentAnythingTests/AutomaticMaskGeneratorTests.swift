@@ -358,6 +358,9 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
         o.fastMode = FastModeOptions(stride: 4, budget: 1)
         let all = try AutomaticMaskGenerator(model: model, options: o).generate(photo)
         XCTAssertEqual(all.decodedPrompts, 64)
+        let grid = MaskUtilities.pointGrid(8).map { "\($0.x * 512),\($0.y * 480)" }
+        XCTAssertEqual(Set(all.decodedPoints.map { "\($0.x),\($0.y)" }), Set(grid), "every grid point once")
+        XCTAssertEqual(Set(full.decodedPoints.map { "\($0.x),\($0.y)" }), Set(grid))
         XCTAssertEqual(all.masks.count, full.masks.count)
         XCTAssertEqual(all.agreement(with: full, threshold: 0.999).fraction, 1)
         o.fastMode = FastModeOptions(stride: 4, budget: 0.01)
@@ -465,5 +468,28 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
         XCTAssertEqual(selection["masks"] as? [Int], expected.added)
         let rle = try JSONDecoder().decode(MaskRLE.self, from: try JSONSerialization.data(withJSONObject: try XCTUnwrap(selection["segmentation"])))
         XCTAssertEqual(rle.decode(), selected)
+    }
+
+    /// `segment everything --fast`: the JSON lists the decoded prompts (28% of an 8×8 grid: 18,
+    /// each a grid point, once) and the overlay marks each with a green dot.
+    func testCLIFastMarksDecodedPrompts() throws {
+        let dir = try temporaryDirectory()
+        let json = dir.appendingPathComponent("fast.json"), overlay = dir.appendingPathComponent("fast.png")
+        let r = try Self.run(["segment", "everything", "--checkpoint", try Fixture.mobileSAMCheckpoint().path,
+                              "--image", try TestData.photo("fruits.jpg").path, "--points-per-side", "8", "--fast",
+                              "--json", json.path, "--out", overlay.path])
+        XCTAssertEqual(r.status, 0, r.err)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
+        let points = try XCTUnwrap(object["decoded_points"] as? [[Double]])
+        XCTAssertEqual(object["decoded_prompts"] as? Int, 18)
+        XCTAssertEqual(points.count, 18)
+        let grid = Set(MaskUtilities.pointGrid(8).map { "\($0.x * 512),\($0.y * 480)" })
+        XCTAssertEqual(Set(points.map { "\($0[0]),\($0[1])" }).count, 18)
+        let picture = try ImageIO.read(overlay)
+        for p in points {
+            XCTAssertTrue(grid.contains("\(p[0]),\(p[1])"), "\(p) is not a grid point")
+            let i = 3 * (Int(p[1].rounded()) * picture.width + Int(p[0].rounded()))
+            XCTAssertEqual([picture.pixels[i], picture.pixels[i + 1], picture.pixels[i + 2]], [0, 200, 0], "no dot at \(p)")
+        }
     }
 }
