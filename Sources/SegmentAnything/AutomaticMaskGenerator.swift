@@ -31,6 +31,9 @@ public struct AutomaticMaskGeneratorOptions: Sendable, Equatable {
     /// If > 0, fill holes and drop islands smaller than this many pixels, then NMS again
     /// (`min_mask_region_area`).
     public var minMaskRegionArea: Int = 0
+    /// Memory for the resized logits of a batch's masks: they are resized this many bytes' worth
+    /// at a time (at least 8 masks). Only memory and speed change, never the masks.
+    public var postprocessBytes: Int = 256 << 20
     /// The fast mode (a budget of the grid); nil decodes every grid point (SAM's algorithm).
     public var fastMode: FastModeOptions?
 
@@ -54,6 +57,7 @@ public struct AutomaticMaskGeneratorOptions: Sendable, Equatable {
             if last < 1 { try fail("crop layer \(cropNLayers) would have no points (\(pointsPerSide) points per side, downscale factor \(cropNPointsDownscaleFactor))") }
         }
         if minMaskRegionArea < 0 { try fail("min mask region area must be ≥ 0, got \(minMaskRegionArea)") }
+        if postprocessBytes < 1 { try fail("postprocess bytes must be at least 1, got \(postprocessBytes)") }
         if let h = fastMode {
             if h.stride < 2 { try fail("the fast mode's coarse stride must be at least 2, got \(h.stride)") }
             if !h.coverLogit.isFinite { try fail("the fast mode's cover logit must be finite") }
@@ -324,45 +328,53 @@ public final class AutomaticMaskGenerator {
         // large photos).
         let ious = iouPredictions.data
         let kept = (0..<(points.count * K)).filter { options.predIoUThresh <= 0 || ious[$0] > Float(options.predIoUThresh) }
-        var keptLow = Tensor.empty([kept.count, 1, lh, lw])
-        for (j, i) in kept.enumerated() {
-            keptLow.data.replaceSubrange((j * lh * lw)..<((j + 1) * lh * lw), with: low.data[(i * lh * lw)..<((i + 1) * lh * lw)])
-        }
-        // logits: (kept, 1, h, w) at the crop's size
-        let logits = kept.isEmpty ? Tensor.empty([0]) : SAMModel.postprocessMasks(
-            keptLow, inputSize: predictor.inputSize!, originalSize: crop, imageSize: predictor.model.imageSize)
-        precondition(kept.isEmpty || logits.shape == [kept.count, 1, h, w],
-                     "AutomaticMaskGenerator: resized masks \(logits.shape), expected \([kept.count, 1, h, w])")
         let offset = Float(options.stabilityScoreOffset), threshold = SAMModel.maskThreshold
         var stability = [Float](repeating: 0, count: kept.count)
         var results = [Candidate?](repeating: nil, count: kept.count)
         var coveredBy = [[Bool]](repeating: [], count: kept.count)
         let imageBox = PixelBox(x0: 0, y0: 0, x1: imageSize.width, y1: imageSize.height)
-        logits.data.withUnsafeBufferPointer { lb in
-            let src = lb.baseAddress!
-            stability.withUnsafeMutableBufferPointer { sb in
-                parallelFor(kept.count, costPerItem: hw, minimumWork: 1 << 18) { j in
-                    sb[j] = MaskUtilities.stabilityScore(UnsafeBufferPointer(start: src + j * hw, count: hw),
-                                                         maskThreshold: threshold, offset: offset)
-                }
+        // A few masks at a time (`postprocessBytes` of logits, at least 8): on a 10-megapixel
+        // photo a mask's logits are 42 MB, and a whole batch's at once took GBs of fresh memory
+        // whose first touch (the kernel zeroing it) was a third of the run.
+        let chunk = max(8, options.postprocessBytes / (4 * hw))
+        for start in stride(from: 0, to: kept.count, by: chunk) {
+            let part = start..<min(kept.count, start + chunk)
+            var partLow = Tensor.empty([part.count, 1, lh, lw])
+            for (j, i) in kept[part].enumerated() {
+                partLow.data.replaceSubrange((j * lh * lw)..<((j + 1) * lh * lw), with: low.data[(i * lh * lw)..<((i + 1) * lh * lw)])
             }
-            results.withUnsafeMutableBufferPointer { rb in
-                coveredBy.withUnsafeMutableBufferPointer { cb in
-                    parallelFor(kept.count, costPerItem: 4 * hw, minimumWork: 1 << 18) { j in
-                        if options.stabilityScoreThresh > 0 && !(stability[j] >= Float(options.stabilityScoreThresh)) { return }
-                        let m = src + j * hw
-                        var pixels = [Bool](repeating: false, count: hw)
-                        for i in 0..<hw { pixels[i] = m[i] > threshold }
-                        let mask = BinaryMask(width: w, height: h, pixels: pixels)
-                        let box = MaskUtilities.box(of: mask)
-                        if MaskUtilities.isBoxNearCropEdge(box, cropBox: cropBox, imageBox: imageBox) { return }
-                        let b = kept[j] / K
-                        rb[j] = Candidate(rle: MaskRLE(MaskUtilities.uncrop(mask, cropBox: cropBox, imageSize: imageSize)),
-                                          box: box, iou: ious[kept[j]], stability: stability[j], x: points[b].x, y: points[b].y)
-                        if let fastMode, Double(ious[kept[j]]) >= fastMode.confidentIoU {
-                            cb[j] = probes.map { p in
-                                let px = min(max(Int(p.x.rounded(.down)), 0), w - 1), py = min(max(Int(p.y.rounded(.down)), 0), h - 1)
-                                return m[py * w + px] > fastMode.coverLogit
+            // logits: (part, 1, h, w) at the crop's size
+            let logits = SAMModel.postprocessMasks(partLow, inputSize: predictor.inputSize!, originalSize: crop,
+                                                   imageSize: predictor.model.imageSize)
+            precondition(logits.shape == [part.count, 1, h, w],
+                         "AutomaticMaskGenerator: resized masks \(logits.shape), expected \([part.count, 1, h, w])")
+            logits.data.withUnsafeBufferPointer { lb in
+                let src = lb.baseAddress!
+                stability.withUnsafeMutableBufferPointer { sb in
+                    parallelFor(part.count, costPerItem: hw, minimumWork: 1 << 18) { j in
+                        sb[start + j] = MaskUtilities.stabilityScore(UnsafeBufferPointer(start: src + j * hw, count: hw),
+                                                                     maskThreshold: threshold, offset: offset)
+                    }
+                }
+                results.withUnsafeMutableBufferPointer { rb in
+                    coveredBy.withUnsafeMutableBufferPointer { cb in
+                        parallelFor(part.count, costPerItem: 4 * hw, minimumWork: 1 << 18) { j in
+                            let J = start + j
+                            if options.stabilityScoreThresh > 0 && !(stability[J] >= Float(options.stabilityScoreThresh)) { return }
+                            let m = src + j * hw
+                            var pixels = [Bool](repeating: false, count: hw)
+                            for i in 0..<hw { pixels[i] = m[i] > threshold }
+                            let mask = BinaryMask(width: w, height: h, pixels: pixels)
+                            let box = MaskUtilities.box(of: mask)
+                            if MaskUtilities.isBoxNearCropEdge(box, cropBox: cropBox, imageBox: imageBox) { return }
+                            let b = kept[J] / K
+                            rb[J] = Candidate(rle: MaskRLE(MaskUtilities.uncrop(mask, cropBox: cropBox, imageSize: imageSize)),
+                                              box: box, iou: ious[kept[J]], stability: stability[J], x: points[b].x, y: points[b].y)
+                            if let fastMode, Double(ious[kept[J]]) >= fastMode.confidentIoU {
+                                cb[J] = probes.map { p in
+                                    let px = min(max(Int(p.x.rounded(.down)), 0), w - 1), py = min(max(Int(p.y.rounded(.down)), 0), h - 1)
+                                    return m[py * w + px] > fastMode.coverLogit
+                                }
                             }
                         }
                     }
@@ -421,9 +433,16 @@ extension AutomaticMaskResult {
     /// `threshold` (1 when `reference` has none), and each reference mask's best IoU.
     public func agreement(with reference: AutomaticMaskResult, threshold: Double = 0.9) -> (fraction: Double, bestIoUs: [Double]) {
         let ours = masks.map(\.mask)
-        let best = reference.masks.map { r -> Double in
-            let m = r.mask
-            return ours.map { $0.iou(m) }.max() ?? 0
+        var best = [Double](repeating: 0, count: reference.masks.count)
+        best.withUnsafeMutableBufferPointer { bb in
+            parallelFor(reference.masks.count, costPerItem: ours.count << 16, minimumWork: 1 << 20) { i in
+                let r = reference.masks[i], m = r.mask
+                // Masks whose boxes (inclusive) do not meet share no pixel: IoU 0 without a pixel count.
+                bb[i] = zip(masks, ours).map { g, o in
+                    let apart = g.box.x1 < r.box.x0 || r.box.x1 < g.box.x0 || g.box.y1 < r.box.y0 || r.box.y1 < g.box.y0
+                    return apart && g.area > 0 && r.area > 0 ? 0 : o.iou(m)
+                }.max() ?? 0
+            }
         }
         let matched = best.filter { $0 >= threshold }.count
         return (best.isEmpty ? 1 : Double(matched) / Double(best.count), best)

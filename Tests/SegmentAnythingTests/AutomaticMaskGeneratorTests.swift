@@ -348,7 +348,8 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
     }
 
     /// A budget below the coarse grid still decodes the coarse grid; a budget of 1 decodes every
-    /// point, and then finds exactly the full grid's masks (8×8 grid, stride 4: 2×2 coarse).
+    /// point, and then finds exactly the full grid's masks (8×8 grid, stride 4: 2×2 coarse), also
+    /// when the masks are resized 8 at a time instead of a batch at once.
     func testFastModeBudgetBounds() throws {
         let photo = try ImageIO.read(try TestData.photo("fruits.jpg"))
         let model = try Self.mobileSAM()
@@ -363,6 +364,11 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
         XCTAssertEqual(Set(full.decodedPoints.map { "\($0.x),\($0.y)" }), Set(grid))
         XCTAssertEqual(all.masks.count, full.masks.count)
         XCTAssertEqual(all.agreement(with: full, threshold: 0.999).fraction, 1)
+        // Masks resized 8 at a time (as on a 10-megapixel photo): the same masks.
+        var chunked = o
+        chunked.postprocessBytes = 1
+        let small = try AutomaticMaskGenerator(model: model, options: chunked).generate(photo)
+        XCTAssertEqual(small.masks, all.masks)
         o.fastMode = FastModeOptions(stride: 4, budget: 0.01)
         XCTAssertEqual(try AutomaticMaskGenerator(model: model, options: o).generate(photo).decodedPrompts, 4)
         o.fastMode = FastModeOptions(budget: 0)
