@@ -44,7 +44,8 @@ public enum MaskOverlay {
     /// smaller masks stay visible on top, each with a white outline.
     public static func tint(_ image: RGBImage, masks: [BinaryMask]) -> RGBImage {
         var out = image
-        let order = masks.indices.sorted { masks[$0].area > masks[$1].area || (masks[$0].area == masks[$1].area && $0 < $1) }
+        let area = masks.map(\.area)  // each a count over the whole image: once per mask, not per comparison
+        let order = masks.indices.sorted { area[$0] > area[$1] || (area[$0] == area[$1] && $0 < $1) }
         for i in order { out = tint(out, mask: masks[i], colour: colour(index: i), alpha: 0.55) }
         return out
     }

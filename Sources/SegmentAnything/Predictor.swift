@@ -61,13 +61,26 @@ public struct BinaryMask: Sendable, Equatable {
     /// The tightest box around the mask, inclusive pixel indices (x0, y0, x1, y1) as SAM's
     /// `batched_mask_to_box`; nil for an empty mask.
     public var boundingBox: (x0: Int, y0: Int, x1: Int, y1: Int)? {
-        var x0 = width, y0 = height, x1 = -1, y1 = -1
-        for y in 0..<height {
-            for x in 0..<width where pixels[y * width + x] {
-                x0 = min(x0, x); x1 = max(x1, x); y0 = min(y0, y); y1 = max(y1, y)
+        let W = width
+        var x0 = W, y0 = -1, y1 = -1, x1 = -1
+        pixels.withUnsafeBufferPointer { p in
+            // memchr finds a row's first set pixel (Bool is one byte, 0 or 1); the last one is
+            // looked for only right of the box found so far.
+            p.withMemoryRebound(to: UInt8.self) { b in
+                for y in 0..<height {
+                    let row = b.baseAddress! + y * W
+                    guard let hit = memchr(row, 1, W) else { continue }
+                    let first = UnsafeRawPointer(hit).assumingMemoryBound(to: UInt8.self) - row
+                    if y0 < 0 { y0 = y }
+                    y1 = y
+                    x0 = min(x0, first)
+                    var x = W - 1
+                    while x > max(x1, first) && row[x] == 0 { x -= 1 }
+                    x1 = max(x1, x)
+                }
             }
         }
-        return x1 < 0 ? nil : (x0, y0, x1, y1)
+        return y0 < 0 ? nil : (x0, y0, x1, y1)
     }
 
     /// Intersection over union with a mask of the same size (1 when both are empty).

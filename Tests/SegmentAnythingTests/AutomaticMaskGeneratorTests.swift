@@ -65,6 +65,18 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
             XCTAssertEqual(MaskRLE(m), MaskRLE.encodeReference(m))
             XCTAssertEqual(MaskRLE(m).decode(), m)
         }
+        // Wider than the encoder's 64-column tiles (blobs and noise; widths 63–200).
+        for (w, h) in [(63, 5), (64, 7), (65, 3), (129, 40), (200, 150)] {
+            let blobs = BinaryMask(width: w, height: h, pixels: (0..<(w * h)).map { i in
+                let x = i % w, y = i / w
+                return (x - w / 3) * (x - w / 3) + (y - h / 2) * (y - h / 2) < h * h / 5 || (x > 2 * w / 3 && y < h / 2)
+            })
+            let noise = BinaryMask(width: w, height: h, pixels: (0..<(w * h)).map { _ in rng.uniform() < 0.5 })
+            for m in [blobs, noise] {
+                XCTAssertEqual(MaskRLE(m), MaskRLE.encodeReference(m), "\(w)×\(h)")
+                XCTAssertEqual(MaskRLE(m).decode(), m)
+            }
+        }
     }
 
     // MARK: Stability score, boxes
@@ -89,6 +101,17 @@ final class AutomaticMaskGeneratorTests: XCTestCase {
         let expected = f["box.y"].data.map { Int($0) }
         for (i, m) in masks(f["box.x"]).enumerated() {
             XCTAssertEqual(MaskUtilities.box(of: m).xyxy, Array(expected[(4 * i)..<(4 * i + 4)]), "mask \(i)")
+        }
+        // Random sparse masks against the pixel-by-pixel definition (rows whose last pixel is
+        // left of the box found so far, single pixels, one row, one column).
+        var rng = SeededRandom(seed: 11)
+        for (w, h, p) in [(1, 1, Float(0.5)), (1, 9, 0.2), (9, 1, 0.2), (17, 13, 0.01), (64, 40, 0.002), (200, 3, 0.05), (33, 70, 0.3)] {
+            for _ in 0..<10 {
+                let m = BinaryMask(width: w, height: h, pixels: (0..<(w * h)).map { _ in rng.uniform() < p })
+                var x0 = w, y0 = h, x1 = -1, y1 = -1
+                for y in 0..<h { for x in 0..<w where m.pixels[y * w + x] { x0 = min(x0, x); x1 = max(x1, x); y0 = min(y0, y); y1 = max(y1, y) } }
+                if x1 < 0 { XCTAssertNil(m.boundingBox) } else { XCTAssertEqual(MaskUtilities.box(of: m), PixelBox(x0: x0, y0: y0, x1: x1, y1: y1)) }
+            }
         }
     }
 
