@@ -251,6 +251,7 @@ public final class AutomaticMaskGenerator {
         let grid = pointGrids[layer]
         let W = Double(crop.width), H = Double(crop.height)
         let points = grid.map { (x: $0.x * W, y: $0.y * H) }
+        let inImage = { (p: (x: Double, y: Double)) in (x: p.x + Double(cropBox.x0), y: p.y + Double(cropBox.y0)) }
         stats.gridPoints += points.count
         var candidates: [Candidate] = []
         if let h = options.fastMode {
@@ -273,7 +274,7 @@ public final class AutomaticMaskGenerator {
                     for (i, c) in r.covered.enumerated() where c { covered[i] = true }
                 }
                 for i in next { decoded[i] = true }
-                stats.decodedPoints += next.map { (x: points[$0].x + Double(cropBox.x0), y: points[$0].y + Double(cropBox.y0)) }
+                stats.decodedPoints += next.map { inImage(points[$0]) }
                 let left = budget - decoded.lazy.filter { $0 }.count
                 next = left > 0 ? selector.nextBatch(decoded: decoded, covered: covered, coveredWeight: h.coveredWeight,
                                                      size: min(left, options.pointsPerBatch)) : []
@@ -283,7 +284,7 @@ public final class AutomaticMaskGenerator {
                 candidates += try processBatch(Array(points[batch]), crop: crop.size, cropBox: cropBox, imageSize: image.size,
                                                probes: [], fastMode: nil).candidates
             }
-            stats.decodedPoints += points.map { (x: $0.x + Double(cropBox.x0), y: $0.y + Double(cropBox.y0)) }
+            stats.decodedPoints += points.map(inImage)
         }
         // Duplicates within the crop, by predicted IoU.
         let keep = MaskUtilities.batchedNMS(boxes: candidates.map(\.box), scores: candidates.map(\.iou), iouThreshold: options.boxNMSThresh)
